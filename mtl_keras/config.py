@@ -1,0 +1,44 @@
+"""`TrainConfig`: every setting of a training run, with the defaults the flags take."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # data
+    dataset: str = "shapes"
+    data_dir: str | None = None
+    download: bool = True
+    validation_fraction: float = 0.15
+    max_train_examples: int | None = None
+    augment: str = "flip_crop"
+    # model
+    task: str = "mtl"
+    model: str = "vit"
+    variant: str = "Mu/4"
+    image_size: int | None = None
+    dropout: float = 0.0
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    gamma: float = 0.5
+    jit_compile: bool = True
+    # run and artifacts
+    seed: int = 0
+    workdir: str = "runs/default"
+    export_dir: str = "export"
+    model_name: str = "mtl_keras"
+    export: bool = True
+    check: bool = True
+
+    def loss_weights(self) -> dict[str, float]:
+        """Per-head loss weights: gamma for fine, 1 - gamma for coarse (single-task: 1)."""
+        if self.task != "mtl":
+            return {self.task: 1.0}
+        return {"fine": self.gamma, "coarse": 1.0 - self.gamma}

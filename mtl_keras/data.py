@@ -1,0 +1,190 @@
+"""Datasets as in-memory arrays, and the tf.data pipelines that feed `model.fit`.
+
+Every dataset loads to `Splits` (uint8 images, int32 fine and coarse labels per split) plus `DatasetInfo`
+(class names for both heads and the fine -> coarse map). `pipeline` turns a split into batches of
+`(image float32 0-255, {"fine": one-hot, "coarse": one-hot})`, with random augmentation for training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+import numpy as np
+import tensorflow as tf
+
+from mtl_keras import classes, shapes
+
+DATASETS = ("shapes", "cifar10", "cifar100")
+TASKS = ("mtl", "fine", "coarse")
+AUGMENTS = ("none", "flip_crop")
+SHAPES_TRAIN, SHAPES_TEST = 12_000, 2_000
+_TFDS_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, corrupt or misconfigured; the message says which and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    fine_names: tuple[str, ...]
+    coarse_names: tuple[str, ...]
+    fine_to_coarse: tuple[int, ...]
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        return {"fine": len(self.fine_names), "coarse": len(self.coarse_names)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 [N, H, W, C]
+    fine: np.ndarray  # int32 [N]
+    coarse: np.ndarray  # int32 [N]
+
+    def __len__(self) -> int:
+        return len(self.fine)
+
+    def take(self, index: np.ndarray | slice) -> "Split":
+        return Split(self.images[index], self.fine[index], self.coarse[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+
+
+def _carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Splits off a seeded random `fraction` of train as validation (at least one example each)."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = min(max(int(round(len(train) * fraction)), 1), len(train) - 1) if fraction > 0 else 0
+    return train.take(np.sort(order[n_val:])), train.take(np.sort(order[:n_val]))
+
+
+def _load_shapes() -> tuple[DatasetInfo, Split, Split]:
+    info = DatasetInfo("shapes", shapes.FINE_NAMES, shapes.COARSE_NAMES, shapes.FINE_TO_COARSE)
+    return info, Split(*shapes.generate(SHAPES_TRAIN, seed=0)), Split(*shapes.generate(SHAPES_TEST, seed=1))
+
+
+def _tfds_prepared_or_raise(name: str, data_dir: str | None, download: bool) -> bool:
+    """Returns whether tfds must download; raises at once when the data is absent and cannot be had."""
+    import tensorflow_datasets as tfds
+
+    if tfds.builder(name, data_dir=data_dir).is_prepared():
+        return False
+    where = f"--data_dir={data_dir}" if data_dir else "the default tfds data_dir (~/tensorflow_datasets)"
+    hint = (f"prepare it on a machine with internet (`tfds build {name} --data_dir=DIR`), "
+            "copy DIR here and pass --data_dir=DIR")
+    if not download:
+        raise DatasetError(f"dataset {name} not found in {where} and --download is off: {hint}")
+    host = _TFDS_HOSTS[name]
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        raise DatasetError(f"dataset {name} not found in {where} and {host} is unreachable ({e}): {hint}") from None
+    return True
+
+
+def _load_tfds(name: str, data_dir: str | None, download: bool) -> tuple[DatasetInfo, Split, Split]:
+    import tensorflow_datasets as tfds
+
+    must_download = _tfds_prepared_or_raise(name, data_dir, download)
+    fine_names, coarse_names, fine_to_coarse = classes.CLASSES[name]
+    lookup = np.asarray(fine_to_coarse, np.int32)
+
+    def read(split: str) -> Split:
+        ds = tfds.load(name, split=split, data_dir=data_dir, download=must_download)
+        batch = next(iter(tfds.as_numpy(ds.batch(1 << 20))))
+        fine = batch["label"].astype(np.int32)
+        # The coarse label comes from the fixed class hierarchy, which equals tfds's `coarse_label` on
+        # CIFAR-100 and defines the seed study's animal / vehicle split on CIFAR-10.
+        return Split(batch["image"], fine, lookup[fine])
+
+    info = DatasetInfo(name, fine_names, coarse_names, fine_to_coarse)
+    return info, read("train"), read("test")
+
+
+def load(name: str, *, data_dir: str | None = None, validation_fraction: float = 0.15,
+         max_train_examples: int | None = None, seed: int = 0, download: bool = True) -> Splits:
+    """Loads dataset `name` into train / validation / test arrays; validation is carved from train."""
+    if name == "shapes":
+        info, train, test = _load_shapes()
+    elif name in ("cifar10", "cifar100"):
+        info, train, test = _load_tfds(name, data_dir, download)
+    else:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    train, val = _carve_validation(train, validation_fraction, seed)
+    if max_train_examples:
+        train = train.take(slice(0, max_train_examples))
+    return Splits(info, train, val, test)
+
+
+def fit_images(images, shape: tuple[int, int, int]):
+    """Images (uint8 or float, [N, h, w, c]) as `shape` (H, W, C): the one place channels and size adapt.
+
+    Grey -> RGB repeats the channel, RGB -> grey averages; a size mismatch is resized bilinearly.
+    Works eagerly on numpy and inside tf.data; returns the input dtype where nothing needed resizing.
+    """
+    x = tf.convert_to_tensor(images)
+    channels = x.shape[-1]
+    if channels != shape[2]:
+        if channels == 1:
+            x = tf.repeat(x, shape[2], axis=-1)
+        elif shape[2] == 1:
+            x = tf.cast(tf.round(tf.reduce_mean(tf.cast(x, tf.float32), -1, keepdims=True)), x.dtype)
+        else:
+            raise ValueError(f"cannot map {channels} image channels to {shape[2]}")
+    if tuple(x.shape[1:3]) != tuple(shape[:2]):
+        x = tf.cast(tf.clip_by_value(tf.image.resize(tf.cast(x, tf.float32), shape[:2]), 0, 255), x.dtype)
+    return x.numpy() if isinstance(images, np.ndarray) else x
+
+
+def random_flip_crop(images: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tensor:
+    """Batched random horizontal flip and translate-by-crop (reflect padding by `pad` pixels)."""
+    b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    flip = tf.random.stateless_uniform([b], seeds[0]) < 0.5
+    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    if pad:
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        oy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, tf.int32)
+        ox = tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, tf.int32)
+        rows = oy[:, None] + tf.range(h)[None]
+        cols = ox[:, None] + tf.range(w)[None]
+        images = tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
+    return images
+
+
+def targets(fine: tf.Tensor, coarse: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf.Tensor]:
+    """One-hot label dict for `task`: both heads for "mtl", one head otherwise."""
+    n = info.num_classes
+    labels = {"fine": tf.one_hot(fine, n["fine"]), "coarse": tf.one_hot(coarse, n["coarse"])}
+    return labels if task == "mtl" else {task: labels[task]}
+
+
+def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: int = 128,
+             training: bool = False, augment: str = "none", seed: int = 0) -> tf.data.Dataset:
+    """Batches of (float32 images, one-hot label dict).
+
+    Training pipelines shuffle, repeat forever (pass `steps_per_epoch` to fit) and augment; a stateless
+    seed per batch, counted from `seed` across epochs, keeps augmentation reproducible and graph-only.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.fine, split.coarse))
+    if training:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(batch_size, drop_remainder=training)
+    if training and augment != "none":
+        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
+        ds = tf.data.Dataset.zip(ds, counter).map(
+            lambda batch, s: (random_flip_crop(batch[0], s), batch[1], batch[2]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda x, f, c: (tf.cast(x, tf.float32), targets(f, c, info, task)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

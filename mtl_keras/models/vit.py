@@ -1,0 +1,93 @@
+"""Vision Transformer trunk: patch embedding, learned position embedding, pre-norm blocks, mean pool.
+
+Sizes are variant strings "NAME/PATCH" (big_vision style), e.g. "Mu/4" = width 64, depth 3, patch 4.
+Code uses `keras.ops` only, so the trunk runs on any Keras backend.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+# name: (width, depth, mlp_dim, heads)
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "Mu": (64, 3, 128, 4),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "B": (768, 12, 3072, 12),
+}
+
+
+def parse_variant(variant: str) -> tuple[int, int, int, int, int]:
+    """Decodes "NAME/PATCH" into (width, depth, mlp_dim, heads, patch)."""
+    name, _, patch = variant.partition("/")
+    if name not in VARIANTS or not patch.isdigit() or int(patch) < 1:
+        raise ValueError(
+            f"unknown ViT variant {variant!r}: use NAME/PATCH with NAME in {sorted(VARIANTS)}, e.g. 'Mu/4'")
+    return (*VARIANTS[name], int(patch))
+
+
+@keras.saving.register_keras_serializable(package="mtl_keras")
+def gelu_tanh(x):
+    """GELU, tanh approximation: the exact form lowers to TF `Erfc`, which ONNX converters lack."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+@keras.saving.register_keras_serializable(package="mtl_keras")
+class AddPositionEmbedding(layers.Layer):
+    """Adds a learned position embedding to a [batch, tokens, width] sequence."""
+
+    def __init__(self, initializer_stddev: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.initializer_stddev = initializer_stddev
+
+    def build(self, input_shape):
+        self.embedding = self.add_weight(
+            name="embedding", shape=(1, input_shape[1], input_shape[2]),
+            initializer=keras.initializers.TruncatedNormal(stddev=self.initializer_stddev))
+
+    def call(self, x):
+        return x + ops.cast(self.embedding, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "initializer_stddev": self.initializer_stddev}
+
+
+def mlp(x, hidden: int, out: int, dropout: float, name: str):
+    """Two dense layers with tanh-GELU in between."""
+    x = layers.Dense(hidden, activation=gelu_tanh, name=f"{name}_dense1")(x)
+    x = layers.Dropout(dropout, name=f"{name}_drop1")(x)
+    x = layers.Dense(out, name=f"{name}_dense2")(x)
+    return layers.Dropout(dropout, name=f"{name}_drop2")(x)
+
+
+def encoder_block(x, heads: int, mlp_dim: int, dropout: float, attention_dropout: float,
+                  name: str, epsilon: float = 1e-6):
+    """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
+    width = x.shape[-1]
+    y = layers.LayerNormalization(epsilon=epsilon, name=f"{name}_ln1")(x)
+    y = layers.MultiHeadAttention(heads, width // heads, dropout=attention_dropout, name=f"{name}_mha")(y, y)
+    y = layers.Dropout(dropout, name=f"{name}_drop")(y)
+    x = layers.Add(name=f"{name}_add1")([x, y])
+    y = layers.LayerNormalization(epsilon=epsilon, name=f"{name}_ln2")(x)
+    y = mlp(y, mlp_dim, width, dropout, name=f"{name}_mlp")
+    return layers.Add(name=f"{name}_add2")([x, y])
+
+
+def vit_trunk(input_shape: tuple[int, int, int], variant: str = "Mu/4", dropout: float = 0.0,
+              attention_dropout: float = 0.0) -> keras.Model:
+    """ViT trunk on preprocessed images of `input_shape`; returns a model giving [batch, width] features."""
+    width, depth, mlp_dim, heads, patch = parse_variant(variant)
+    if input_shape[0] % patch or input_shape[1] % patch:
+        raise ValueError(f"image size {input_shape[:2]} is not divisible by patch size {patch} ({variant})")
+    inputs = keras.Input(input_shape, name="pixels")
+    # Patch embedding: a strided convolution is a linear projection of non-overlapping patches.
+    x = layers.Conv2D(width, patch, strides=patch, name="patch_embed")(inputs)
+    x = layers.Reshape((-1, width), name="tokens")(x)
+    x = AddPositionEmbedding(name="pos_embed")(x)
+    x = layers.Dropout(dropout, name="embed_drop")(x)
+    for i in range(depth):
+        x = encoder_block(x, heads, mlp_dim, dropout, attention_dropout, name=f"block{i}")
+    x = layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(inputs, x, name=f"vit_{variant.replace('/', '_')}")
