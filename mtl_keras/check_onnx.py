@@ -94,6 +94,14 @@ def main(argv: list[str]) -> int:
     from mtl_keras.flags import FLAGS
 
     del argv
+    from pathlib import Path
+
+    if not Path(FLAGS.onnx).is_file():
+        print(f"check_onnx: error: --onnx={FLAGS.onnx}: no such file", file=sys.stderr)
+        return 1
+    if not (Path(FLAGS.saved_model) / "saved_model.pb").is_file():
+        print(f"check_onnx: error: --saved_model={FLAGS.saved_model}: no saved_model.pb there", file=sys.stderr)
+        return 1
     try:
         reference_shape = tuple(run_onnx_input_shape(FLAGS.onnx))
         images = random_pixels(reference_shape, FLAGS.num_random, FLAGS.seed)
@@ -118,6 +126,9 @@ def run_onnx_input_shape(onnx_path: str) -> list[int]:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from absl import app, flags
 
+    import mtl_keras.flags  # noqa: F401  (defines the flags before absl parses argv)
+
+    flags.mark_flags_as_required(["saved_model", "onnx"])
     app.run(lambda argv: sys.exit(main(argv)))

@@ -18,6 +18,7 @@ class TrainConfig:
     task: str = "mtl"
     model: str = "vit"
     variant: str = "Mu/4"
+    stem: str = "conv"
     image_size: int | None = None
     dropout: float = 0.0
     # optimisation

@@ -71,42 +71,44 @@ def _load_shapes() -> tuple[DatasetInfo, Split, Split]:
     return info, Split(*shapes.generate(SHAPES_TRAIN, seed=0)), Split(*shapes.generate(SHAPES_TEST, seed=1))
 
 
-def _tfds_prepared_or_raise(name: str, data_dir: str | None, download: bool) -> bool:
-    """Returns whether tfds must download; raises at once when the data is absent and cannot be had."""
-    import tensorflow_datasets as tfds
-
-    if tfds.builder(name, data_dir=data_dir).is_prepared():
-        return False
+def _require_download(name: str, data_dir: str | None, download: bool) -> None:
+    """Called when `name` is not prepared: returns if tfds may download it, else raises one clear line."""
     where = f"--data_dir={data_dir}" if data_dir else "the default tfds data_dir (~/tensorflow_datasets)"
     hint = (f"prepare it on a machine with internet (`tfds build {name} --data_dir=DIR`), "
             "copy DIR here and pass --data_dir=DIR")
     if not download:
         raise DatasetError(f"dataset {name} not found in {where} and --download is off: {hint}")
+    # tfds retries an offline download for minutes; one quick connection attempt fails in seconds instead.
     host = _TFDS_HOSTS[name]
     try:
         socket.create_connection((host, 443), timeout=5).close()
     except OSError as e:
         raise DatasetError(f"dataset {name} not found in {where} and {host} is unreachable ({e}): {hint}") from None
-    return True
 
 
 def _load_tfds(name: str, data_dir: str | None, download: bool) -> tuple[DatasetInfo, Split, Split]:
     import tensorflow_datasets as tfds
 
-    must_download = _tfds_prepared_or_raise(name, data_dir, download)
     fine_names, coarse_names, fine_to_coarse = classes.CLASSES[name]
     lookup = np.asarray(fine_to_coarse, np.int32)
 
-    def read(split: str) -> Split:
-        ds = tfds.load(name, split=split, data_dir=data_dir, download=must_download)
+    def read(split: str, may_download: bool) -> Split:
+        ds = tfds.load(name, split=split, data_dir=data_dir, download=may_download)
         batch = next(iter(tfds.as_numpy(ds.batch(1 << 20))))
         fine = batch["label"].astype(np.int32)
         # The coarse label comes from the fixed class hierarchy, which equals tfds's `coarse_label` on
         # CIFAR-100 and defines the seed study's animal / vehicle split on CIFAR-10.
         return Split(batch["image"], fine, lookup[fine])
 
+    try:
+        train = read("train", may_download=False)
+    except AssertionError as e:  # tfds's way of saying "not prepared"
+        if "could not find data" not in str(e):
+            raise
+        _require_download(name, data_dir, download)
+        train = read("train", may_download=True)
     info = DatasetInfo(name, fine_names, coarse_names, fine_to_coarse)
-    return info, read("train"), read("test")
+    return info, train, read("test", may_download=False)
 
 
 def load(name: str, *, data_dir: str | None = None, validation_fraction: float = 0.15,

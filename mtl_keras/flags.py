@@ -13,6 +13,7 @@ from absl import flags
 from mtl_keras import data
 from mtl_keras.config import TrainConfig
 from mtl_keras.models import TRUNKS
+from mtl_keras.models.vit import STEMS
 
 FLAGS = flags.FLAGS
 _D = TrainConfig()
@@ -30,6 +31,7 @@ flags.DEFINE_enum("augment", _D.augment, data.AUGMENTS, "Random augmentation in 
 flags.DEFINE_enum("task", _D.task, data.TASKS, "mtl: both heads; fine or coarse: a single-task baseline.")
 flags.DEFINE_enum("model", _D.model, TRUNKS, "Shared trunk.")
 flags.DEFINE_string("variant", _D.variant, "Trunk size as NAME/PATCH, e.g. Mu/4 (see models/vit.py).")
+flags.DEFINE_enum("stem", _D.stem, STEMS, "ViT tokenizer: conv (convolutional stem) or patch (linear).")
 flags.DEFINE_integer("image_size", _D.image_size, "Resize inputs to this size inside the model (unset: native).",
                      lower_bound=8)
 flags.DEFINE_float("dropout", _D.dropout, "Dropout rate in the trunk.", lower_bound=0.0, upper_bound=0.9)

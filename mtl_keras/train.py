@@ -52,7 +52,7 @@ def build_and_compile(config: TrainConfig, info: data.DatasetInfo, input_shape, 
     from mtl_keras.models import build_model
 
     heads = {name: n for name, n in info.num_classes.items() if config.task in ("mtl", name)}
-    model = build_model(config.model, input_shape, heads, variant=config.variant,
+    model = build_model(config.model, input_shape, heads, variant=config.variant, stem=config.stem,
                         image_size=config.image_size, dropout=config.dropout)
     total = config.epochs * steps_per_epoch
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
@@ -145,8 +145,11 @@ def run(config: TrainConfig) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    from absl import logging
+
     from mtl_keras import flags as mtl_flags
 
+    logging.set_verbosity(logging.WARNING)  # keep TF's INFO lines (export, tf2onnx) out of the run log
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; flags look like --name=value")
     try:

@@ -14,7 +14,7 @@ TRUNKS = ("vit",)
 
 
 def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[str, int], *,
-                variant: str = "Mu/4", image_size: int | None = None, dropout: float = 0.0,
+                variant: str = "Mu/4", stem: str = "conv", image_size: int | None = None, dropout: float = 0.0,
                 head_dropout: float = 0.0) -> keras.Model:
     """Returns a model from raw pixels (0-255, float32) named `image` to a dict of probabilities.
 
@@ -30,7 +30,7 @@ def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[st
     size = image_size or input_shape[0]
     if (size, size) != tuple(input_shape[:2]):
         x = layers.Resizing(size, size, name="resize")(x)
-    body = vit_trunk((size, size, input_shape[2]), variant, dropout=dropout)
+    body = vit_trunk((size, size, input_shape[2]), variant, stem=stem, dropout=dropout)
     features = body(x)
     outputs = {name: light_head(features, n, name, head_dropout) for name, n in heads.items()}
     return keras.Model(inputs, outputs, name=f"mtl_{trunk}")

@@ -11,7 +11,8 @@ from keras import layers, ops
 
 # name: (width, depth, mlp_dim, heads)
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "Mu": (64, 3, 128, 4),
+    "Pico": (32, 2, 64, 2),  # tests and smoke runs
+    "Mu": (64, 3, 128, 4),  # the quick start
     "Ti": (192, 12, 768, 3),
     "S": (384, 12, 1536, 6),
     "B": (768, 12, 3072, 12),
@@ -74,15 +75,41 @@ def encoder_block(x, heads: int, mlp_dim: int, dropout: float, attention_dropout
     return layers.Add(name=f"{name}_add2")([x, y])
 
 
-def vit_trunk(input_shape: tuple[int, int, int], variant: str = "Mu/4", dropout: float = 0.0,
-              attention_dropout: float = 0.0) -> keras.Model:
-    """ViT trunk on preprocessed images of `input_shape`; returns a model giving [batch, width] features."""
+def conv_stem(x, width: int, patch: int):
+    """Tokenizer of stride-2 3x3 convolutions (BN + GELU) down to 1/patch, then a 1x1 projection.
+
+    Xiao et al. 2021 ("Early convolutions help transformers see better"): replacing the linear patch
+    embedding by a few convolutions makes ViTs train faster and more stably, most of all on small data.
+    """
+    steps = patch.bit_length() - 1
+    for i in range(steps):
+        x = layers.Conv2D(width // 2 ** (steps - 1 - i), 3, strides=2, padding="same", use_bias=False,
+                          name=f"stem_conv{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"stem_bn{i}")(x)
+        x = layers.Activation(gelu_tanh, name=f"stem_act{i}")(x)
+    return layers.Conv2D(width, 1, name="patch_embed")(x)
+
+
+STEMS = ("conv", "patch")
+
+
+def vit_trunk(input_shape: tuple[int, int, int], variant: str = "Mu/4", stem: str = "conv",
+              dropout: float = 0.0, attention_dropout: float = 0.0) -> keras.Model:
+    """ViT trunk on preprocessed images of `input_shape`; returns a model giving [batch, width] features.
+
+    `stem="patch"` is the classic linear patch embedding; `stem="conv"` a convolutional tokenizer
+    (patch size a power of two) with the same token grid.
+    """
     width, depth, mlp_dim, heads, patch = parse_variant(variant)
     if input_shape[0] % patch or input_shape[1] % patch:
         raise ValueError(f"image size {input_shape[:2]} is not divisible by patch size {patch} ({variant})")
+    if stem not in STEMS or (stem == "conv" and patch & (patch - 1)):
+        raise ValueError(f"stem {stem!r} needs to be one of {STEMS}; 'conv' needs a power-of-two patch")
     inputs = keras.Input(input_shape, name="pixels")
-    # Patch embedding: a strided convolution is a linear projection of non-overlapping patches.
-    x = layers.Conv2D(width, patch, strides=patch, name="patch_embed")(inputs)
+    if stem == "conv":
+        x = conv_stem(inputs, width, patch)
+    else:  # a strided convolution is a linear projection of non-overlapping patches
+        x = layers.Conv2D(width, patch, strides=patch, name="patch_embed")(inputs)
     x = layers.Reshape((-1, width), name="tokens")(x)
     x = AddPositionEmbedding(name="pos_embed")(x)
     x = layers.Dropout(dropout, name="embed_drop")(x)

@@ -1,0 +1,121 @@
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mtl_keras import classes, data
+
+
+def test_splits_are_disjoint_and_seeded(shapes_splits):
+    s = shapes_splits
+    assert len(s.train) + len(s.val) == data.SHAPES_TRAIN and len(s.test) == data.SHAPES_TEST
+    assert len(s.val) == round(0.15 * data.SHAPES_TRAIN)
+    again = data.load("shapes", seed=0)
+    np.testing.assert_array_equal(again.val.fine, s.val.fine)
+    other = data.load("shapes", seed=1)
+    assert not np.array_equal(other.val.images, s.val.images)
+
+
+def test_max_train_examples_caps_training_only():
+    s = data.load("shapes", max_train_examples=100, validation_fraction=0.1)
+    assert len(s.train) == 100 and len(s.val) == 1200 and len(s.test) == data.SHAPES_TEST
+
+
+@pytest.mark.parametrize("task,keys", [("mtl", {"fine", "coarse"}), ("fine", {"fine"}), ("coarse", {"coarse"})])
+def test_pipeline_structure_per_task(shapes_splits, task, keys):
+    ds = data.pipeline(shapes_splits.test, shapes_splits.info, task=task, batch_size=16)
+    images, labels = next(iter(ds))
+    assert images.shape == (16, 32, 32, 3) and images.dtype == tf.float32
+    assert set(labels) == keys
+    sizes = {"fine": 10, "coarse": 3}
+    for k in keys:
+        assert labels[k].shape == (16, sizes[k]) and labels[k].dtype == tf.float32
+
+
+def test_pipeline_labels_follow_the_hierarchy(shapes_splits):
+    info = shapes_splits.info
+    ds = data.pipeline(shapes_splits.train, info, training=True, augment="flip_crop", batch_size=64)
+    for images, labels in ds.take(3):
+        fine, coarse = labels["fine"].numpy().argmax(-1), labels["coarse"].numpy().argmax(-1)
+        np.testing.assert_array_equal(np.asarray(info.fine_to_coarse)[fine], coarse)
+        assert 0 <= images.numpy().min() and images.numpy().max() <= 255
+
+
+def test_flip_crop_same_eagerly_and_in_tf_data():
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)), tf.uint8)
+    seed = tf.constant([5, 9], tf.int64)
+    eager = data.random_flip_crop(images, seed)
+    graph = next(iter(tf.data.Dataset.from_tensors((images, seed)).map(data.random_flip_crop)))
+    np.testing.assert_array_equal(eager.numpy(), graph.numpy())
+    assert eager.shape == images.shape and not np.array_equal(eager.numpy(), images.numpy())
+
+
+def test_flip_crop_keeps_content_translated():
+    # Flip off, crop only: every output row/col window is a shifted window of the reflect-padded input.
+    img = tf.reshape(tf.range(32 * 32 * 3) % 251, (1, 32, 32, 3))
+    out = data.random_flip_crop(tf.cast(img, tf.uint8), tf.constant([1, 2], tf.int64), pad=4).numpy()[0]
+    padded = np.pad(img.numpy()[0], ((4, 4), (4, 4), (0, 0)), mode="reflect").astype(np.uint8)
+    matches = [(dy, dx) for dy in range(9) for dx in range(9)
+               if np.array_equal(padded[dy:dy + 32, dx:dx + 32], out)
+               or np.array_equal(padded[dy:dy + 32, dx:dx + 32][:, ::-1], out)]
+    assert len(matches) == 1
+
+
+def test_fit_images_channels_and_size():
+    grey = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
+    rgb = data.fit_images(grey, (32, 32, 3))
+    assert rgb.shape == (2, 32, 32, 3) and rgb.dtype == np.uint8
+    same = data.fit_images(grey, (28, 28, 3))
+    np.testing.assert_array_equal(same[..., 0], same[..., 2])
+    np.testing.assert_array_equal(same[..., :1], grey)
+
+
+def test_unknown_dataset_lists_choices():
+    with pytest.raises(data.DatasetError, match="unknown dataset 'mnist'; choose one of shapes, cifar10, cifar100"):
+        data.load("mnist")
+
+
+@pytest.mark.parametrize("name,n_fine,n_coarse", [("cifar10", 10, 2), ("cifar100", 100, 20)])
+def test_cifar_through_tfds_mock(tmp_path, name, n_fine, n_coarse):
+    with tfds.testing.mock_data(num_examples=40):
+        s = data.load(name, data_dir=str(tmp_path), validation_fraction=0.25)
+    assert s.info.num_classes == {"fine": n_fine, "coarse": n_coarse}
+    assert len(s.train) == 30 and len(s.val) == 10 and len(s.test) == 40
+    images, labels = next(iter(data.pipeline(s.train, s.info, batch_size=8, training=True)))
+    assert images.shape == (8, 32, 32, 3)
+    fine, coarse = labels["fine"].numpy().argmax(-1), labels["coarse"].numpy().argmax(-1)
+    np.testing.assert_array_equal(np.asarray(s.info.fine_to_coarse)[fine], coarse)
+
+
+def test_cifar10_superclasses_are_the_seed_studys():
+    fine, coarse, f2c = classes.CLASSES["cifar10"]
+    animals = [fine[i] for i in range(10) if coarse[f2c[i]] == "animal"]
+    assert animals == ["bird", "cat", "deer", "dog", "frog", "horse"]
+
+
+def test_cifar100_hierarchy_five_per_superclass():
+    fine, coarse, f2c = classes.CLASSES["cifar100"]
+    assert len(fine) == 100 and len(coarse) == 20 and np.bincount(f2c).tolist() == [5] * 20
+    assert coarse[f2c[fine.index("whale")]] == "aquatic_mammals"
+    assert coarse[f2c[fine.index("tractor")]] == "vehicles_2"
+
+
+def test_missing_cifar_fails_fast_without_download(tmp_path):
+    start = time.time()
+    with pytest.raises(data.DatasetError, match=r"dataset cifar10 not found in --data_dir=.*--download is off"):
+        data.load("cifar10", data_dir=str(tmp_path), download=False)
+    assert time.time() - start < 10
+
+
+def test_missing_cifar_offline_fails_fast_with_one_line(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(data.socket, "create_connection", offline)
+    with pytest.raises(data.DatasetError) as err:
+        data.load("cifar100", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert "dataset cifar100 not found" in message and "unreachable" in message and "--data_dir" in message
+    assert "\n" not in message

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from mtl_keras import shapes
+
+
+def test_generate_shapes_dtypes_and_labels():
+    images, fine, coarse = shapes.generate(300, seed=3)
+    assert images.shape == (300, 32, 32, 3) and images.dtype == np.uint8
+    assert fine.dtype == coarse.dtype == np.int32
+    assert set(np.unique(fine)) == set(range(len(shapes.FINE_NAMES)))
+    np.testing.assert_array_equal(coarse, np.asarray(shapes.FINE_TO_COARSE)[fine])
+
+
+def test_hierarchy_has_ten_classes_in_three_families():
+    assert len(shapes.FINE_NAMES) == len(shapes.FINE_TO_COARSE) == 10
+    assert sorted(set(shapes.FINE_TO_COARSE)) == list(range(len(shapes.COARSE_NAMES))) == [0, 1, 2]
+
+
+def test_deterministic_by_seed():
+    a, b = shapes.generate(50, seed=7), shapes.generate(50, seed=7)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], shapes.generate(50, seed=8)[0])
+
+
+def test_colour_alone_does_not_give_the_class():
+    # Nearest class-centroid on mean colour: labels must need shape, not a colour or brightness shortcut.
+    images, fine, _ = shapes.generate(4000, seed=0)
+    feats = images.reshape(len(images), -1, 3).mean(1)
+    train, test = slice(0, 3000), slice(3000, None)
+    centroids = np.stack([feats[train][fine[train] == k].mean(0) for k in range(10)])
+    pred = np.argmin(((feats[test][:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert np.mean(pred == fine[test]) < 0.25
+
+
+def test_negative_count_is_an_error():
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        shapes.generate(-1, seed=0)
