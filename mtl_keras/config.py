@@ -13,7 +13,12 @@ class TrainConfig:
     download: bool = True
     validation_fraction: float = 0.15
     max_train_examples: int | None = None
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
     augment: str = "flip_crop"
+    randaugment_ops: int = 2
+    randaugment_magnitude: float = 0.5
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
     # model
     task: str = "mtl"
     model: str = "vit"
@@ -21,6 +26,9 @@ class TrainConfig:
     stem: str = "conv"
     image_size: int | None = None
     dropout: float = 0.0
+    stochastic_depth: float = 0.1
+    head: str = "light"
+    head_dropout: float = 0.0
     # optimisation
     epochs: int = 10
     batch_size: int = 128
@@ -29,6 +37,12 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     gamma: float = 0.5
+    loss_weighting: str = "fixed"
+    optimizer: str = "adamw"
+    lr_schedule: str = "cosine"
+    grad_clip_norm: float = 0.0
+    ema: bool = False
+    ema_momentum: float = 0.999
     jit_compile: bool = True
     # run and artifacts
     seed: int = 0
@@ -36,6 +50,7 @@ class TrainConfig:
     export_dir: str = "export"
     model_name: str = "mtl_keras"
     export: bool = True
+    int8: bool = True
     check: bool = True
 
     def loss_weights(self) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 Every dataset loads to `Splits` (uint8 images, int32 fine and coarse labels per split) plus `DatasetInfo`
 (class names for both heads and the fine -> coarse map). `pipeline` turns a split into batches of
-`(image float32 0-255, {"fine": one-hot, "coarse": one-hot})`, with random augmentation for training.
+`(image float32 0-255, {"fine": one-hot, "coarse": one-hot})`, with random augmentation (augment.py) for
+training. Images keep their native shape (Fashion-MNIST: 28x28x1) and the model is built for it; a model
+that asks for another shape gets it from `fit_images`, the one place channels and size adapt.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import socket
 import numpy as np
 import tensorflow as tf
 
-from mtl_keras import classes, shapes
+from mtl_keras import augment as augment_lib
+from mtl_keras import classes, fashion_mnist, shapes
+from mtl_keras.augment import AUGMENTS, random_flip_crop  # noqa: F401  (flags and older callers use these)
 
-DATASETS = ("shapes", "cifar10", "cifar100")
+DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist")
 TASKS = ("mtl", "fine", "coarse")
-AUGMENTS = ("none", "flip_crop")
 SHAPES_TRAIN, SHAPES_TEST = 12_000, 2_000
 _TFDS_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
 
@@ -111,13 +114,30 @@ def _load_tfds(name: str, data_dir: str | None, download: bool) -> tuple[Dataset
     return info, train, read("test", may_download=False)
 
 
+def _load_fashion_mnist(directory: str) -> tuple[DatasetInfo, Split, Split]:
+    lookup = np.asarray(fashion_mnist.FINE_TO_COARSE, np.int32)
+    try:
+        (train_x, train_y), (test_x, test_y) = (fashion_mnist.load_split(directory, s) for s in ("train", "test"))
+    except fashion_mnist.IdxError as e:
+        raise DatasetError(f"dataset fashion_mnist: {e}") from None
+    info = DatasetInfo("fashion_mnist", fashion_mnist.FINE_NAMES, fashion_mnist.COARSE_NAMES,
+                       fashion_mnist.FINE_TO_COARSE)
+    return info, Split(train_x, train_y, lookup[train_y]), Split(test_x, test_y, lookup[test_y])
+
+
 def load(name: str, *, data_dir: str | None = None, validation_fraction: float = 0.15,
-         max_train_examples: int | None = None, seed: int = 0, download: bool = True) -> Splits:
-    """Loads dataset `name` into train / validation / test arrays; validation is carved from train."""
+         max_train_examples: int | None = None, seed: int = 0, download: bool = True,
+         fashion_mnist_dir: str = fashion_mnist.DEFAULT_DIR) -> Splits:
+    """Loads dataset `name` into train / validation / test arrays; validation is carved from train.
+
+    `data_dir` is the tfds folder (CIFAR); `fashion_mnist_dir` holds the Fashion-MNIST idx files.
+    """
     if name == "shapes":
         info, train, test = _load_shapes()
     elif name in ("cifar10", "cifar100"):
         info, train, test = _load_tfds(name, data_dir, download)
+    elif name == "fashion_mnist":
+        info, train, test = _load_fashion_mnist(fashion_mnist_dir)
     else:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     train, val = _carve_validation(train, validation_fraction, seed)
@@ -146,47 +166,48 @@ def fit_images(images, shape: tuple[int, int, int]):
     return x.numpy() if isinstance(images, np.ndarray) else x
 
 
-def random_flip_crop(images: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tensor:
-    """Batched random horizontal flip and translate-by-crop (reflect padding by `pad` pixels)."""
-    b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    flip = tf.random.stateless_uniform([b], seeds[0]) < 0.5
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    if pad:
-        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        oy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, tf.int32)
-        ox = tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, tf.int32)
-        rows = oy[:, None] + tf.range(h)[None]
-        cols = ox[:, None] + tf.range(w)[None]
-        images = tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
-    return images
-
-
-def targets(fine: tf.Tensor, coarse: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf.Tensor]:
-    """One-hot label dict for `task`: both heads for "mtl", one head otherwise."""
-    n = info.num_classes
-    labels = {"fine": tf.one_hot(fine, n["fine"]), "coarse": tf.one_hot(coarse, n["coarse"])}
-    return labels if task == "mtl" else {task: labels[task]}
+def split_heads(labels: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf.Tensor]:
+    """Concatenated [fine | coarse] label vectors as the label dict for `task` (one head unless "mtl")."""
+    n_fine = info.num_classes["fine"]
+    heads = {"fine": labels[:, :n_fine], "coarse": labels[:, n_fine:]}
+    return heads if task == "mtl" else {task: heads[task]}
 
 
 def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: int = 128,
-             training: bool = False, augment: str = "none", seed: int = 0) -> tf.data.Dataset:
-    """Batches of (float32 images, one-hot label dict).
+             training: bool = False, augment: str = "none", seed: int = 0,
+             image_shape: tuple[int, int, int] | None = None, randaugment_ops: int = 2,
+             randaugment_magnitude: float = 0.5, mixup_alpha: float = 0.2,
+             cutmix_alpha: float = 1.0) -> tf.data.Dataset:
+    """Batches of (float32 images 0-255, one-hot label dict), graph-only from index to batch.
 
-    Training pipelines shuffle, repeat forever (pass `steps_per_epoch` to fit) and augment; a stateless
-    seed per batch, counted from `seed` across epochs, keeps augmentation reproducible and graph-only.
+    Training pipelines shuffle, repeat forever (pass `steps_per_epoch` to fit) and apply the `augment`
+    policies (see augment.py); evaluation pipelines never augment. Each batch's augmentation seed is
+    [seed, batch number], so runs are reproducible. `image_shape` (H, W, C), when given, is the shape the
+    model takes; `fit_images` adapts the images to it after augmentation.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.fine, split.coarse))
+    augmenter = augment_lib.batch_augmenter(
+        augment, seed=seed, randaugment_ops=randaugment_ops, randaugment_magnitude=randaugment_magnitude,
+        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha) if training else None
+    # Arrays live in memory once; shuffling and batching indices (not images) and gathering a whole batch
+    # per map call is faster than slicing examples, and the shuffle buffer holds 8-byte indices only.
+    images, fine, coarse = (tf.constant(a) for a in (split.images, split.fine, split.coarse))
+    n = info.num_classes
+    ds = tf.data.Dataset.range(len(split))
     if training:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch_size, drop_remainder=training)
-    if training and augment != "none":
-        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
-        ds = tf.data.Dataset.zip(ds, counter).map(
-            lambda batch, s: (random_flip_crop(batch[0], s), batch[1], batch[2]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda x, f, c: (tf.cast(x, tf.float32), targets(f, c, info, task)),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip(ds.batch(batch_size, drop_remainder=training), tf.data.Dataset.counter())
+
+    def prepare(index: tf.Tensor, step: tf.Tensor):
+        x = tf.gather(images, index)
+        # One label vector per example, so MixUp / CutMix mix both heads with the same weights.
+        labels = tf.concat([tf.one_hot(tf.gather(fine, index), n["fine"]),
+                            tf.one_hot(tf.gather(coarse, index), n["coarse"])], axis=-1)
+        if augmenter is not None:
+            x, labels = augmenter(x, labels, tf.stack([tf.cast(seed, tf.int64), step]))
+        if image_shape is not None:
+            x = fit_images(x, tuple(image_shape))
+        return tf.cast(x, tf.float32), split_heads(labels, info, task)
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -56,13 +56,32 @@ def test_onnx_graph_names_opset_dynamic_batch(trained_run):
         assert fine.shape == (batch, 10) and coarse.shape == (batch, 3)
 
 
-def test_checker_passes_on_good_export(trained_run):
+def test_checker_passes_on_good_export_three_ways(trained_run):
+    root, _ = trained_run
     version = _version_dir(trained_run)
     proc = run_module("mtl_keras.check_onnx", f"--saved_model={version}", f"--onnx={version / 'model.onnx'}",
-                      "--check_dataset=shapes", "--num_real=64")
+                      f"--keras_model={root / 'work' / 'model.keras'}", "--check_dataset=shapes",
+                      "--num_real=64", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "96 inputs, atol 1e-05: PASS" in proc.stdout
-    assert "fine" in proc.stdout and "coarse" in proc.stdout
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True
+    assert [c["pair"] for c in report["comparisons"]] == ["keras vs saved_model", "saved_model vs onnx"]
+    for comparison in report["comparisons"]:
+        assert comparison["num_inputs"] == 96
+        assert {o["name"] for o in comparison["outputs"]} == {"fine", "coarse"}
+        for o in comparison["outputs"]:
+            assert o["max_abs_diff"] <= 1e-5 and o["mean_abs_diff"] <= o["max_abs_diff"]
+            assert o["argmax_agreement"] == 1.0
+    assert set(report["int8"]) == {"fine", "coarse"}
+    assert report["int8"]["fine"]["drop_points"] <= 1.0
+
+
+def test_checker_table_output(trained_run):
+    version = _version_dir(trained_run)
+    proc = run_module("mtl_keras.check_onnx", f"--saved_model={version}", f"--onnx={version / 'model.onnx'}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "saved_model vs onnx: 32 inputs, atol 1e-05" in proc.stdout and proc.stdout.strip().endswith("PASS")
+    assert "mean |diff|" in proc.stdout
 
 
 def test_checker_fails_on_perturbed_onnx_weights(trained_run, tmp_path):
@@ -99,3 +118,116 @@ def test_versions_increment_and_never_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="exists"):
         export.export(model, str(tmp_path), "m", version=2, onnx=False)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"]
+
+
+def _swap_output_names(proto):
+    """Renames graph output `fine` to `coarse` and back, wherever the names occur."""
+    swap = {"fine": "coarse", "coarse": "fine"}
+    for node in proto.graph.node:
+        node.output[:] = [swap.get(o, o) for o in node.output]
+        node.input[:] = [swap.get(i, i) for i in node.input]
+    for out in proto.graph.output:
+        out.name = swap.get(out.name, out.name)
+    return proto
+
+
+def test_checker_fails_on_swapped_output_names(trained_run, tmp_path):
+    version = _version_dir(trained_run)
+    onnx.save(_swap_output_names(onnx.load(version / "model.onnx")), tmp_path / "swapped.onnx")
+    proc = run_module("mtl_keras.check_onnx", f"--saved_model={version}", f"--onnx={tmp_path / 'swapped.onnx'}")
+    assert proc.returncode == 1
+    assert "fine: shape (32, 10) vs (32, 3)" in proc.stdout
+
+
+def test_checker_fails_on_other_class_count(trained_run, tmp_path):
+    from mtl_keras import export
+    from mtl_keras.models import build_model
+
+    other = build_model("vit", (32, 32, 3), {"fine": 5, "coarse": 3}, variant="Pico/4")
+    other_dir = export.export(other, str(tmp_path), "other")
+    proc = run_module("mtl_keras.check_onnx", f"--saved_model={_version_dir(trained_run)}",
+                      f"--onnx={other_dir / 'model.onnx'}")
+    assert proc.returncode == 1 and "fine: shape (32, 10) vs (32, 5)" in proc.stdout
+
+
+def test_onnx_metadata_has_class_names_and_flags(trained_run):
+    meta = {p.key: p.value for p in onnx.load(_version_dir(trained_run) / "model.onnx").metadata_props}
+    assert json.loads(meta["fine_classes"])[:3] == ["disk", "ring", "half_disk"]
+    assert json.loads(meta["coarse_classes"]) == ["curved", "angular", "strokes"]
+    assert "--variant=Mu/4" in meta["training_flags"] and meta["model_name"] == "tiny"
+
+
+def test_int8_model_written_and_reported(trained_run):
+    root, _ = trained_run
+    assert (_version_dir(trained_run) / "model.int8.onnx").is_file()
+    int8 = json.loads((root / "work" / "metrics.json").read_text())["int8"]
+    for head in ("fine", "coarse"):
+        assert 0.0 < int8[head]["int8_accuracy"] <= 1.0
+        assert int8[head]["drop_points"] <= 2.0, int8  # measured 0.35-0.40 points on this tiny model
+
+
+def test_warmup_records_are_prediction_logs(trained_run):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = _version_dir(trained_run) / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+    assert len(logs) == 2
+    request = logs[1].predict_log.request
+    assert request.model_spec.name == "tiny" and request.model_spec.signature_name == "serving_default"
+    assert tf.make_ndarray(request.inputs["image"]).shape == (8, 32, 32, 3)
+
+
+def test_saved_model_cli_show_and_run(trained_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    version = str(_version_dir(trained_run))
+    show = subprocess.run([str(cli), "show", "--dir", version, "--tag_set", "serve",
+                           "--signature_def", "serving_default"], capture_output=True, text=True, timeout=120)
+    assert show.returncode == 0, show.stderr
+    assert "inputs['image'] tensor_info" in show.stdout and "shape: (-1, 32, 32, 3)" in show.stdout
+    assert "outputs['fine'] tensor_info" in show.stdout and "outputs['coarse'] tensor_info" in show.stdout
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", images)
+    run = subprocess.run([str(cli), "run", "--dir", version, "--tag_set", "serve", "--signature_def",
+                          "serving_default", "--inputs", f"image={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    from mtl_keras.check_onnx import run_onnx
+
+    expected = run_onnx(str(Path(version) / "model.onnx"), images)
+    for head in ("fine", "coarse"):
+        np.testing.assert_allclose(np.load(tmp_path / "o" / f"{head}.npy"), expected[head], atol=1e-5)
+
+
+def test_rest_style_json_body_through_the_signature(trained_run):
+    import tensorflow as tf
+
+    from mtl_keras import shapes
+
+    images, fine, _ = shapes.generate(3, seed=11)
+    body = json.dumps({"instances": images.astype(float).tolist()})  # what a REST client POSTs
+    instances = json.loads(body)["instances"]
+    loaded = tf.saved_model.load(str(_version_dir(trained_run)))
+    out = loaded.signatures["serving_default"](image=tf.constant(instances, tf.float32))
+    predictions = [{k: v[i].numpy().tolist() for k, v in out.items()} for i in range(len(instances))]
+    assert len(predictions) == 3 and all(set(p) == {"fine", "coarse"} for p in predictions)
+    assert all(len(p["fine"]) == 10 and len(p["coarse"]) == 3 for p in predictions)
+    np.testing.assert_allclose([sum(p["fine"]) for p in predictions], 1.0, rtol=1e-5)
+
+
+def test_export_cli_from_workdir_adds_a_version(trained_run, tmp_path):
+    root, _ = trained_run
+    proc = run_module("mtl_keras.export", f"--workdir={root / 'work'}", f"--export_dir={tmp_path}",
+                      "--model_name=again", "--noint8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "again" / "1" / "saved_model.pb").is_file()
+    assert not (tmp_path / "again" / "1" / "model.int8.onnx").exists()
+    clash = run_module("mtl_keras.export", f"--workdir={root / 'work'}", f"--export_dir={tmp_path}",
+                       "--model_name=again", "--version=1", "--noint8")
+    assert clash.returncode == 1 and "exists" in clash.stderr.strip().splitlines()[-1]
+    missing = run_module("mtl_keras.export", f"--workdir={tmp_path / 'nowhere'}")
+    assert missing.returncode == 1 and "has no model.keras" in missing.stderr.strip().splitlines()[-1]

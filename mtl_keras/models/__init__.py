@@ -1,36 +1,104 @@
-"""Model registry: `build_model` joins preprocessing, a shared trunk and one head per task."""
+"""Model registry: `build_model` joins preprocessing, a shared trunk and one head per task.
+
+Trunks (`--model`): vit (conv or patch stem, variants NAME/PATCH), seed_vit (the seed study's ViT),
+resnet152 (the seed study's ResNet-152), cct (Compact Convolutional Transformer, variants LAYERS/KxN).
+Importing this package needs Keras only (no TensorFlow), so trunks build on the JAX backend too.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import keras
 from keras import layers
 
-from mtl_keras.models.heads import light_head
-from mtl_keras.models.vit import vit_trunk
+from mtl_keras import losses
+from mtl_keras.models import cct, resnet, seed_vit, vit
+from mtl_keras.models.heads import HEADS, light_head, seed_head
 
-TRUNKS = ("vit",)
+TRUNKS = ("vit", "seed_vit", "resnet152", "cct")
+# Trunks that normalise with per-channel statistics of the training images (Keras Normalization layer).
+ADAPTED_NORM = ("seed_vit",)
+
+
+def check_variant(trunk: str, variant: str) -> None:
+    """Raises ValueError (one line) when `variant` is not a size of `trunk`; fixed-shape trunks take any."""
+    if trunk == "vit":
+        vit.parse_variant(variant)
+    elif trunk == "cct":
+        cct.parse_variant(variant)
+
+
+def channel_stats(images, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and variance of uint8/float images [N, H, W, C] (what Normalization.adapt computes)."""
+    import numpy as np
+
+    total = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
+    for i in range(0, len(images), chunk):  # chunks: float64 of all CIFAR pixels would take ~1.5 GB
+        x = images[i:i + chunk].astype(np.float64).reshape(-1, images.shape[-1])
+        total = total[0] + x.sum(0), total[1] + (x * x).sum(0)
+    n = images.size / images.shape[-1]
+    mean = total[0] / n
+    return mean.tolist(), (total[1] / n - mean ** 2).tolist()
+
+
+def _preprocess(x, trunk: str, channels: int, norm_stats: tuple[Sequence[float], Sequence[float]] | None):
+    """Deterministic pixel preprocessing of each trunk, inside the model so exports take raw 0-255 pixels."""
+    if trunk == "resnet152":
+        return resnet.CaffePreprocess(name="caffe_preprocess")(x)
+    if trunk in ADAPTED_NORM:
+        # Constants, not adapt(): saved in the layer config, and tf2onnx sees plain Sub/Mul.
+        mean, variance = norm_stats or ([127.5] * channels, [127.5 ** 2] * channels)
+        return layers.Normalization(mean=list(mean), variance=list(variance), name="normalize")(x)
+    return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
+
+
+def _trunk(trunk: str, shape: tuple[int, int, int], variant: str, stem: str, dropout: float,
+           stochastic_depth: float) -> keras.Model:
+    if trunk == "vit":
+        return vit.vit_trunk(shape, variant, stem=stem, dropout=dropout)
+    if trunk == "seed_vit":
+        return seed_vit.seed_vit_trunk(shape, dropout=dropout)
+    if trunk == "resnet152":
+        return resnet.resnet152_trunk(shape, dropout=dropout)
+    return cct.cct_trunk(shape, variant, dropout=dropout, stochastic_depth=stochastic_depth)
 
 
 def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[str, int], *,
                 variant: str = "Mu/4", stem: str = "conv", image_size: int | None = None, dropout: float = 0.0,
-                head_dropout: float = 0.0) -> keras.Model:
+                head: str = "light", head_dropout: float = 0.0, stochastic_depth: float = 0.1,
+                norm_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+                loss_weighting: str = "fixed") -> keras.Model:
     """Returns a model from raw pixels (0-255, float32) named `image` to a dict of probabilities.
 
     `heads` maps task name to class count, e.g. {"fine": 10, "coarse": 3}; a single-task model has one.
-    Preprocessing is deterministic and lives in the model, so exports take raw pixels.
+    `variant` and `stem` apply to vit / cct; seed_vit and resnet152 have the seed's fixed shapes.
+    `norm_stats` = (per-channel mean, variance) of the training pixels, for seed_vit's Normalization.
+    `stochastic_depth` is cct's top drop-path rate. A dynamic `loss_weighting` adds the layer holding its
+    state (see mtl_keras.losses).
     """
     if trunk not in TRUNKS:
         raise ValueError(f"unknown model {trunk!r}; choose one of {', '.join(TRUNKS)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     if not heads:
         raise ValueError("build_model needs at least one head")
+    losses.check_weighting(loss_weighting, list(heads))
+    check_variant(trunk, variant)
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
-    size = image_size or input_shape[0]
+    x = _preprocess(inputs, trunk, input_shape[2], norm_stats)
+    size = image_size or {"seed_vit": seed_vit.IMAGE_SIZE}.get(trunk, input_shape[0])
+    if trunk == "resnet152":
+        size = max(size, resnet.MIN_SIZE)
     if (size, size) != tuple(input_shape[:2]):
         x = layers.Resizing(size, size, name="resize")(x)
-    body = vit_trunk((size, size, input_shape[2]), variant, stem=stem, dropout=dropout)
+    body = _trunk(trunk, (size, size, input_shape[2]), variant, stem, dropout, stochastic_depth)
     features = body(x)
-    outputs = {name: light_head(features, n, name, head_dropout) for name, n in heads.items()}
+    if loss_weighting in losses.DYNAMIC:
+        features = losses.TaskWeights(list(heads), loss_weighting, name=losses.LAYER_NAME)(features)
+    if head == "seed":
+        activation = "relu" if trunk == "resnet152" else vit.gelu_tanh  # the seed: ReLU for ResNet, GELU for ViT
+        outputs = {name: seed_head(features, n, name, head_dropout, activation) for name, n in heads.items()}
+    else:
+        outputs = {name: light_head(features, n, name, head_dropout) for name, n in heads.items()}
     return keras.Model(inputs, outputs, name=f"mtl_{trunk}")

@@ -1,0 +1,171 @@
+"""Task losses and multi-task loss weighting, Keras-native and backend-agnostic (keras.ops only).
+
+    fixed        gamma * L_fine + (1 - gamma) * L_coarse (the seed study), through compile's loss_weights.
+    uncertainty  Kendall, Gal & Cipolla 2018: sum_k exp(-s_k) * L_k + s_k / 2 with learned s_k = log sigma_k^2
+                 (their classification form, 1/sigma^2 * L + log sigma).
+    dwa          Dynamic Weight Average, Liu, Johns & Davison 2019 (MTAN): w_k = K * softmax_k(r_k / T),
+                 r_k = L_k(epoch - 1) / L_k(epoch - 2), T = 2; w_k = 1 for the first two epochs.
+
+The weighting state (log-variances or DWA weights) lives in a pass-through `TaskWeights` layer inside the
+model, not in the loss: a model's variables are what every backend's train step differentiates and carries
+(JAX's stateless step sees a variable only if the model owns it), and they are saved with the model. The
+per-head losses read that layer's variables; DWA's weights are set between epochs by `DWACallback`.
+No custom train step, so outputs, losses and compiled metrics keep the keys `fine` / `coarse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+WEIGHTINGS = ("fixed", "uncertainty", "dwa")
+DYNAMIC = ("uncertainty", "dwa")
+LAYER_NAME = "loss_weighting"
+
+
+@keras.saving.register_keras_serializable(package="mtl_keras")
+class TaskWeights(layers.Layer):
+    """Holds per-task loss-weighting variables; passes its input through unchanged (identity at serving)."""
+
+    def __init__(self, tasks: Sequence[str] = ("fine", "coarse"), method: str = "uncertainty", **kwargs):
+        super().__init__(**kwargs)
+        if method not in DYNAMIC:
+            raise ValueError(f"TaskWeights method must be one of {DYNAMIC}, got {method!r}")
+        self.tasks = list(tasks)
+        self.method = method
+
+    def build(self, input_shape):
+        n = len(self.tasks)
+        if self.method == "uncertainty":  # s_k = log sigma_k^2 = 0: equal weights to start
+            self.log_var = self.add_weight(name="log_var", shape=(n,), initializer="zeros", trainable=True)
+        else:
+            self.task_weight = self.add_weight(name="task_weight", shape=(n,), initializer="ones",
+                                               trainable=False)
+
+    def call(self, x):
+        return x
+
+    def scale_and_offset(self, task: str):
+        """(multiplier, additive term) of task `task`'s loss, as backend tensors."""
+        i = self.tasks.index(task)
+        if self.method == "uncertainty":
+            s = self.log_var[i]
+            return ops.exp(-s), 0.5 * s
+        return self.task_weight[i], 0.0
+
+    def current(self) -> dict[str, float]:
+        """The loss multiplier of each task now, as floats (for logs)."""
+        if self.method == "uncertainty":
+            return {t: float(np.exp(-v)) for t, v in zip(self.tasks, ops.convert_to_numpy(self.log_var))}
+        return {t: float(v) for t, v in zip(self.tasks, ops.convert_to_numpy(self.task_weight))}
+
+    def get_config(self):
+        return {**super().get_config(), "tasks": self.tasks, "method": self.method}
+
+
+@keras.saving.register_keras_serializable(package="mtl_keras")
+class TaskLoss(keras.losses.Loss):
+    """Categorical cross-entropy of one head, scaled (and offset) by a `TaskWeights` layer.
+
+    A model reloaded from .keras compiles this loss without its layer (a config cannot hold a reference), so
+    it falls back to plain cross-entropy; call `compile_losses` again on the reloaded model to keep weighting.
+    """
+
+    def __init__(self, task: str = "fine", label_smoothing: float = 0.0, weights: TaskWeights | None = None,
+                 **kwargs):
+        kwargs.setdefault("name", f"{task}_task_loss")
+        super().__init__(**kwargs)
+        self.task = task
+        self.label_smoothing = label_smoothing
+        self.weights = weights
+
+    def call(self, y_true, y_pred):
+        ce = keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=self.label_smoothing)
+        if self.weights is None:
+            return ce
+        scale, offset = self.weights.scale_and_offset(self.task)
+        return ce * ops.cast(scale, ce.dtype) + ops.cast(offset, ce.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        return {**config, "task": self.task, "label_smoothing": self.label_smoothing}
+
+
+class DWACallback(keras.callbacks.Callback):
+    """Sets DWA weights at each epoch start from the last two epochs' mean training losses per task."""
+
+    def __init__(self, weights: TaskWeights, temperature: float = 2.0):
+        super().__init__()
+        self.weights = weights
+        self.temperature = temperature
+        self.history: list[np.ndarray] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if len(self.history) < 2:
+            return
+        ratio = self.history[-1] / np.maximum(self.history[-2], 1e-12)
+        w = np.exp((ratio - ratio.max()) / self.temperature)
+        # On JAX, fit re-reads model variables at the first step after on_epoch_begin, so this assignment lands.
+        self.weights.task_weight.assign((len(w) * w / w.sum()).astype("float32"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The logged per-head loss is the weighted one; the weights were constant through the epoch.
+        now = self.weights.current()
+        self.history.append(np.array([logs[f"{t}_loss"] / now[t] for t in self.weights.tasks]))
+
+
+class LogTaskWeights(keras.callbacks.Callback):
+    """Adds `<task>_weight` (the loss multiplier) to each epoch's logs, so history.csv records it."""
+
+    def __init__(self, weights: TaskWeights):
+        super().__init__()
+        self.weights = weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update({f"{t}_weight": w for t, w in self.weights.current().items()})
+
+
+def check_weighting(method: str, heads: Sequence[str]) -> None:
+    """Raises ValueError (one line) for an unknown method or a dynamic method on a single-task model."""
+    if method not in WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {method!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if method in DYNAMIC and len(heads) < 2:
+        raise ValueError(f"loss weighting {method!r} weighs two task losses, but the model has one head "
+                         f"({', '.join(heads)}); use 'fixed' for a single-task run")
+
+
+def _weights_layer(model: keras.Model, method: str) -> TaskWeights:
+    try:
+        layer = model.get_layer(LAYER_NAME)
+    except ValueError:
+        raise ValueError(f"loss weighting {method!r} needs a model built with loss_weighting={method!r}") from None
+    if layer.method != method:
+        raise ValueError(f"the model was built for loss weighting {layer.method!r}, not {method!r}")
+    return layer
+
+
+def compile_losses(model: keras.Model, heads: Sequence[str], method: str = "fixed", *, gamma: float = 0.5,
+                   label_smoothing: float = 0.0) -> tuple[dict, dict | None]:
+    """Returns (loss dict, loss_weights dict or None) for `model.compile`, keyed by head name.
+
+    A dynamic method needs the model built with `loss_weighting=method` (it owns the `TaskWeights` layer).
+    """
+    check_weighting(method, heads)
+    if method == "fixed":
+        loss = {h: keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing) for h in heads}
+        weights = {"fine": gamma, "coarse": 1.0 - gamma} if len(heads) == 2 else {h: 1.0 for h in heads}
+        return loss, weights
+    layer = _weights_layer(model, method)
+    return {h: TaskLoss(h, label_smoothing, layer) for h in heads}, None
+
+
+def weighting_callbacks(model: keras.Model, method: str = "fixed") -> list[keras.callbacks.Callback]:
+    """Callbacks for `model.fit` that a weighting method needs (DWA's updates) and that log task weights."""
+    if method not in DYNAMIC:
+        return []
+    layer = _weights_layer(model, method)
+    return ([DWACallback(layer)] if method == "dwa" else []) + [LogTaskWeights(layer)]

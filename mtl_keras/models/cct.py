@@ -1,0 +1,114 @@
+"""Compact Convolutional Transformer (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact
+Transformers"): a small convolutional tokenizer, a pre-norm transformer with stochastic depth, and sequence
+pooling (attention-weighted mean of the tokens) instead of a class token.
+
+Sizes are variant strings "LAYERS/KxN" as in the paper, e.g. "7/3x1" = CCT-7 with one 3x3 conv in the
+tokenizer (16x16 = 256 tokens at 32 px), "7/3x2" two convs (8x8 = 64 tokens, ~4x cheaper).
+Code uses `keras.ops` only, so the trunk runs on any Keras backend.
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+from keras import layers, ops
+
+from mtl_keras.models.vit import AddPositionEmbedding, gelu_tanh
+
+# layers name: (depth, width, heads, mlp_ratio). "Pico" is for tests; the rest are the paper's sizes.
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "Pico": (2, 32, 2, 1),
+    "2": (2, 128, 2, 1),
+    "4": (4, 128, 2, 1),
+    "6": (6, 256, 4, 2),
+    "7": (7, 256, 4, 2),
+    "14": (14, 384, 6, 3),
+}
+TOKENIZER_PLANES = 64  # channels of the tokenizer's inner convolutions (paper's in_planes)
+
+
+def parse_variant(variant: str) -> tuple[int, int, int, int, int, int]:
+    """Decodes "LAYERS/KxN" into (depth, width, heads, mlp_ratio, kernel, conv_layers)."""
+    m = re.fullmatch(r"(\w+)/(\d+)x(\d+)", variant)
+    if not m or m[1] not in VARIANTS or int(m[2]) < 1 or int(m[3]) < 1:
+        raise ValueError(f"unknown CCT variant {variant!r}: use LAYERS/KxN with LAYERS in "
+                         f"{list(VARIANTS)}, e.g. '7/3x1' (kernel 3, one tokenizer conv)")
+    return (*VARIANTS[m[1]], int(m[2]), int(m[3]))
+
+
+@keras.saving.register_keras_serializable(package="mtl_keras")
+class DropPath(layers.Layer):
+    """Stochastic depth: drops a residual branch for whole examples while training, rescaling the rest."""
+
+    def __init__(self, rate: float = 0.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator))
+        return x * ops.cast(mask / keep, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def tokenizer(x, width: int, kernel: int, conv_layers: int):
+    """N x (conv KxK, ReLU, 3x3 max-pool stride 2): local features and a 2^N smaller token grid."""
+    for i in range(conv_layers):
+        filters = width if i == conv_layers - 1 else TOKENIZER_PLANES
+        x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal",
+                          name=f"tokenizer_conv{i}")(x)
+        x = layers.ReLU(name=f"tokenizer_relu{i}")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"tokenizer_pool{i}")(x)
+    return layers.Reshape((-1, width), name="tokens")(x)
+
+
+def cct_block(x, heads: int, mlp_dim: int, dropout: float, attention_dropout: float, drop_path: float,
+              name: str):
+    """Pre-norm block; each residual branch goes through stochastic depth."""
+    width = x.shape[-1]
+    y = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln1")(x)
+    y = layers.MultiHeadAttention(heads, width // heads, dropout=attention_dropout, name=f"{name}_mha")(y, y)
+    x = layers.Add(name=f"{name}_add1")([x, DropPath(drop_path, name=f"{name}_droppath1")(y)])
+    y = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln2")(x)
+    y = layers.Dense(mlp_dim, activation=gelu_tanh, name=f"{name}_mlp_dense1")(y)
+    y = layers.Dropout(dropout, name=f"{name}_mlp_drop1")(y)
+    y = layers.Dense(width, name=f"{name}_mlp_dense2")(y)
+    y = layers.Dropout(dropout, name=f"{name}_mlp_drop2")(y)
+    return layers.Add(name=f"{name}_add2")([x, DropPath(drop_path, name=f"{name}_droppath2")(y)])
+
+
+def sequence_pool(x):
+    """SeqPool: softmax(Dense(1)) over tokens, then the weighted sum of tokens -> [batch, width]."""
+    weights = layers.Dense(1, name="seqpool_score")(x)
+    weights = layers.Softmax(axis=1, name="seqpool_softmax")(weights)
+    pooled = layers.Dot(axes=1, name="seqpool")([weights, x])  # [batch, 1, width]
+    return layers.Flatten(name="pool")(pooled)
+
+
+def cct_trunk(input_shape: tuple[int, int, int], variant: str = "7/3x1", dropout: float = 0.0,
+              attention_dropout: float = 0.1, stochastic_depth: float = 0.1) -> keras.Model:
+    """CCT trunk on preprocessed images; returns [batch, width] features.
+
+    Paper settings: attention dropout 0.1, MLP dropout 0, stochastic depth rising linearly to 0.1.
+    """
+    depth, width, heads, mlp_ratio, kernel, conv_layers = parse_variant(variant)
+    if min(input_shape[:2]) < 2 ** conv_layers:
+        raise ValueError(f"image size {input_shape[:2]} is too small for {conv_layers} tokenizer convs ({variant})")
+    inputs = keras.Input(input_shape, name="pixels")
+    x = tokenizer(inputs, width, kernel, conv_layers)
+    x = AddPositionEmbedding(initializer_stddev=0.2, name="pos_embed")(x)
+    x = layers.Dropout(dropout, name="embed_drop")(x)
+    for i in range(depth):
+        rate = stochastic_depth * i / max(depth - 1, 1)
+        x = cct_block(x, heads, width * mlp_ratio, dropout, attention_dropout, rate, name=f"block{i}")
+    x = layers.LayerNormalization(epsilon=1e-5, name="encoder_norm")(x)
+    x = sequence_pool(x)
+    return keras.Model(inputs, x, name=f"cct_{variant.replace('/', '_')}")
