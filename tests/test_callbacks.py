@@ -1,0 +1,74 @@
+"""Checkpoint (atomic save, resume, clear errors) and NaN guard, on a tiny Keras model."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from mtl_keras.callbacks import Checkpoint, CheckpointError, NanGuard
+
+CONFIG = {"dataset": "shapes", "epochs": 3, "learning_rate": 1e-3, "workdir": "a"}
+
+
+def _model(lr: float = 1e-2) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.AdamW(lr), "mse")
+    return model
+
+
+def _data():
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    return x, x.sum(1, keepdims=True)
+
+
+def test_checkpoint_keeps_newest_epoch_and_restores_weights_and_optimizer(tmp_path):
+    model = _model()
+    model.fit(*_data(), epochs=3, batch_size=16, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-3.weights.h5", "state.json"]
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["epoch"] == 3 and "workdir" not in state["config"]
+
+    fresh = _model()
+    assert Checkpoint(tmp_path, {**CONFIG, "workdir": "b"}).restore(fresh) == 3  # workdir may move
+    assert int(fresh.optimizer.iterations) == int(model.optimizer.iterations) == 12
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_checkpoint_means_epoch_zero(tmp_path):
+    assert Checkpoint(tmp_path / "none", CONFIG).restore(_model()) == 0
+
+
+def test_truncated_checkpoint_is_named_in_the_error(tmp_path):
+    _model().fit(*_data(), epochs=1, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
+    weights = tmp_path / "epoch-1.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=f"checkpoint {weights} cannot be read .*delete {tmp_path}"):
+        Checkpoint(tmp_path, CONFIG).restore(_model())
+
+
+def test_corrupt_state_file_is_named_in_the_error(tmp_path):
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / 'state.json'} is corrupt"):
+        Checkpoint(tmp_path, CONFIG).restore(_model())
+
+
+def test_checkpoint_of_other_flags_is_refused(tmp_path):
+    _model().fit(*_data(), epochs=1, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
+    with pytest.raises(CheckpointError, match=r"run with other flags \(epochs, learning_rate\)"):
+        Checkpoint(tmp_path, {**CONFIG, "epochs": 5, "learning_rate": 0.1}).restore(_model())
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+    x, y = _data()
+    model = _model()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
+    y_bad = y.copy()
+    y_bad[40] = np.nan  # batch 3 of the next epoch turns the loss NaN
+    guard = NanGuard()
+    model.fit(x, y_bad, epochs=3, batch_size=16, verbose=0, shuffle=False, initial_epoch=1,
+              callbacks=[guard, Checkpoint(tmp_path, CONFIG)])
+    assert guard.failure is not None and guard.failure[:2] == (2, 3)
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
