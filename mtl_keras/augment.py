@@ -33,20 +33,26 @@ def parse_policies(spec: str) -> tuple[str, ...]:
     return tuple(n for n in _ORDER if n in names)
 
 
+def _reflect(index: tf.Tensor, size: int) -> tf.Tensor:
+    """Maps indices in [-size + 1, 2 * size - 2] into [0, size) as REFLECT padding does (no edge repeat)."""
+    return (size - 1) - tf.abs((size - 1) - tf.abs(index))
+
+
 def random_flip_crop(images: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tensor:
-    """Batched random horizontal flip and translate-by-crop (reflect padding by `pad` pixels)."""
+    """Batched random horizontal flip and translate-by-crop (reflect padding by `pad` pixels).
+
+    Same result as flip, `tf.pad(mode="REFLECT")`, crop, but done as two index gathers: the padding and the
+    flip copy whole batches and were ~6x slower than the gathers themselves.
+    """
     b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
     seeds = tf.random.experimental.stateless_split(seed, 3)
     flip = tf.random.stateless_uniform([b], seeds[0]) < 0.5
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    if pad:
-        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        oy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, tf.int32)
-        ox = tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, tf.int32)
-        rows = oy[:, None] + tf.range(h)[None]
-        cols = ox[:, None] + tf.range(w)[None]
-        images = tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
-    return images
+    oy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, tf.int32)
+    ox = tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, tf.int32)
+    rows = _reflect(oy[:, None] - pad + tf.range(h)[None], h)  # [b, h]
+    cols = _reflect(ox[:, None] - pad + tf.range(w)[None], w)  # [b, w], in the flipped image's frame
+    cols = tf.where(flip[:, None], (w - 1) - cols, cols)
+    return tf.gather(tf.gather(images, rows, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
 def _beta(shape, alpha: float, seed: tf.Tensor) -> tf.Tensor:

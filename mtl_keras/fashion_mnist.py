@@ -31,6 +31,8 @@ FILES = {  # split -> (images, labels), as the Debian package and the original r
 }
 INSTALL_HINT = ("install it with `apt-get install dataset-fashion-mnist` or pass --fashion_mnist_dir=DIR "
                 "naming a folder with the four *-ubyte.gz files")
+REPAIR_HINT = ("reinstall it (`apt-get install --reinstall dataset-fashion-mnist`) or pass --fashion_mnist_dir=DIR "
+               "naming a folder with intact copies")
 # idx type codes (third byte of the magic number) -> numpy dtype; idx stores multi-byte values big-endian.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -50,7 +52,7 @@ def _read_bytes(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut gzip stream is EOFError
-        raise IdxError(f"{path} is corrupt: cannot gunzip it ({e}); {INSTALL_HINT}") from None
+        raise IdxError(f"{path} is corrupt: cannot gunzip it ({e}); {REPAIR_HINT}") from None
 
 
 def parse_idx(raw: bytes, name: str, ndim: int | None = None) -> np.ndarray:
@@ -79,8 +81,12 @@ def parse_idx(raw: bytes, name: str, ndim: int | None = None) -> np.ndarray:
 
 
 def read_idx(path: str, ndim: int | None = None) -> np.ndarray:
-    """Reads one idx file (gzipped or not); see `parse_idx`."""
-    return parse_idx(_read_bytes(path), path, ndim)
+    """Reads one idx file (gzipped or not); see `parse_idx`. Errors end with how to repair the file."""
+    raw = _read_bytes(path)
+    try:
+        return parse_idx(raw, path, ndim)
+    except IdxError as e:
+        raise IdxError(f"{e}; {REPAIR_HINT}") from None
 
 
 def load_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,9 +95,9 @@ def load_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(image_file, ndim=3)
     labels = read_idx(label_file, ndim=1)
     if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
-        raise IdxError(f"{image_file} holds {images.dtype} images of size {images.shape[1:]}, not uint8 28x28")
+        raise IdxError(f"{image_file} holds {images.dtype} images of size {images.shape[1:]}, not uint8 28x28; {REPAIR_HINT}")
     if len(images) != len(labels):
-        raise IdxError(f"{image_file} has {len(images)} images but {label_file} has {len(labels)} labels")
+        raise IdxError(f"{image_file} has {len(images)} images but {label_file} has {len(labels)} labels; {REPAIR_HINT}")
     if labels.size and not 0 <= labels.min() <= labels.max() < len(FINE_NAMES):
-        raise IdxError(f"{label_file} has labels outside 0-{len(FINE_NAMES) - 1}: corrupt")
+        raise IdxError(f"{label_file} has labels outside 0-{len(FINE_NAMES) - 1}: corrupt; {REPAIR_HINT}")
     return images[..., None], labels.astype(np.int32)

@@ -43,26 +43,6 @@ def test_pipeline_labels_follow_the_hierarchy(shapes_splits):
         assert 0 <= images.numpy().min() and images.numpy().max() <= 255
 
 
-def test_flip_crop_same_eagerly_and_in_tf_data():
-    images = tf.constant(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)), tf.uint8)
-    seed = tf.constant([5, 9], tf.int64)
-    eager = data.random_flip_crop(images, seed)
-    graph = next(iter(tf.data.Dataset.from_tensors((images, seed)).map(data.random_flip_crop)))
-    np.testing.assert_array_equal(eager.numpy(), graph.numpy())
-    assert eager.shape == images.shape and not np.array_equal(eager.numpy(), images.numpy())
-
-
-def test_flip_crop_keeps_content_translated():
-    # Flip off, crop only: every output row/col window is a shifted window of the reflect-padded input.
-    img = tf.reshape(tf.range(32 * 32 * 3) % 251, (1, 32, 32, 3))
-    out = data.random_flip_crop(tf.cast(img, tf.uint8), tf.constant([1, 2], tf.int64), pad=4).numpy()[0]
-    padded = np.pad(img.numpy()[0], ((4, 4), (4, 4), (0, 0)), mode="reflect").astype(np.uint8)
-    matches = [(dy, dx) for dy in range(9) for dx in range(9)
-               if np.array_equal(padded[dy:dy + 32, dx:dx + 32], out)
-               or np.array_equal(padded[dy:dy + 32, dx:dx + 32][:, ::-1], out)]
-    assert len(matches) == 1
-
-
 def test_fit_images_channels_and_size():
     grey = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
     rgb = data.fit_images(grey, (32, 32, 3))
@@ -73,7 +53,8 @@ def test_fit_images_channels_and_size():
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(data.DatasetError, match="unknown dataset 'mnist'; choose one of shapes, cifar10, cifar100"):
+    with pytest.raises(data.DatasetError,
+                       match="unknown dataset 'mnist'; choose one of shapes, cifar10, cifar100, fashion_mnist$"):
         data.load("mnist")
 
 
@@ -83,10 +64,17 @@ def test_cifar_through_tfds_mock(tmp_path, name, n_fine, n_coarse):
         s = data.load(name, data_dir=str(tmp_path), validation_fraction=0.25)
     assert s.info.num_classes == {"fine": n_fine, "coarse": n_coarse}
     assert len(s.train) == 30 and len(s.val) == 10 and len(s.test) == 40
-    images, labels = next(iter(data.pipeline(s.train, s.info, batch_size=8, training=True)))
-    assert images.shape == (8, 32, 32, 3)
+    assert s.train.images.dtype == np.uint8 and s.train.fine.dtype == s.train.coarse.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(s.info.fine_to_coarse)[s.test.fine], s.test.coarse)
+    images, labels = next(iter(data.pipeline(s.train, s.info, batch_size=8, training=True, augment="flip_crop")))
+    assert images.shape == (8, 32, 32, 3) and images.dtype == tf.float32
+    assert labels["fine"].shape == (8, n_fine) and labels["coarse"].shape == (8, n_coarse)
     fine, coarse = labels["fine"].numpy().argmax(-1), labels["coarse"].numpy().argmax(-1)
     np.testing.assert_array_equal(np.asarray(s.info.fine_to_coarse)[fine], coarse)
+    # Soft labels from MixUp keep the pair consistent: fine mass summed per superclass = coarse mass.
+    _, mixed = next(iter(data.pipeline(s.train, s.info, batch_size=8, training=True, augment="mixup")))
+    to_coarse = np.eye(n_coarse)[list(s.info.fine_to_coarse)]
+    np.testing.assert_allclose(mixed["fine"].numpy() @ to_coarse, mixed["coarse"].numpy(), atol=1e-5)
 
 
 def test_cifar10_superclasses_are_the_seed_studys():
