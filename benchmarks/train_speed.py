@@ -6,7 +6,7 @@
 
 Runs on any Keras backend and never imports TensorFlow itself (numpy input, `mtl_keras.models` is
 Keras-only), so it works where only `jax[cuda12]` and `keras` are installed. Arguments are argparse, not
-mtl_keras.flags: that module pulls in the tf.data pipeline.
+mtl_keras.flags: that module pulls in the TensorFlow data pipeline.
 
 MFU = analytic training FLOP/s / --peak_tflops. Analytic FLOPs count the matmuls and convolutions
 (Dense, Conv, attention) of one forward pass, x3 for forward + backward; element-wise ops are left out

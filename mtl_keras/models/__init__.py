@@ -15,6 +15,7 @@ from keras import layers
 from mtl_keras import losses
 from mtl_keras.models import cct, resnet, seed_vit, vit
 from mtl_keras.models.heads import HEADS, light_head, seed_head
+from mtl_keras.models.preprocess import Normalize, Resize, channel_stats  # noqa: F401  (channel_stats: re-exported)
 
 TRUNKS = ("vit", "seed_vit", "resnet152", "cct")
 # Trunks that normalise with per-channel statistics of the training images (Keras Normalization layer).
@@ -29,27 +30,14 @@ def check_variant(trunk: str, variant: str) -> None:
         cct.parse_variant(variant)
 
 
-def channel_stats(images, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and variance of uint8/float images [N, H, W, C] (what Normalization.adapt computes)."""
-    import numpy as np
-
-    total = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
-    for i in range(0, len(images), chunk):  # chunks: float64 of all CIFAR pixels would take ~1.5 GB
-        x = images[i:i + chunk].astype(np.float64).reshape(-1, images.shape[-1])
-        total = total[0] + x.sum(0), total[1] + (x * x).sum(0)
-    n = images.size / images.shape[-1]
-    mean = total[0] / n
-    return mean.tolist(), (total[1] / n - mean ** 2).tolist()
-
-
 def _preprocess(x, trunk: str, channels: int, norm_stats: tuple[Sequence[float], Sequence[float]] | None):
     """Deterministic pixel preprocessing of each trunk, inside the model so exports take raw 0-255 pixels."""
     if trunk == "resnet152":
         return resnet.CaffePreprocess(name="caffe_preprocess")(x)
     if trunk in ADAPTED_NORM:
-        # Constants, not adapt(): saved in the layer config, and tf2onnx sees plain Sub/Mul.
+        # Statistics passed in rather than adapt(): saved in the layer config, plain Sub/Mul in ONNX.
         mean, variance = norm_stats or ([127.5] * channels, [127.5 ** 2] * channels)
-        return layers.Normalization(mean=list(mean), variance=list(variance), name="normalize")(x)
+        return Normalize(mean, variance, name="normalize")(x)
     return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
 
 
@@ -91,7 +79,7 @@ def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[st
     if trunk == "resnet152":
         size = max(size, resnet.MIN_SIZE)
     if (size, size) != tuple(input_shape[:2]):
-        x = layers.Resizing(size, size, name="resize")(x)
+        x = Resize(size, name="resize")(x)
     body = _trunk(trunk, (size, size, input_shape[2]), variant, stem, dropout, stochastic_depth)
     features = body(x)
     if loss_weighting in losses.DYNAMIC:

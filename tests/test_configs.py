@@ -1,0 +1,73 @@
+"""Every flagfile in configs/ parses with absl, opens with its purpose and command, and builds its model."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.flags"))
+
+
+def _parse(path: Path):
+    from absl import flags
+
+    from mtl_keras import flags as mtl_flags
+
+    try:
+        flags.FLAGS(["prog", f"--flagfile={path}"])
+        return mtl_flags.to_config()
+    finally:
+        flags.FLAGS.unparse_flags()  # the next parse starts from the defaults again
+
+
+def _info_and_shape(name: str):
+    """Class counts and image shape of a dataset, without loading it."""
+    from mtl_keras import classes, data, shapes
+
+    if name == "shapes":
+        return data.DatasetInfo(name, shapes.FINE_NAMES, shapes.COARSE_NAMES, shapes.FINE_TO_COARSE), (32, 32, 3)
+    if name in classes.CLASSES:
+        return data.DatasetInfo(name, *classes.CLASSES[name]), (32, 32, 3)
+    module = importlib.import_module(f"mtl_keras.{name}")  # e.g. fashion_mnist: 28x28 grey
+    return data.DatasetInfo(name, module.FINE_NAMES, module.COARSE_NAMES, module.FINE_TO_COARSE), (28, 28, 1)
+
+
+def _param(path: Path):
+    slow = "resnet152" in path.read_text()  # ResNet-152 takes seconds to build and compile on CPU
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
+
+
+def test_seed_grid_is_complete():
+    names = {p.stem for p in CONFIGS}
+    for model in ("vit", "resnet152"):
+        for data in ("c10", "c100"):
+            runs = ["stl_fine", "stl_coarse"] + [f"mtl_g{g}" for g in (0.1, 0.3, 0.5, 0.7, 0.9)]
+            assert {f"seed_{model}_{data}_{r}" for r in runs} <= names
+    assert {"quickstart", "mtl_vit_c10", "mtl_vit_c100", "mtl_resnet152_c10"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_flagfile_opens_with_purpose_and_command(path):
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# ") and len(lines[0]) > 20, "first line: a comment giving the purpose"
+    comments = [line for line in lines if line.startswith("#")]
+    assert any(f"python -m mtl_keras.train --flagfile=configs/{path.name}" in line for line in comments)
+    assert all(line.startswith(("#", "--")) for line in lines if line.strip())
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in CONFIGS])
+def test_flagfile_parses_and_builds_its_model(path):
+    from mtl_keras import train
+    from mtl_keras.models import ADAPTED_NORM
+
+    config = _parse(path)
+    info, shape = _info_and_shape(config.dataset)
+    stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model in ADAPTED_NORM else None
+    model = train.build_and_compile(config, info, shape, steps_per_epoch=10, norm_stats=stats)
+    expected = {h for h in ("fine", "coarse") if config.task in ("mtl", h)}
+    assert set(model.output_names) == expected
+    if config.dataset == "cifar100" and "fine" in expected:
+        assert "top5_accuracy" in str(model.get_compile_config()["metrics"])
