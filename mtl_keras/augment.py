@@ -114,7 +114,7 @@ class SwitchRandAugment(keras.layers.RandAugment):
     """`keras.layers.RandAugment` that runs only the chosen op per step.
 
     Keras computes all 11 ops for every step and keeps one with `where`; a `tf.switch_case` on the same
-    random draw gives identical output ~7x faster (measured on CIFAR-sized batches). TensorFlow only:
+    random draw gives identical output 7-16x faster (CIFAR-sized batches, BUILD_NOTES.md). TensorFlow only:
     it is meant for tf.data, which is TensorFlow whatever the Keras backend.
     """
 

@@ -95,9 +95,11 @@ def load_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(image_file, ndim=3)
     labels = read_idx(label_file, ndim=1)
     if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
-        raise IdxError(f"{image_file} holds {images.dtype} images of size {images.shape[1:]}, not uint8 28x28; {REPAIR_HINT}")
+        raise IdxError(f"{image_file} holds {images.dtype} images of size {images.shape[1:]}, not uint8 28x28; "
+                       f"{REPAIR_HINT}")
     if len(images) != len(labels):
-        raise IdxError(f"{image_file} has {len(images)} images but {label_file} has {len(labels)} labels; {REPAIR_HINT}")
+        raise IdxError(f"{image_file} has {len(images)} images but {label_file} has {len(labels)} labels; "
+                       f"{REPAIR_HINT}")
     if labels.size and not 0 <= labels.min() <= labels.max() < len(FINE_NAMES):
         raise IdxError(f"{label_file} has labels outside 0-{len(FINE_NAMES) - 1}: corrupt; {REPAIR_HINT}")
     return images[..., None], labels.astype(np.int32)

@@ -173,3 +173,11 @@ def test_evaluation_pipeline_never_augments(shapes_splits):
     np.testing.assert_array_equal(images.numpy(), split.images[:8].astype(np.float32))
     np.testing.assert_array_equal(labels["fine"].numpy().argmax(1), split.fine[:8])
     assert set(np.unique(labels["fine"].numpy())) == {0.0, 1.0}
+
+
+def test_cli_rejects_an_unknown_augmentation_in_one_line(tmp_path):
+    from conftest import run_module
+
+    proc = run_module("mtl_keras.train", "--augment=flip_crop,autoaugment", f"--workdir={tmp_path}", timeout=120)
+    assert proc.returncode != 0
+    assert "--augment: unknown augmentation 'autoaugment'; use a comma-separated list of" in proc.stderr
