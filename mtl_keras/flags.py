@@ -60,9 +60,10 @@ flags.DEFINE_float("head_dropout", _D.head_dropout, "Dropout in the heads (seed:
 # optimisation
 flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.", lower_bound=1)
-flags.DEFINE_float("learning_rate", _D.learning_rate, "Peak learning rate (AdamW, warmup then cosine to 0).",
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Peak learning rate (see --lr_schedule and --optimizer).",
                    lower_bound=0.0)
-flags.DEFINE_float("weight_decay", _D.weight_decay, "AdamW decoupled weight decay.", lower_bound=0.0)
+flags.DEFINE_float("weight_decay", _D.weight_decay, "AdamW decoupled weight decay (not used by --optimizer=adam).",
+                   lower_bound=0.0)
 flags.DEFINE_float("warmup_epochs", _D.warmup_epochs, "Linear warmup length in epochs.", lower_bound=0.0)
 flags.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for both heads.",
                    lower_bound=0.0, upper_bound=0.5)
@@ -76,7 +77,8 @@ flags.DEFINE_enum("lr_schedule", _D.lr_schedule, ("cosine", "constant"), "cosine
                   "to 0; constant: --learning_rate throughout (the seed study).")
 flags.DEFINE_float("grad_clip_norm", _D.grad_clip_norm, "Clip gradients to this global norm (0: off).",
                    lower_bound=0.0)
-flags.DEFINE_boolean("ema", _D.ema, "Keep an exponential moving average of the weights and use it at the end.")
+flags.DEFINE_boolean("ema", _D.ema, "Keep an exponential moving average of the weights and use it at the end (no "
+                     "EMA warmup in Keras: only for runs of many more than 1 / (1 - ema_momentum) steps).")
 flags.DEFINE_float("ema_momentum", _D.ema_momentum, "EMA momentum (with --ema).", lower_bound=0.0,
                    upper_bound=1.0)
 flags.DEFINE_boolean("jit_compile", _D.jit_compile, "Compile train and eval steps with XLA.")
