@@ -14,6 +14,9 @@ class TrainConfig:
     validation_fraction: float = 0.15
     max_train_examples: int | None = None
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    folder_image_size: int = 32
+    folder_test_fraction: float = 0.15
+    folder_cache_mb: float = 2048.0
     augment: str = "flip_crop"
     randaugment_ops: int = 2
     randaugment_magnitude: float = 0.5

@@ -19,7 +19,7 @@ from mtl_keras import augment as augment_lib
 from mtl_keras import classes, fashion_mnist, shapes
 from mtl_keras.augment import AUGMENTS, random_flip_crop  # noqa: F401  (flags and older callers use these)
 
-DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist")
+DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder", "csv")
 TASKS = ("mtl", "fine", "coarse")
 SHAPES_TRAIN, SHAPES_TEST = 12_000, 2_000
 _TFDS_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
@@ -35,6 +35,7 @@ class DatasetInfo:
     fine_names: tuple[str, ...]
     coarse_names: tuple[str, ...]
     fine_to_coarse: tuple[int, ...]
+    skipped_files: tuple[str, ...] = ()  # image files that could not be decoded (folder and csv datasets)
 
     @property
     def num_classes(self) -> dict[str, int]:
@@ -127,11 +128,19 @@ def _load_fashion_mnist(directory: str) -> tuple[DatasetInfo, Split, Split]:
 
 def load(name: str, *, data_dir: str | None = None, validation_fraction: float = 0.15,
          max_train_examples: int | None = None, seed: int = 0, download: bool = True,
-         fashion_mnist_dir: str = fashion_mnist.DEFAULT_DIR) -> Splits:
+         fashion_mnist_dir: str = fashion_mnist.DEFAULT_DIR, folder_image_size: int = 32,
+         folder_test_fraction: float = 0.15, folder_cache_mb: float = 2048) -> Splits:
     """Loads dataset `name` into train / validation / test arrays; validation is carved from train.
 
-    `data_dir` is the tfds folder (CIFAR); `fashion_mnist_dir` holds the Fashion-MNIST idx files.
+    `data_dir` is the tfds folder (CIFAR), the image tree ROOT (folder) or the label file (csv);
+    `fashion_mnist_dir` holds the Fashion-MNIST idx files; the `folder_*` options are folders.load's.
     """
+    if name in ("folder", "csv"):
+        from mtl_keras import folders  # here, not at the top: folders imports this module
+
+        return folders.load(name, data_dir, image_size=folder_image_size, validation_fraction=validation_fraction,
+                            test_fraction=folder_test_fraction, max_train_examples=max_train_examples,
+                            cache_mb=folder_cache_mb)
     if name == "shapes":
         info, train, test = _load_shapes()
     elif name in ("cifar10", "cifar100"):
@@ -152,6 +161,8 @@ def fit_images(images, shape: tuple[int, int, int]):
     Grey -> RGB repeats the channel, RGB -> grey averages; a size mismatch is resized bilinearly.
     Works eagerly on numpy and inside tf.data; returns the input dtype where nothing needed resizing.
     """
+    if not (isinstance(images, np.ndarray) or tf.is_tensor(images)):
+        images = np.asarray(images)  # array-likes such as folders.FileImages
     x = tf.convert_to_tensor(images)
     channels = x.shape[-1]
     if channels != shape[2]:
@@ -190,6 +201,11 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
     augmenter = augment_lib.batch_augmenter(
         augment, seed=seed, randaugment_ops=randaugment_ops, randaugment_magnitude=randaugment_magnitude,
         mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha) if training else None
+    if not isinstance(split.images, np.ndarray):  # folders.FileImages: decoded from files every epoch
+        from mtl_keras import folders
+
+        return folders.file_pipeline(split, info, task=task, batch_size=batch_size, training=training,
+                                     augmenter=augmenter, seed=seed, image_shape=image_shape)
     # Arrays live in memory once; shuffling and batching indices (not images) and gathering a whole batch
     # per map call is faster than slicing examples, and the shuffle buffer holds 8-byte indices only.
     images, fine, coarse = (tf.constant(a) for a in (split.images, split.fine, split.coarse))

@@ -22,7 +22,8 @@ _D = TrainConfig()
 
 # data
 flags.DEFINE_enum("dataset", _D.dataset, data.DATASETS, "Dataset to train and evaluate on.")
-flags.DEFINE_string("data_dir", _D.data_dir, "tensorflow-datasets data_dir with prepared data (CIFAR).")
+flags.DEFINE_string("data_dir", _D.data_dir, "cifar10/cifar100: tensorflow-datasets data_dir with prepared data; "
+                    "folder: the image tree ROOT (ROOT/COARSE/FINE/*.jpg); csv: the label file (path,fine,coarse).")
 flags.DEFINE_boolean("download", _D.download, "Let tfds download a dataset that is not prepared in --data_dir.")
 flags.DEFINE_float("validation_fraction", _D.validation_fraction,
                    "Share of the training split held out (seeded) for validation.", lower_bound=0.0, upper_bound=0.5)
@@ -31,6 +32,13 @@ flags.DEFINE_integer("max_train_examples", _D.max_train_examples,
 flags.DEFINE_string("fashion_mnist_dir", _D.fashion_mnist_dir,
                     "Folder with the Fashion-MNIST idx files (*-ubyte.gz), as `apt-get install "
                     "dataset-fashion-mnist` installs them.")
+flags.DEFINE_integer("folder_image_size", _D.folder_image_size, "folder / csv: images are decoded and resized "
+                     "to this square size (3 channels).", lower_bound=8)
+flags.DEFINE_float("folder_test_fraction", _D.folder_test_fraction, "folder / csv without a test split: share of "
+                   "each fine class held out (fixed seed) for testing.", lower_bound=0.0, upper_bound=0.5)
+flags.DEFINE_float("folder_cache_mb", _D.folder_cache_mb, "folder / csv: decode all images once into memory when "
+                   "their pixels fit in this many MB, else stream the files every epoch (0: always stream).",
+                   lower_bound=0.0)
 flags.DEFINE_string("augment", _D.augment,
                     f"Random augmentation in tf.data, never in the model: a comma-separated list of "
                     f"{', '.join(data.AUGMENTS[1:])}, or none. Applied in that order; mixup and cutmix "

@@ -158,7 +158,7 @@ def run(config: TrainConfig) -> dict:
     val_ds = data.pipeline(splits.val, info, **common) if len(splits.val) else None
 
     input_shape = train.images.shape[1:]
-    from mtl_keras import losses
+    from mtl_keras import losses, reports
     from mtl_keras.models import ADAPTED_NORM, channel_stats
 
     norm_stats = channel_stats(train.images) if config.model in ADAPTED_NORM else None
@@ -168,10 +168,12 @@ def run(config: TrainConfig) -> dict:
     start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps, verbose=2,
               callbacks=[*losses.weighting_callbacks(model, config.loss_weighting),
-                         keras.callbacks.CSVLogger(str(workdir / "history.csv"))])
+                         keras.callbacks.CSVLogger(str(workdir / "history.csv")),
+                         reports.TensorBoardScalars(workdir / "tensorboard")])
     train_seconds = time.time() - start
 
     metrics = evaluate(model, splits.test, info, config.batch_size)
+    metrics |= reports.write_run_reports(model, splits, workdir, config.batch_size)
     metrics["train_seconds"] = round(train_seconds, 1)
     model_path = workdir / "model.keras"
     tmp_model = workdir / ".model.tmp.keras"

@@ -53,8 +53,8 @@ def test_fit_images_channels_and_size():
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(data.DatasetError,
-                       match="unknown dataset 'mnist'; choose one of shapes, cifar10, cifar100, fashion_mnist$"):
+    with pytest.raises(data.DatasetError, match="unknown dataset 'mnist'; choose one of shapes, cifar10, cifar100, "
+                                                "fashion_mnist, folder, csv$"):
         data.load("mnist")
 
 

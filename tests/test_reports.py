@@ -1,0 +1,125 @@
+"""Run reports: learning curves, confusion matrices, per-class accuracy, TensorBoard scalars."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from mtl_keras import data, reports
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path) -> tuple[int, int]:
+    raw = open(path, "rb").read(24)
+    assert raw[:8] == PNG
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def write_history(path, rows: list[dict]) -> None:
+    keys = list(rows[0])
+    path.write_text(",".join(keys) + "\n" + "".join(",".join(str(r[k]) for k in keys) + "\n" for r in rows))
+
+
+def test_learning_curves_two_heads_and_resumed_epochs(tmp_path):
+    rows = [{"epoch": e, **{f"{s}{h}_{m}": 1.0 / (e + 1) if m == "loss" else e / 4 for s in ("", "val_")
+                            for h in ("fine", "coarse") for m in ("loss", "accuracy")}, "loss": 1.0} for e in range(4)]
+    write_history(tmp_path / "history.csv", rows[:3] + rows[2:])  # a resumed run repeats epoch 2
+    history = reports.read_history(tmp_path / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    width, height = png_size(reports.learning_curves_png(tmp_path / "history.csv", tmp_path / "c.png", "run"))
+    assert width == 900 and height == 600  # one row of loss + accuracy panels per head
+
+
+def test_learning_curves_single_head(tmp_path):
+    write_history(tmp_path / "h.csv", [{"epoch": e, "accuracy": e / 2, "loss": 1 - e / 2} for e in range(2)])
+    assert png_size(reports.learning_curves_png(tmp_path / "h.csv", tmp_path / "c.png"))[1] == 300
+    write_history(tmp_path / "empty.csv", [{"epoch": "", "loss": ""}])
+    with pytest.raises(ValueError, match="no epochs"):
+        reports.learning_curves_png(tmp_path / "empty.csv", tmp_path / "e.png")
+
+
+def test_confusions_and_per_class_accuracy():
+    names = ["cat", "dog", "car", "bus"]
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 0, 2, 2, 3, 2])
+    m = reports.confusion_matrix(y_true, y_pred, 4)
+    assert m.sum() == 9 and m[0, 1] == 2 and np.trace(m) == 5
+    table = reports.per_class_accuracy(y_true, y_pred, names)
+    assert table["cat"] == {"accuracy": pytest.approx(1 / 3), "examples": 3}
+    assert table["car"]["accuracy"] == 0.75 and table["bus"] == {"accuracy": None, "examples": 0}
+    json.dumps(table)  # goes into metrics.json as is
+    top = reports.top_confusions(y_true, y_pred, names, k=2)
+    assert top[0] == {"true": "cat", "predicted": "dog", "count": 2, "share": pytest.approx(2 / 3)}
+    assert len(top) == 2 and top[1]["count"] == 1
+
+
+def test_confusion_matrix_png_small_and_hundred_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    small = png_size(reports.confusion_matrix_png(y, y, ["a", "b", "c"], tmp_path / "small.png", "coarse"))
+    y = rng.integers(0, 100, 5000)
+    noisy = np.where(rng.random(5000) < 0.3, rng.integers(0, 100, 5000), y)
+    names = [f"class_{i:03d}" for i in range(100)]
+    big = png_size(reports.confusion_matrix_png(y, noisy, names, tmp_path / "big.png", "fine"))
+    assert small[0] < 800 and big[0] >= 1800 and big[1] >= 1400  # 100 names get room (and a confusion list)
+
+
+def tiny_model() -> keras.Model:
+    x = keras.Input((8, 8, 3), name="image")
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(x))
+    out = {"fine": keras.layers.Dense(10, activation="softmax", name="fine")(h),
+           "coarse": keras.layers.Dense(3, activation="softmax", name="coarse")(h)}
+    model = keras.Model(x, out)
+    model.compile("adam", loss={"fine": "categorical_crossentropy", "coarse": "categorical_crossentropy"},
+                  metrics={"fine": ["accuracy"], "coarse": ["accuracy"]})
+    return model
+
+
+@pytest.fixture(scope="module")
+def small_splits(shapes_splits):
+    s = shapes_splits
+    shrink = lambda split: data.Split(split.images[:64, ::4, ::4], split.fine[:64], split.coarse[:64])  # noqa: E731
+    info = data.DatasetInfo("shapes", s.info.fine_names, s.info.coarse_names, s.info.fine_to_coarse,
+                            skipped_files=("/data/x/broken.png",))
+    return data.Splits(info, shrink(s.train), shrink(s.val), shrink(s.test))
+
+
+def test_tensorboard_scalars_per_head_and_learning_rate(tmp_path, small_splits):
+    model, s = tiny_model(), small_splits
+    history = model.fit(data.pipeline(s.train, s.info, batch_size=16), epochs=2, verbose=0,
+                        validation_data=data.pipeline(s.val, s.info, batch_size=16),
+                        callbacks=[reports.TensorBoardScalars(tmp_path / "tb")])
+    scalars = reports.read_scalars(tmp_path / "tb")
+    for split in ("train", "validation"):
+        assert {"epoch_fine_loss", "epoch_fine_accuracy", "epoch_coarse_accuracy"} <= set(scalars[split])
+    assert scalars["train"]["epoch_learning_rate"] == pytest.approx([1e-3, 1e-3])
+    np.testing.assert_allclose(scalars["validation"]["epoch_fine_accuracy"],
+                               history.history["val_fine_accuracy"], rtol=1e-6)
+
+
+def test_write_run_reports(tmp_path, small_splits, capsys):
+    write_history(tmp_path / "history.csv", [{"epoch": 0, "fine_loss": 2.0, "coarse_loss": 1.0}])
+    metrics = reports.write_run_reports(tiny_model(), small_splits, tmp_path, batch_size=32)
+    assert set(metrics["accuracy_per_class"]) == {"fine", "coarse"}
+    assert set(metrics["accuracy_per_class"]["fine"]) == set(small_splits.info.fine_names)
+    assert sum(r["examples"] for r in metrics["accuracy_per_class"]["coarse"].values()) == 64
+    assert metrics["skipped_files"] == 1 and (tmp_path / "skipped_files.txt").read_text() == "/data/x/broken.png\n"
+    for name in ("learning_curves.png", "confusion_fine.png", "confusion_coarse.png"):
+        png_size(tmp_path / name)
+    assert "skipped 1 image files" in capsys.readouterr().out
+    json.dumps(metrics)
+
+
+@pytest.mark.slow
+def test_every_training_run_leaves_its_reports(trained_run):
+    """The CLI run shared by the export tests: TensorBoard events, PNGs and per-class accuracy in its workdir."""
+    work = trained_run[0] / "work"
+    for name in ("learning_curves.png", "confusion_fine.png", "confusion_coarse.png"):
+        png_size(work / name)
+    scalars = reports.read_scalars(work / "tensorboard")
+    assert {"epoch_fine_accuracy", "epoch_coarse_loss", "epoch_learning_rate"} <= set(scalars["train"])
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert metrics["accuracy_per_class"]["fine"]["disk"]["examples"] > 0 and metrics["skipped_files"] == 0
+    assert (work / "history.csv").is_file()
