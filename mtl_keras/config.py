@@ -47,6 +47,10 @@ class TrainConfig:
     ema: bool = False
     ema_momentum: float = 0.999
     jit_compile: bool = True
+    mixed_precision: str = "float32"
+    distribution: str = "auto"
+    cpu_devices: int = 1
+    deterministic: bool = False
     # run and artifacts
     seed: int = 0
     workdir: str = "runs/default"

@@ -12,6 +12,8 @@ from absl import flags
 
 from mtl_keras import data
 from mtl_keras.config import TrainConfig
+from mtl_keras.distribute import DISTRIBUTIONS
+from mtl_keras.modeling import PRECISION_POLICIES
 from mtl_keras import losses
 from mtl_keras.models import TRUNKS
 from mtl_keras.models.heads import HEADS
@@ -90,6 +92,16 @@ flags.DEFINE_boolean("ema", _D.ema, "Keep an exponential moving average of the w
 flags.DEFINE_float("ema_momentum", _D.ema_momentum, "EMA momentum (with --ema).", lower_bound=0.0,
                    upper_bound=1.0)
 flags.DEFINE_boolean("jit_compile", _D.jit_compile, "Compile train and eval steps with XLA.")
+flags.DEFINE_enum("mixed_precision", _D.mixed_precision, tuple(PRECISION_POLICIES),
+                  "Compute dtype: float32, or bfloat16 / float16 mixed precision (weights, outputs and "
+                  "exports stay float32; float16 gets loss scaling).")
+flags.DEFINE_enum("distribution", _D.distribution, DISTRIBUTIONS,
+                  "Data parallelism: auto (mirrored on 2+ GPUs), none, mirrored (all local devices), "
+                  "multi_worker (TF_CONFIG). --batch_size is global and must divide by the replicas.")
+flags.DEFINE_integer("cpu_devices", _D.cpu_devices, "Split the CPU into N logical devices (to try "
+                     "--distribution=mirrored without GPUs; TensorFlow backend).", lower_bound=1)
+flags.DEFINE_boolean("deterministic", _D.deterministic, "Enable TensorFlow's deterministic ops: the same --seed "
+                     "gives the same metrics (slower; RandAugment stays non-deterministic).")
 # run and artifacts
 flags.DEFINE_integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.")
 flags.DEFINE_string("workdir", _D.workdir, "Run directory: metrics.json, flags.txt, model.keras.")
@@ -178,3 +190,28 @@ flags.DEFINE_string("model", None, "SavedModel version folder (e.g. export/quick
                     flag_values=PREDICT_FLAGS)
 flags.DEFINE_integer("top_k", 1, "Classes to print per head.", lower_bound=1, flag_values=PREDICT_FLAGS)
 flags.DEFINE_boolean("json", False, "Print one JSON document instead of lines.", flag_values=PREDICT_FLAGS)
+
+# experiments (python -m mtl_keras.experiments): a grid of flagfiles x seeds. Any training flag on its command line
+# (e.g. --epochs=1) is passed to every run after the flagfile, so it wins over the flagfile.
+flags.DEFINE_string("grid", None, "experiments: comma-separated flagfiles or globs, e.g. 'configs/fmnist_*.flags'.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "experiments: seeds to train every flagfile with, e.g. 0,1,2.")
+flags.DEFINE_string("results_dir", None, "experiments: output folder for results.md / results.csv / PNGs; each run "
+                    "trains in RESULTS_DIR/runs/<flagfile stem>/seed<k> and is skipped once its metrics.json exists.")
+flags.register_validator("seeds", lambda v: bool(v) and all(s.strip().isdigit() for s in v),
+                         "--seeds must be a comma-separated list of non-negative integers, e.g. 0,1,2")
+
+
+def given_train_flags(exclude: tuple[str, ...] = ()) -> list[str]:
+    """The training flags set on the command line (not defaults), as `--name=value` arguments."""
+    return [FLAGS[f.name].serialize() for f in dataclasses.fields(TrainConfig)
+            if FLAGS[f.name].present and f.name not in exclude]
+
+
+def config_from_args(args: list[str]) -> TrainConfig:
+    """The `TrainConfig` that `python -m mtl_keras.train ARGS` would run; parsed on a copy, FLAGS stay untouched."""
+    import copy
+
+    values = copy.deepcopy(FLAGS)  # a private copy: validators and flagfile handling included
+    values.unparse_flags()
+    values(["train", *args])
+    return TrainConfig(**{f.name: values[f.name].value for f in dataclasses.fields(TrainConfig)})

@@ -35,53 +35,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_workdir(workdir: str) -> Path:
+def check_workdir(workdir: str) -> Path:
+    """Raises RunError unless `workdir` is, or can be created as, a writable folder; creates nothing."""
     path = Path(workdir).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path)
-        probe.close()
-    except OSError as e:
-        raise RunError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
+        raise RunError(f"--workdir={workdir} cannot be used: {existing} {why}")
     return path
-
-
-def build_and_compile(config: TrainConfig, info: data.DatasetInfo, input_shape, steps_per_epoch: int,
-                      norm_stats=None):
-    """The model for `config.task`, compiled with its optimizer, LR schedule, per-head losses and metrics.
-
-    `norm_stats` = per-channel (mean, variance) of the training pixels, used by trunks in ADAPTED_NORM.
-    """
-    import keras
-
-    from mtl_keras import losses
-    from mtl_keras.models import build_model
-
-    heads = {name: n for name, n in info.num_classes.items() if config.task in ("mtl", name)}
-    model = build_model(config.model, input_shape, heads, variant=config.variant, stem=config.stem,
-                        image_size=config.image_size, dropout=config.dropout, head=config.head,
-                        head_dropout=config.head_dropout, stochastic_depth=config.stochastic_depth,
-                        norm_stats=norm_stats, loss_weighting=config.loss_weighting)
-    total = config.epochs * steps_per_epoch
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
-    schedule = config.learning_rate if config.lr_schedule == "constant" else keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=total - warmup, warmup_target=config.learning_rate, warmup_steps=warmup)
-    extra = {"global_clipnorm": config.grad_clip_norm or None}
-    if config.ema:  # EMA weights replace the trained ones at the end of fit (Keras finalize_variable_values)
-        extra |= {"use_ema": True, "ema_momentum": config.ema_momentum}
-    if config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(schedule, **extra)
-    else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **extra)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embedding", "log_var"])
-    loss, loss_weights = losses.compile_losses(model, list(heads), config.loss_weighting, gamma=config.gamma,
-                                               label_smoothing=config.label_smoothing)
-    # Top-5 where top-1 is a hard target (CIFAR-100's 100 fine classes); names log as fine_top5_accuracy.
-    metrics = {h: ["accuracy"] + ([keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy")] if n >= 100
-                                  else []) for h, n in heads.items()}
-    model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=metrics,
-                  jit_compile=config.jit_compile)
-    return model
 
 
 def evaluate(model, test: data.Split, info: data.DatasetInfo, batch_size: int) -> dict[str, float]:
@@ -129,26 +92,87 @@ def export_and_check(model, config: TrainConfig, splits: data.Splits, metrics: d
     return paths
 
 
-def run(config: TrainConfig) -> dict:
-    """Runs training, evaluation, export and parity check for `config`; returns the metrics dict."""
+def _setup_runtime(config: TrainConfig) -> None:
+    """Device split and determinism: both must happen before TensorFlow runs its first op."""
     import keras
 
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    from mtl_keras import distribute
+
+    if config.cpu_devices > 1:
+        distribute.use_logical_cpus(config.cpu_devices)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> float:
+    """Fits from the last checkpoint (if any) to config.epochs; returns seconds spent in fit."""
+    import keras
+
+    from mtl_keras import losses, reports
+    from mtl_keras.callbacks import Checkpoint, CheckpointError, NanGuard
+
+    checkpoint = Checkpoint(workdir / "checkpoints", dataclasses.asdict(config))
+    try:
+        initial_epoch = checkpoint.restore(model)
+    except CheckpointError as e:
+        raise RunError(str(e)) from None
+    if initial_epoch:
+        print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
+    guard = NanGuard()
+    start = time.time()
+    if initial_epoch < config.epochs:
+        callbacks = [guard, *losses.weighting_callbacks(model, config.loss_weighting),
+                     keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
+                     reports.TensorBoardScalars(workdir / "tensorboard"),
+                     checkpoint]
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps, verbose=2, callbacks=callbacks)
+    if guard.failure:
+        epoch, step, loss = guard.failure
+        kept = f"the last good checkpoint is {checkpoint.state_path}" if checkpoint.state_path.is_file() else \
+            "no epoch finished, so there is no checkpoint"
+        raise RunError(f"loss became {loss} at epoch {epoch}, step {step}; training stopped and {kept} "
+                       "(try a lower --learning_rate or --grad_clip_norm)")
+    return time.time() - start
+
+
+def run(config: TrainConfig) -> dict:
+    """Runs training (resuming from WORKDIR/checkpoints), evaluation, export and checks; returns metrics."""
+    import keras
+
+    from mtl_keras import distribute
     from mtl_keras.flags import flagfile_text
+    from mtl_keras.modeling import build_and_compile, plain_copy
+    from mtl_keras.models import ADAPTED_NORM, channel_stats
 
-    workdir = prepare_workdir(config.workdir)
-    atomic_write_text(workdir / "flags.txt", flagfile_text(config))
-    atomic_write_text(workdir / "config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
-    keras.utils.set_random_seed(config.seed)
-
+    # Everything that can reject the run happens before anything is written.
+    _setup_runtime(config)
+    workdir = check_workdir(config.workdir)
+    try:
+        scope, replicas = distribute.strategy_scope(config.distribution)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    if config.batch_size % replicas:
+        raise RunError(f"--batch_size={config.batch_size} does not divide by the {replicas} replicas of "
+                       f"--distribution={config.distribution}")
     splits = data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
                        max_train_examples=config.max_train_examples, seed=config.seed, download=config.download,
                        fashion_mnist_dir=config.fashion_mnist_dir)
     info, train = splits.info, splits.train
+    if len(train) < config.batch_size:
+        raise RunError(f"--batch_size={config.batch_size} exceeds the {len(train)} training examples")
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(workdir / "flags.txt", flagfile_text(config))
+    atomic_write_text(workdir / "config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
     class_names = {"fine": list(info.fine_names), "coarse": list(info.coarse_names),
                    "fine_to_coarse": list(info.fine_to_coarse)}
     atomic_write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
-    if len(train) < config.batch_size:
-        raise RunError(f"--batch_size={config.batch_size} exceeds the {len(train)} training examples")
+    keras.utils.set_random_seed(config.seed)
     steps = len(train) // config.batch_size
     common = dict(task=config.task, batch_size=config.batch_size)
     train_ds = data.pipeline(train, info, training=True, augment=config.augment, seed=config.seed,
@@ -158,21 +182,24 @@ def run(config: TrainConfig) -> dict:
     val_ds = data.pipeline(splits.val, info, **common) if len(splits.val) else None
 
     input_shape = train.images.shape[1:]
-    from mtl_keras import losses, reports
-    from mtl_keras.models import ADAPTED_NORM, channel_stats
-
     norm_stats = channel_stats(train.images) if config.model in ADAPTED_NORM else None
-    model = build_and_compile(config, info, input_shape, steps, norm_stats=norm_stats)
+    compile_config = config
+    if replicas > 1 and config.jit_compile and keras.backend.backend() == "tensorflow":
+        # XLA cannot reach MirroredStrategy's per-replica variables on other devices (a known TF issue).
+        print("note: XLA is off under tf.distribute with several replicas")
+        compile_config = dataclasses.replace(config, jit_compile=False)
+    with scope:
+        model = build_and_compile(compile_config, info, input_shape, steps, norm_stats=norm_stats)
     print(f"{config.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
-          f"model {model.name} ({config.variant}), {model.count_params():,} parameters, task {config.task}")
-    start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps, verbose=2,
-              callbacks=[*losses.weighting_callbacks(model, config.loss_weighting),
-                         keras.callbacks.CSVLogger(str(workdir / "history.csv")),
-                         reports.TensorBoardScalars(workdir / "tensorboard")])
-    train_seconds = time.time() - start
+          f"model {model.name} ({config.variant}), {model.count_params():,} parameters, task {config.task}, "
+          f"{replicas} replica(s), {config.mixed_precision}")
+    train_seconds = _fit(model, config, workdir, train_ds, val_ds, steps)
+    # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
+    model = plain_copy(model, config, info, norm_stats, force=replicas > 1)
 
     metrics = evaluate(model, splits.test, info, config.batch_size)
+    from mtl_keras import reports  # PNGs, per-class accuracy, skipped files
+
     metrics |= reports.write_run_reports(model, splits, workdir, config.batch_size)
     metrics["train_seconds"] = round(train_seconds, 1)
     model_path = workdir / "model.keras"

@@ -35,6 +35,10 @@ def test_resolved_flags_reproduce_the_run(trained_run):
     ("--task=both", "--task"),
     ("--epochs=0", "--epochs"),
     ("--variant=Huge/4", "unknown ViT variant 'Huge/4'"),
+    ("--batch_size=0", "--batch_size"),
+    ("--flagfile=configs/no_such.flags", "no_such.flags"),
+    ("--mixed_precision=int8", "--mixed_precision"),
+    ("--distribution=tpu", "--distribution"),
 ])
 def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, expected):
     proc = run_module("mtl_keras.train", flag, f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}")
@@ -52,8 +56,40 @@ def test_offline_cifar_fails_within_seconds(tmp_path):
     assert time.time() - start < 60
 
 
-def test_unwritable_workdir_is_one_line(tmp_path):
+def _last_line(proc) -> str:
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_workdir_under_a_file_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     proc = run_module("mtl_keras.train", *TINY_FLAGS, f"--workdir={blocker / 'sub'}")
-    assert proc.returncode == 1 and "is not writable" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert _last_line(proc) == f"train: error: --workdir={blocker / 'sub'} cannot be used: {blocker} is not a folder"
+
+
+def test_read_only_workdir_is_named(tmp_path, monkeypatch):
+    import os
+
+    from mtl_keras import train
+
+    # As root every folder is writable, so stand in for a read-only mount by denying access.
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != str(tmp_path))
+    with pytest.raises(train.RunError, match=f"--workdir={tmp_path / 'w'} cannot be used: {tmp_path} is not writable"):
+        train.check_workdir(str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--task=fine", "--loss_weighting=dwa"], "--loss_weighting"),
+    (["--cpu_devices=2", "--distribution=mirrored", "--batch_size=63"],
+     "--batch_size=63 does not divide by the 2 replicas of --distribution=mirrored"),
+    (["--distribution=multi_worker"], "--distribution=multi_worker needs the TF_CONFIG environment variable"),
+    (["--batch_size=4096", "--max_train_examples=100"], "--batch_size=4096 exceeds the 100 training examples"),
+])
+def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expected):
+    proc = run_module("mtl_keras.train", "--variant=Pico/4", *flags, f"--workdir={tmp_path / 'w'}",
+                      f"--export_dir={tmp_path / 'e'}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert expected in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
