@@ -231,3 +231,19 @@ def test_export_cli_from_workdir_adds_a_version(trained_run, tmp_path):
     assert clash.returncode == 1 and "exists" in clash.stderr.strip().splitlines()[-1]
     missing = run_module("mtl_keras.export", f"--workdir={tmp_path / 'nowhere'}")
     assert missing.returncode == 1 and "has no model.keras" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_failed_export_leaves_no_version_folder(tmp_path, monkeypatch):
+    import errno
+
+    from mtl_keras import export
+    from mtl_keras.models import build_model
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "write_onnx", disk_full)
+    model = build_model("vit", (16, 16, 3), {"fine": 4, "coarse": 2}, variant="Pico/4")
+    with pytest.raises(OSError, match="No space left"):
+        export.export(model, str(tmp_path), "m")
+    assert list((tmp_path / "m").iterdir()) == []
