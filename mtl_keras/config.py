@@ -59,9 +59,3 @@ class TrainConfig:
     export: bool = True
     int8: bool = True
     check: bool = True
-
-    def loss_weights(self) -> dict[str, float]:
-        """Per-head loss weights: gamma for fine, 1 - gamma for coarse (single-task: 1)."""
-        if self.task != "mtl":
-            return {self.task: 1.0}
-        return {"fine": self.gamma, "coarse": 1.0 - self.gamma}

@@ -52,6 +52,10 @@ def evaluate(model, test: data.Split, info: data.DatasetInfo, batch_size: int) -
     probs = model.predict(test.images.astype(np.float32), batch_size=batch_size, verbose=0)
     preds = {name: p.argmax(-1) for name, p in probs.items()}
     metrics = {f"{name}_accuracy": float(np.mean(pred == getattr(test, name))) for name, pred in preds.items()}
+    for name, p in probs.items():
+        if p.shape[-1] >= 100:  # top-5 where top-1 is a hard target (CIFAR-100's fine head)
+            top5 = np.argsort(-p, axis=-1)[:, :5]
+            metrics[f"{name}_top5_accuracy"] = float(np.mean((top5 == getattr(test, name)[:, None]).any(-1)))
     if len(preds) == 2:
         parent = np.asarray(info.fine_to_coarse)[preds["fine"]]
         metrics["hierarchy_consistency"] = float(np.mean(parent == preds["coarse"]))
