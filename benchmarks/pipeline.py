@@ -1,6 +1,7 @@
 """tf.data training-pipeline throughput: images/second per augmentation policy, on all cores and on one.
 
-    PYTHONPATH=. python benchmarks/pipeline.py
+    PYTHONPATH=. python benchmarks/pipeline.py            # in-memory datasets, then image folders
+    PYTHONPATH=. python benchmarks/pipeline.py folders    # image folders only (or: memory)
 
 Data: the built-in `shapes` set (CIFAR-shaped, 32x32x3) and Fashion-MNIST (28x28x1, skipped when the
 Debian package is absent). "1 core" runs the same pipeline with tf.data's thread pool and intra-op
@@ -8,21 +9,33 @@ parallelism at one thread, so it is a per-core figure that does not depend on th
 "all cores" is the default pipeline, also shown divided by the core count. The consumer is a Python loop
 pulling batches, as `model.fit` does, so its overhead is included. Target: >= 8,000 CIFAR-sized images/s
 per core with flip_crop.
+
+Image folders (`--dataset=folder`): generated trees of JPEG files (shapes drawings, 32x32 as they are and
+upscaled to 224x224 and 1024x1024 with sensor-like noise, quality 90) in a temporary folder, so the files sit in the
+page cache and the figures are decode + resize + crop + flip, not disk reads. "decode once" is the
+load-time pass that fills the in-memory cache (--folder_cache_mb); "cached" is the training pipeline
+reading that cache; "streamed" decodes and resizes every file every epoch (--folder_cache_mb=0).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mtl_keras import data, fashion_mnist  # noqa: E402
+from mtl_keras import data, fashion_mnist, folders, shapes  # noqa: E402
 
 BATCH = 128
 MIN_SECONDS, MIN_BATCHES, WARMUP = 3.0, 40, 10
+# (JPEG side, --folder_image_size, files): CIFAR-sized, ImageNet-sized, and photo-sized bound for small inputs
+FOLDER_CASES = ((32, 32, 6000), (224, 224, 1200), (224, 32, 1200), (1024, 224, 300), (1024, 32, 300))
 POLICIES = ("none", "flip_crop", "flip_crop,mixup", "flip_crop,cutmix", "flip_crop,randaugment",
             "flip_crop,randaugment,mixup,cutmix")
 
@@ -46,10 +59,69 @@ def one_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+def write_jpeg_tree(root: Path, side: int, n: int) -> None:
+    """ROOT/COARSE/FINE/NNNNN.jpg: `n` shapes drawings as side x side JPEGs (quality 90)."""
+    images, fine, _ = shapes.generate(n, seed=2)
+    rng = np.random.default_rng(0)
+    for coarse, name in {(shapes.COARSE_NAMES[c], shapes.FINE_NAMES[f]) for f, c in enumerate(shapes.FINE_TO_COARSE)}:
+        (root / coarse / name).mkdir(parents=True)
+    for start in range(0, n, 50):
+        x = tf.constant(images[start:start + 50])
+        if side != x.shape[1]:  # upscaled drawings are smooth; noise gives them a photo's JPEG size
+            x = tf.image.resize(tf.cast(x, tf.float32), (side, side)) + rng.normal(0, 6, (len(x), side, side, 3))
+            x = tf.cast(tf.clip_by_value(x, 0, 255), tf.uint8)
+        for i, image in enumerate(x, start):
+            k = int(fine[i])
+            path = root / shapes.COARSE_NAMES[shapes.FINE_TO_COARSE[k]] / shapes.FINE_NAMES[k] / f"{i:05d}.jpg"
+            path.write_bytes(tf.io.encode_jpeg(image, quality=90).numpy())
+
+
+def decode_once_per_second(paths, size: int, single: bool) -> float:
+    """Images/s of the load-time decode pass that fills the cache (folders.decode_files' dataset)."""
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(lambda p: folders.decode(p, size),
+                                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.batch(256).prefetch(2)
+    ds = one_thread(ds) if single else ds
+    start = time.perf_counter()
+    for _ in ds:
+        pass
+    return len(paths) / (time.perf_counter() - start)
+
+
+def folder_benchmarks(cores: int) -> None:
+    header = (f"{'JPEG tree -> --folder_image_size':<36} {'mode (flip_crop)':<16} {'all cores':>10} {'/ core':>8} "
+              f"{'1 core':>8}   images/s")
+    print("\n" + header + "\n" + "-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {}
+        for side, size, n in FOLDER_CASES:
+            root = Path(tmp) / f"jpeg{side}"
+            if side not in trees:
+                write_jpeg_tree(root, side, n)
+                kb = sum(f.stat().st_size for f in root.glob("*/*/*.jpg")) / n / 1024
+                trees[side] = kb
+            label = f"{n} x {side}x{side} ({trees[side]:.0f} KB) -> {size}"
+            common = dict(image_size=size, validation_fraction=0.0, test_fraction=0.0)
+            cached = folders.load("folder", str(root), **common)
+            streamed = folders.load("folder", str(root), cache_mb=0, **common)
+            paths = streamed.train.images.paths.astype(str)
+            rates = [decode_once_per_second(paths, size, single) for single in (False, True)]
+            print(f"{label:<36} {'decode once':<16} {rates[0]:>10,.0f} {rates[0] / cores:>8,.0f} {rates[1]:>8,.0f}",
+                  flush=True)
+            for mode, splits in (("cached", cached), ("streamed", streamed)):
+                build = lambda: data.pipeline(  # noqa: E731
+                    splits.train, splits.info, training=True, augment="flip_crop", batch_size=BATCH)
+                all_cores, single = images_per_second(build()), images_per_second(one_thread(build()))
+                print(f"{label:<36} {mode:<16} {all_cores:>10,.0f} {all_cores / cores:>8,.0f} {single:>8,.0f}",
+                      flush=True)
+
+
 def main() -> None:
     cores = len(os.sched_getaffinity(0))
     print(f"tf.data pipeline throughput, batch {BATCH}, {cores} CPU cores, TensorFlow {tf.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")
+    if sys.argv[1:] == ["folders"]:
+        return folder_benchmarks(cores)
     sets = [("shapes", {})]
     if os.path.isfile(os.path.join(fashion_mnist.DEFAULT_DIR, fashion_mnist.FILES["train"][0])):
         sets.append(("fashion_mnist", {"fashion_mnist_dir": fashion_mnist.DEFAULT_DIR}))
@@ -67,6 +139,8 @@ def main() -> None:
             single = images_per_second(one_thread(build()))
             print(f"{label:<26} {policy:<36} {all_cores:>10,.0f} {all_cores / cores:>8,.0f} {single:>8,.0f}",
                   flush=True)
+    if sys.argv[1:] != ["memory"]:
+        folder_benchmarks(cores)
 
 
 if __name__ == "__main__":

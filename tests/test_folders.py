@@ -103,11 +103,22 @@ def test_formats_modes_and_sizes_arrive_as_rgb(tmp_path):
     assert np.abs(cmyk - reference).mean() < 3  # the CMYK JPEG decodes to the right colours, not inverted
 
 
+def test_large_jpeg_decoded_at_reduced_scale_matches_full_decode(tmp_path):
+    """Big JPEGs bound for small inputs decode at 1/2-1/8 scale (libjpeg DCT scaling): same picture."""
+    yy, xx = np.mgrid[0:640, 0:480] / 640.0
+    photo = np.stack([255 * xx, 255 * yy, 128 + 100 * np.sin(12 * xx)], -1).astype(np.uint8)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(tf.io.encode_jpeg(photo, quality=95).numpy())
+    full = tf.image.resize(tf.io.decode_jpeg(path.read_bytes()), (32, 32), antialias=True).numpy()
+    assert np.abs(folders.decode(str(path), 32).numpy() - full).mean() < 3
+
+
 def test_undecodable_files_are_skipped_named_and_counted(tmp_path, caplog):
     make_tree(tmp_path, per_class=5)
     bad = {tmp_path / "animal" / "cat" / "text.jpg": b"not an image",
            tmp_path / "animal" / "dog" / "empty.png": b"",
-           tmp_path / "vehicle" / "car" / "cut.png": tf.io.encode_png(tagged(0, 99)).numpy()[:60]}
+           tmp_path / "vehicle" / "car" / "cut.png": tf.io.encode_png(tagged(0, 99)).numpy()[:60],
+           tmp_path / "vehicle" / "car" / "cut.jpg": tf.io.encode_jpeg(tagged(0, 98, 256)).numpy()[:400]}
     for path, raw in bad.items():
         path.write_bytes(raw)
     for cache_mb in (2048, 0):
