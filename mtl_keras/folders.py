@@ -282,8 +282,9 @@ def file_pipeline(split: data.Split, info: data.DatasetInfo, *, task: str, batch
     ds = tf.data.Dataset.range(len(split))
     if training:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
+    # Deterministic order (as in the in-memory pipeline): the same --seed gives the same batches.
     ds = ds.map(lambda i: (decode(tf.gather(paths, i), size), i), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=not training)
+                deterministic=True)
     # A file that breaks after the load-time check is dropped, not allowed to end the epoch.
     ds = ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=training)
 
