@@ -1,0 +1,166 @@
+"""The experiment runner: a tiny grid end to end (slow), and its table and flag helpers (fast)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_module
+
+# The Fashion-MNIST flagfiles, shrunk to seconds per run: command-line flags after the flagfile win.
+GRID = "configs/fmnist_mtl.flags,configs/fmnist_stl_fine.flags,configs/fmnist_stl_coarse.flags"
+TINY = ["--dataset=shapes", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256", "--batch_size=128",
+        "--validation_fraction=0.02", "--nojit_compile"]  # XLA compiling costs more than 1 epoch of Pico
+NAMES = ("fmnist_mtl", "fmnist_stl_fine", "fmnist_stl_coarse")
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid") / "results"
+    start = time.time()
+    proc = run_module("mtl_keras.experiments", f"--grid={GRID}", "--seeds=0,1", f"--results_dir={out}", *TINY)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc, time.time() - start
+
+
+def _csv_rows(out) -> dict[str, dict]:
+    with open(out / "results.csv", newline="") as f:
+        return {r["experiment"]: r for r in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_grid_trains_every_flagfile_and_seed_with_the_extra_flags(grid_run):
+    out, proc, _ = grid_run
+    for name in NAMES:
+        for seed in (0, 1):
+            run_dir = out / "runs" / name / f"seed{seed}"
+            config = json.loads((run_dir / "config.json").read_text())
+            assert (run_dir / "metrics.json").is_file() and (run_dir / "model.keras").is_file()
+            assert (config["dataset"], config["variant"], config["epochs"]) == ("shapes", "Pico/4", 1)
+            assert config["seed"] == seed
+            assert config["export"] is False and config["workdir"] == str(run_dir)
+    assert proc.stdout.count("=== run ") == 6 and "skip " not in proc.stdout
+
+
+@pytest.mark.slow
+def test_table_has_mean_and_std_per_head_and_the_stl_pair(grid_run):
+    out, _, _ = grid_run
+    rows = _csv_rows(out)
+    pair = "fmnist_stl_fine + fmnist_stl_coarse"
+    assert set(rows) == {*NAMES, pair}
+    assert [rows[n]["task"] for n in (*NAMES, pair)] == ["mtl", "fine", "coarse", "stl pair"]
+    mtl = rows["fmnist_mtl"]
+    assert mtl["n_seeds"] == "2" and mtl["seeds"] == "0 1"
+    for metric in ("fine_accuracy", "coarse_accuracy", "hierarchy_consistency"):
+        assert 0 <= float(mtl[f"{metric}_mean_pct"]) <= 100 and float(mtl[f"{metric}_std_pct"]) >= 0
+    # A single-task row has only its own head; no seed study figures for non-seed flagfiles.
+    assert rows["fmnist_stl_fine"]["coarse_accuracy_mean_pct"] == rows["fmnist_stl_fine"]["seed_study_fine_pct"] == ""
+    md = (out / "results.md").read_text()
+    assert "| fmnist_mtl | mtl | 2 |" in md and " ± " in md
+    assert "MTL minus STL" in md and f"| fmnist_mtl | {pair} | 2 |" in md
+
+
+@pytest.mark.slow
+def test_stl_pair_consistency_matches_the_two_models_predictions(grid_run):
+    out, _, _ = grid_run
+    runs = out / "runs"
+    parent = np.asarray(json.loads((runs / "fmnist_mtl" / "seed0" / "classes.json").read_text())["fine_to_coarse"])
+    consistency, fine_acc = [], []
+    for seed in (0, 1):
+        fine = np.load(runs / "fmnist_stl_fine" / f"seed{seed}" / "test_predictions.npz")["fine"]
+        coarse = np.load(runs / "fmnist_stl_coarse" / f"seed{seed}" / "test_predictions.npz")["coarse"]
+        consistency.append(np.mean(parent[fine] == coarse))
+        fine_acc.append(json.loads((runs / "fmnist_stl_fine" / f"seed{seed}" / "metrics.json").read_text())
+                        ["fine_accuracy"])
+    row = _csv_rows(out)["fmnist_stl_fine + fmnist_stl_coarse"]
+    assert float(row["hierarchy_consistency_mean_pct"]) == pytest.approx(100 * np.mean(consistency), abs=0.006)
+    assert float(row["hierarchy_consistency_std_pct"]) == pytest.approx(100 * np.std(consistency, ddof=1), abs=0.006)
+    # The pair's accuracy comes from the reloaded models: they predict what the trained ones reported.
+    assert float(row["fine_accuracy_mean_pct"]) == pytest.approx(100 * np.mean(fine_acc), abs=0.006)
+
+
+@pytest.mark.slow
+def test_pngs_are_written(grid_run):
+    out, _, _ = grid_run
+    pngs = [f"curves_{n}.png" for n in NAMES] + ["mtl_vs_stl.png", "confusion_fmnist_mtl_fine.png",
+                                                 "confusion_fmnist_mtl_coarse.png"]
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    header = (out / "curves_fmnist_stl_fine.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "fine_loss", "fine_accuracy", "val_fine_accuracy"} <= set(header)  # named per head
+
+
+@pytest.mark.slow
+def test_second_call_skips_finished_runs(grid_run):
+    out, _, first_seconds = grid_run
+    models = sorted((out / "runs").glob("*/seed*/model.keras"))
+    before = {p: p.stat().st_mtime_ns for p in models}
+    start = time.time()
+    proc = run_module("mtl_keras.experiments", f"--grid={GRID}", "--seeds=0,1", f"--results_dir={out}", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("skip ") == 6 and "=== run " not in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in models} == before and len(models) == 6  # nothing retrained
+    assert time.time() - start < first_seconds / 2
+
+
+@pytest.mark.slow
+def test_changed_settings_on_a_finished_run_are_one_line_error(grid_run):
+    out, _, _ = grid_run
+    proc = run_module("mtl_keras.experiments", f"--grid={GRID}", "--seeds=0", f"--results_dir={out}",
+                      *TINY, "--learning_rate=0.5")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "was trained with other settings (learning_rate 0.002 != 0.5)" in proc.stderr
+
+
+def test_seed_study_figures_sit_beside_the_seed_flagfiles():
+    from mtl_keras.results_table import Row, seed_study
+
+    def row(name, task="mtl", pair=None):
+        return Row(name, task, "", {}, pair)
+
+    assert seed_study(row("seed_vit_c10_mtl_g0.3")) == (67.5, 94.3)
+    assert seed_study(row("seed_resnet152_c100_stl_fine", "fine")) == (30.4, None)
+    assert seed_study(row("seed_vit_c100_stl_coarse", "coarse")) == (None, 45.8)
+    pair = ("seed_resnet152_c10_stl_fine", "seed_resnet152_c10_stl_coarse")
+    assert seed_study(row(" + ".join(pair), "stl pair", pair)) == (66.4, 94.2)
+    assert seed_study(row("fmnist_mtl")) == (None, None)
+
+
+def test_deltas_are_paired_by_seed():
+    from mtl_keras.results_table import Row, comparisons, mean_std
+
+    mtl = Row("m", "mtl", "k", {"fine_accuracy": {0: 0.80, 1: 0.90}, "coarse_accuracy": {0: 0.9, 1: 0.9},
+                                "hierarchy_consistency": {0: 0.95, 1: 0.97}})
+    pair = Row("f + c", "stl pair", "k", {"fine_accuracy": {0: 0.79, 1: 0.88, 2: 0.5},
+                                          "coarse_accuracy": {0: 0.91, 1: 0.9},
+                                          "hierarchy_consistency": {0: 0.9, 1: 0.9}})
+    other = Row("f2 + c2", "stl pair", "other key", pair.values)
+    [(m, p, deltas)] = comparisons([mtl, pair, other])
+    assert (m, p) == (mtl, pair)
+    assert deltas["fine_accuracy"] == pytest.approx([0.01, 0.02])  # seed 2 has no MTL run
+    assert mean_std([0.01, 0.02]) == pytest.approx((0.015, np.std([0.01, 0.02], ddof=1)))
+    assert mean_std([]) is None and np.isnan(mean_std([1.0])[1])
+
+
+def test_extra_flags_override_the_flagfile_and_bad_ones_name_the_file(tmp_path):
+    from mtl_keras import experiments
+
+    [exp] = experiments.plan([REPO / "configs/fmnist_mtl.flags"], [3], tmp_path, ["--epochs=1", "--dataset=shapes"])
+    config = exp.configs[3]
+    assert (config.epochs, config.dataset, config.variant, config.seed) == (1, "shapes", "Mu/4", 3)
+    assert config.workdir == str(tmp_path / "runs" / "fmnist_mtl" / "seed3") and config.export is False
+    with pytest.raises(experiments.ExperimentError, match="fmnist_mtl.flags: .*--gamma"):
+        experiments.plan([REPO / "configs/fmnist_mtl.flags"], [0], tmp_path, ["--gamma=2"])
+    with pytest.raises(experiments.ExperimentError, match="matches no flagfile"):
+        experiments.expand_grid(f"{tmp_path}/nothing_*.flags")
+    assert experiments.expand_grid(str(REPO / "configs/fmnist_*.flags"))[0].name == "fmnist_mtl.flags"
+
+
+def test_cli_sets_seed_and_workdir_per_run(tmp_path):
+    proc = run_module("mtl_keras.experiments", f"--grid={GRID}", f"--results_dir={tmp_path}", "--seed=1")
+    assert proc.returncode == 1 and "--seed is set per run; use --seeds" in proc.stderr
+    assert not (tmp_path / "runs").exists()
