@@ -60,13 +60,13 @@ def test_flagfile_opens_with_purpose_and_command(path):
 
 @pytest.mark.parametrize("path", [_param(p) for p in CONFIGS])
 def test_flagfile_parses_and_builds_its_model(path):
-    from mtl_keras import train
+    from mtl_keras.modeling import build_and_compile
     from mtl_keras.models import ADAPTED_NORM
 
     config = _parse(path)
     info, shape = _info_and_shape(config.dataset)
     stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model in ADAPTED_NORM else None
-    model = train.build_and_compile(config, info, shape, steps_per_epoch=10, norm_stats=stats)
+    model = build_and_compile(config, info, shape, steps_per_epoch=10, norm_stats=stats)
     expected = {h for h in ("fine", "coarse") if config.task in ("mtl", h)}
     assert set(model.output_names) == expected
     if config.dataset == "cifar100" and "fine" in expected:
