@@ -142,7 +142,7 @@ def main(argv: list[str]) -> int:
     from absl import logging
 
     from mtl_keras import data
-    from mtl_keras.flags import FLAGS
+    from mtl_keras.flags import FLAGS, to_config
 
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -154,8 +154,7 @@ def main(argv: list[str]) -> int:
         images = random_pixels(shape, FLAGS.num_random, FLAGS.seed)
         test = None
         if FLAGS.check_dataset:
-            test = data.load(FLAGS.check_dataset, data_dir=FLAGS.data_dir, download=False,
-                             fashion_mnist_dir=FLAGS.fashion_mnist_dir).test
+            test = data.load_for(to_config(), dataset=FLAGS.check_dataset, download=False).test
             test_images = data.fit_images(test.images, shape).astype(np.float32)
             images = np.concatenate([images, test_images[:FLAGS.num_real]])
         saved = run_saved_model(FLAGS.saved_model, images)

@@ -155,6 +155,16 @@ def load(name: str, *, data_dir: str | None = None, validation_fraction: float =
     return Splits(info, train, val, test)
 
 
+
+def load_for(config, **overrides) -> Splits:
+    """`load` with the dataset settings of a `TrainConfig` (so train, export, check_onnx and the experiment
+    runner read a dataset the same way); keyword `overrides` replace single settings."""
+    kwargs = dict(data_dir=config.data_dir, validation_fraction=config.validation_fraction,
+                  max_train_examples=config.max_train_examples, seed=config.seed, download=config.download,
+                  fashion_mnist_dir=config.fashion_mnist_dir, folder_image_size=config.folder_image_size,
+                  folder_test_fraction=config.folder_test_fraction, folder_cache_mb=config.folder_cache_mb)
+    return load(overrides.pop("dataset", config.dataset), **(kwargs | overrides))
+
 def fit_images(images, shape: tuple[int, int, int]):
     """Images (uint8 or float, [N, h, w, c]) as `shape` (H, W, C): the one place channels and size adapt.
 

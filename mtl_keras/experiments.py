@@ -127,10 +127,10 @@ def load_test_split(config: TrainConfig, cache: dict):
     """The test split (and info) of `config.dataset`, loaded once per dataset."""
     from mtl_keras import data
 
-    key = (config.dataset, config.data_dir, config.fashion_mnist_dir)
+    key = (config.dataset, config.data_dir, config.fashion_mnist_dir, config.folder_image_size,
+           config.folder_test_fraction)
     if key not in cache:
-        splits = data.load(config.dataset, data_dir=config.data_dir, download=config.download,
-                           fashion_mnist_dir=config.fashion_mnist_dir, validation_fraction=0.0)
+        splits = data.load_for(config, validation_fraction=0.0)
         cache[key] = (splits.test, splits.info)
     return cache[key]
 

@@ -150,9 +150,7 @@ def export_run(workdir: str, export_dir: str, model_name: str, *, version: int |
         model = keras.saving.load_model(run / "model.keras")
     except Exception as e:
         raise ValueError(f"{run / 'model.keras'} cannot be loaded ({type(e).__name__}: {e})") from None
-    splits = data.load(config.dataset, data_dir=config.data_dir, download=False, seed=config.seed,
-                       fashion_mnist_dir=config.fashion_mnist_dir,
-                       validation_fraction=config.validation_fraction)
+    splits = data.load_for(config, download=False)
     shape = model.input_shape[1:]
     calibration = data.fit_images(splits.train.images[:256], shape) if int8 else None
     return export(model, export_dir, model_name, class_names=json.loads((run / "classes.json").read_text()),

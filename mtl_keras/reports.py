@@ -197,30 +197,31 @@ def read_scalars(log_dir: str | Path) -> dict[str, dict[str, list[float]]]:
 
 
 def predict_split(model, split, info, batch_size: int = 256) -> tuple[dict, dict]:
-    """(true labels, predicted labels) per head of `model` on `split`, read through `data.pipeline`, so a
-    split of image files is streamed and labels stay aligned with predictions."""
+    """(true labels, probabilities) per head of `model` on `split`, read through `data.pipeline`, so a
+    split of image files is streamed and labels stay aligned with predictions. The one test-set pass of
+    a run: metrics.json and every report are computed from it."""
     from mtl_keras import data
 
     truth: dict[str, list] = {}
-    preds: dict[str, list] = {}
+    probs: dict[str, list] = {}
     for images, labels in data.pipeline(split, info, batch_size=batch_size):
-        outputs = model.predict_on_batch(images)
-        for head, probs in outputs.items():
-            preds.setdefault(head, []).append(np.asarray(probs).argmax(-1))
+        outputs = model.predict_on_batch(np.asarray(images))  # numpy: any Keras backend takes it
+        for head, p in outputs.items():
+            probs.setdefault(head, []).append(np.asarray(p))
             truth.setdefault(head, []).append(labels[head].numpy().argmax(-1))
-    return ({h: np.concatenate(v) for h, v in truth.items()}, {h: np.concatenate(v) for h, v in preds.items()})
+    return ({h: np.concatenate(v) for h, v in truth.items()}, {h: np.concatenate(v) for h, v in probs.items()})
 
 
-def write_run_reports(model, splits, workdir: str | Path, batch_size: int = 256) -> dict:
+def write_run_reports(truth: dict, probs: dict, info, workdir: str | Path) -> dict:
     """Writes WORKDIR/learning_curves.png, confusion_{head}.png and skipped_files.txt (when any files were
-    skipped); returns metrics.json entries: per-class accuracy, top confusions, skipped-file count."""
+    skipped) from the test labels and probabilities of `predict_split`; returns metrics.json entries:
+    per-class accuracy, top confusions, skipped-file count."""
     workdir = Path(workdir)
-    info = splits.info
     written, metrics = [], {}
     if (workdir / "history.csv").is_file():
         written.append(learning_curves_png(workdir / "history.csv", workdir / "learning_curves.png"))
-    if len(splits.test):
-        truth, preds = predict_split(model, splits.test, info, batch_size)
+    if probs:
+        preds = {head: p.argmax(-1) for head, p in probs.items()}
         names = {"fine": info.fine_names, "coarse": info.coarse_names}
         metrics["accuracy_per_class"] = {h: per_class_accuracy(truth[h], preds[h], names[h]) for h in preds}
         metrics["top_confusions"] = {h: top_confusions(truth[h], preds[h], names[h]) for h in preds}

@@ -47,19 +47,19 @@ def check_workdir(workdir: str) -> Path:
     return path
 
 
-def evaluate(model, test: data.Split, info: data.DatasetInfo, batch_size: int) -> dict[str, float]:
-    """Test-split accuracy per head (and hierarchy consistency for a two-head model)."""
-    probs = model.predict(test.images.astype(np.float32), batch_size=batch_size, verbose=0)
+def evaluate(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info: data.DatasetInfo) -> dict:
+    """Test metrics from labels and probabilities per head: accuracy, top-5 for 100-class heads, and
+    hierarchy consistency (predicted fine class inside the predicted coarse class) for two heads."""
     preds = {name: p.argmax(-1) for name, p in probs.items()}
-    metrics = {f"{name}_accuracy": float(np.mean(pred == getattr(test, name))) for name, pred in preds.items()}
+    metrics = {f"{name}_accuracy": float(np.mean(pred == truth[name])) for name, pred in preds.items()}
     for name, p in probs.items():
         if p.shape[-1] >= 100:  # top-5 where top-1 is a hard target (CIFAR-100's fine head)
             top5 = np.argsort(-p, axis=-1)[:, :5]
-            metrics[f"{name}_top5_accuracy"] = float(np.mean((top5 == getattr(test, name)[:, None]).any(-1)))
+            metrics[f"{name}_top5_accuracy"] = float(np.mean((top5 == truth[name][:, None]).any(-1)))
     if len(preds) == 2:
         parent = np.asarray(info.fine_to_coarse)[preds["fine"]]
         metrics["hierarchy_consistency"] = float(np.mean(parent == preds["coarse"]))
-    metrics["test_examples"] = len(test)
+    metrics["test_examples"] = len(next(iter(truth.values())))
     return metrics
 
 
@@ -148,7 +148,7 @@ def run(config: TrainConfig) -> dict:
     """Runs training (resuming from WORKDIR/checkpoints), evaluation, export and checks; returns metrics."""
     import keras
 
-    from mtl_keras import distribute
+    from mtl_keras import distribute, reports
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
     from mtl_keras.models import ADAPTED_NORM, channel_stats
@@ -163,9 +163,7 @@ def run(config: TrainConfig) -> dict:
     if config.batch_size % replicas:
         raise RunError(f"--batch_size={config.batch_size} does not divide by the {replicas} replicas of "
                        f"--distribution={config.distribution}")
-    splits = data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
-                       max_train_examples=config.max_train_examples, seed=config.seed, download=config.download,
-                       fashion_mnist_dir=config.fashion_mnist_dir)
+    splits = data.load_for(config)
     info, train = splits.info, splits.train
     if len(train) < config.batch_size:
         raise RunError(f"--batch_size={config.batch_size} exceeds the {len(train)} training examples")
@@ -201,10 +199,9 @@ def run(config: TrainConfig) -> dict:
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config, info, norm_stats, force=replicas > 1)
 
-    metrics = evaluate(model, splits.test, info, config.batch_size)
-    from mtl_keras import reports  # PNGs, per-class accuracy, skipped files
-
-    metrics |= reports.write_run_reports(model, splits, workdir, config.batch_size)
+    truth, probs = reports.predict_split(model, splits.test, info, config.batch_size)
+    metrics = evaluate(truth, probs, info)
+    metrics |= reports.write_run_reports(truth, probs, info, workdir)  # PNGs, per-class accuracy
     metrics["train_seconds"] = round(train_seconds, 1)
     model_path = workdir / "model.keras"
     tmp_model = workdir / ".model.tmp.keras"

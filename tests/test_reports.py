@@ -101,7 +101,8 @@ def test_tensorboard_scalars_per_head_and_learning_rate(tmp_path, small_splits):
 
 def test_write_run_reports(tmp_path, small_splits, capsys):
     write_history(tmp_path / "history.csv", [{"epoch": 0, "fine_loss": 2.0, "coarse_loss": 1.0}])
-    metrics = reports.write_run_reports(tiny_model(), small_splits, tmp_path, batch_size=32)
+    truth, probs = reports.predict_split(tiny_model(), small_splits.test, small_splits.info, batch_size=32)
+    metrics = reports.write_run_reports(truth, probs, small_splits.info, tmp_path)
     assert set(metrics["accuracy_per_class"]) == {"fine", "coarse"}
     assert set(metrics["accuracy_per_class"]["fine"]) == set(small_splits.info.fine_names)
     assert sum(r["examples"] for r in metrics["accuracy_per_class"]["coarse"].values()) == 64

@@ -110,10 +110,6 @@ def test_evaluate_top5_and_hierarchy_consistency():
     p_coarse = np.zeros((4, 20), np.float32)
     p_coarse[[0, 1, 2, 3], [0, 1, 8, 19]] = 1.0  # all right; predicted fine 3 -> coarse 0 disagrees with 19
 
-    class Stub:
-        def predict(self, x, batch_size, verbose):
-            return {"fine": p_fine, "coarse": p_coarse}
-
-    m = train.evaluate(Stub(), test, info, batch_size=4)
+    m = train.evaluate({"fine": test.fine, "coarse": test.coarse}, {"fine": p_fine, "coarse": p_coarse}, info)
     assert m["fine_accuracy"] == 0.25 and m["fine_top5_accuracy"] == 0.75 and m["coarse_accuracy"] == 1.0
     assert "coarse_top5_accuracy" not in m and m["hierarchy_consistency"] == 0.75
