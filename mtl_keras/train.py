@@ -144,6 +144,29 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     return time.time() - start
 
 
+def _export_in_tensorflow(config: TrainConfig, workdir: Path) -> dict[str, str]:
+    """Exports WORKDIR/model.keras from a TensorFlow-backend process: a SavedModel saved from JAX holds
+    XlaCallModule ops that tf2onnx cannot convert, while the .keras file is backend-neutral."""
+    import subprocess
+
+    from mtl_keras import export
+
+    model_dir = Path(config.export_dir) / config.model_name
+    version = export.next_version(model_dir) if model_dir.is_dir() else 1
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    cmd = [sys.executable, "-m", "mtl_keras.export", f"--workdir={workdir}", f"--export_dir={config.export_dir}",
+           f"--model_name={config.model_name}", f"--version={version}", "--int8" if config.int8 else "--noint8"]
+    if subprocess.run(cmd, env=env).returncode:
+        raise RunError(f"export in a TensorFlow process failed: {' '.join(cmd)}")
+    version_dir = model_dir / str(version)
+    if config.check:
+        check = [sys.executable, "-m", "mtl_keras.check_onnx", f"--saved_model={version_dir}",
+                 f"--onnx={version_dir / export.ONNX_FILE}", f"--keras_model={workdir / 'model.keras'}"]
+        if subprocess.run(check, env=env).returncode:
+            raise RunError(f"ONNX parity check failed: {' '.join(check)}")
+    return {"saved_model": str(version_dir), "onnx": str(version_dir / export.ONNX_FILE)}
+
+
 def run(config: TrainConfig) -> dict:
     """Runs training (resuming from WORKDIR/checkpoints), evaluation, export and checks; returns metrics."""
     import keras
@@ -209,7 +232,9 @@ def run(config: TrainConfig) -> dict:
     os.replace(tmp_model, model_path)
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
-    if config.export:
+    if config.export and keras.backend.backend() != "tensorflow":
+        artifacts |= _export_in_tensorflow(config, workdir)
+    elif config.export:
         artifacts |= export_and_check(model, config, splits, metrics)
     atomic_write_text(workdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     artifacts["metrics"] = str(workdir / "metrics.json")

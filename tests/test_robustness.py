@@ -134,3 +134,14 @@ def test_trunks_heads_losses_on_jax_backend():
     for run in report["runs"]:
         assert run["outputs"] == {"fine": [3, 10], "coarse": [3, 3]} and run["loss"] == run["loss"]  # not NaN
     assert report["data_parallel"]["replicas"] == 2 and len(report["data_parallel"]["loss"]) == 2
+
+
+def test_train_cli_on_jax_exports_through_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "mtl_keras.train", *QUICK, "--epochs=1", "--noint8",
+                           f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}", "--model_name=jx"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "e" / "jx" / "1" / "model.onnx").is_file()
+    assert "keras vs saved_model" in proc.stdout and proc.stdout.count("PASS") >= 2
