@@ -9,13 +9,11 @@ from pathlib import Path
 
 import keras
 
+from mtl_keras.errors import CheckpointError
+
 # Config fields that change what is trained; a checkpoint made under other values must not be resumed.
 _NOT_TRAINING = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
                  "fashion_mnist_dir", "jit_compile"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message names the file and what to do."""
 
 
 def _write_json_atomic(path: Path, value: dict) -> None:

@@ -17,16 +17,13 @@ import tensorflow as tf
 
 from mtl_keras import augment as augment_lib
 from mtl_keras import classes, fashion_mnist, shapes
+from mtl_keras.errors import DatasetError
 from mtl_keras.augment import AUGMENTS, random_flip_crop  # noqa: F401  (flags and older callers use these)
 
 DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder", "csv")
 TASKS = ("mtl", "fine", "coarse")
 SHAPES_TRAIN, SHAPES_TEST = 12_000, 2_000
 _TFDS_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing, corrupt or misconfigured; the message says which and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)

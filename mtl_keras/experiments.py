@@ -25,11 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from mtl_keras.config import TrainConfig
+from mtl_keras.errors import ExperimentError, MtlError, report
 from mtl_keras.results_table import HEADS, METRICS, Row, markdown_table, write_csv, write_markdown
-
-
-class ExperimentError(RuntimeError):
-    """The grid cannot run; the message is one line naming the flag or file."""
 
 
 @dataclasses.dataclass
@@ -102,7 +99,7 @@ def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
     """Trains every unfinished run with `train.run`; returns one line per failed run."""
     import keras
 
-    from mtl_keras import data, train
+    from mtl_keras import train
 
     failures = []
     # Seed-major order: an interrupted grid already has whole seeds of every experiment to compare.
@@ -117,7 +114,7 @@ def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
             keras.backend.clear_session()  # free the previous run's graphs; in-process runs would grow otherwise
             try:
                 train.run(exp.configs[seed])
-            except (train.RunError, data.DatasetError) as e:
+            except MtlError as e:
                 failures.append(f"{exp.name} seed {seed}: {e}")
                 print(f"FAILED {failures[-1]}", flush=True)
     return failures
@@ -301,8 +298,8 @@ def main(argv: list[str]) -> None:
                         f"--seeds={','.join(flags_.seeds)}", f"--results_dir={flags_.results_dir}", *extra])
     try:
         failures = run_experiments(expand_grid(flags_.grid), seeds, flags_.results_dir, extra, command)
-    except ExperimentError as e:
-        sys.exit(f"experiments: error: {e}")
+    except MtlError as e:
+        sys.exit(report("experiments", e))
     if failures:
         sys.exit(f"experiments: {len(failures)} run(s) failed (rerun to retry them): " + " | ".join(failures))
 

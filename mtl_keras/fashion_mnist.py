@@ -20,6 +20,8 @@ import zlib
 
 import numpy as np
 
+from mtl_keras.errors import DatasetError
+
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FINE_NAMES = ("t-shirt/top", "trouser", "pullover", "dress", "coat",
               "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -37,7 +39,7 @@ REPAIR_HINT = ("reinstall it (`apt-get install --reinstall dataset-fashion-mnist
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IdxError(ValueError):
+class IdxError(DatasetError, ValueError):
     """An idx file is missing, corrupt or not what was expected; the message names the file."""
 
 

@@ -21,10 +21,7 @@ import numpy as np
 
 from mtl_keras import data
 from mtl_keras.config import TrainConfig
-
-
-class RunError(RuntimeError):
-    """A run cannot go on; the message is one line for the user."""
+from mtl_keras.errors import MtlError, RunError, report
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -117,13 +114,10 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     import keras
 
     from mtl_keras import losses, reports
-    from mtl_keras.callbacks import Checkpoint, CheckpointError, NanGuard
+    from mtl_keras.callbacks import Checkpoint, NanGuard
 
     checkpoint = Checkpoint(workdir / "checkpoints", dataclasses.asdict(config))
-    try:
-        initial_epoch = checkpoint.restore(model)
-    except CheckpointError as e:
-        raise RunError(str(e)) from None
+    initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
     guard = NanGuard()
@@ -258,8 +252,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"train: unexpected arguments {argv[1:]}; flags look like --name=value")
     try:
         run(mtl_flags.to_config())
-    except (data.DatasetError, RunError) as e:
-        sys.exit(f"train: error: {e}")
+    except MtlError as e:
+        sys.exit(report("train", e))
 
 
 if __name__ == "__main__":
