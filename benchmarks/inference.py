@@ -31,26 +31,15 @@ def timed(fn, repeats: int, warmup: int = 10) -> tuple[float, float]:
     return float(np.median(times)), float(np.percentile(times, 95))
 
 
-def runtimes(workdir: Path, version: Path) -> tuple[dict, tuple[int, ...], object]:
-    """(name -> callable(images), image shape, keep-alive handle) for every runtime the export has."""
-    import keras
-    import onnxruntime as ort
-    import tensorflow as tf
+def runtimes(workdir: Path, version: Path) -> tuple[dict, tuple[int, ...]]:
+    """(name -> callable(images), image shape) for every artifact the run and its export have, each opened by
+    the package's one loader (`mtl_keras.serving.runtime.load`), called on one batch as a server would."""
+    from mtl_keras.serving import runtime
 
-    import mtl_keras.models  # noqa: F401  (registers custom layers for loading)
-
-    model = keras.saving.load_model(workdir / "model.keras")
-    loaded = tf.saved_model.load(str(version))  # the handle owns the signature's variables
-    serving = loaded.signatures["serving_default"]
-    fns = {
-        "keras (direct call)": lambda x: {k: np.asarray(v) for k, v in model(x, training=False).items()},
-        "saved_model signature": lambda x: {k: v.numpy() for k, v in serving(image=tf.constant(x)).items()},
-    }
-    for name, file in (("onnxruntime fp32", "model.onnx"), ("onnxruntime int8", "model.int8.onnx")):
-        if (version / file).is_file():
-            session = ort.InferenceSession(str(version / file), providers=["CPUExecutionProvider"])
-            fns[name] = lambda x, s=session: s.run(None, {"image": x})
-    return fns, tuple(model.input_shape[1:]), loaded
+    paths = {"keras (direct call)": workdir / "model.keras", "saved_model signature": version,
+             "onnxruntime fp32": version / "model.onnx", "onnxruntime int8": version / "model.int8.onnx"}
+    loaded = {name: runtime.load(path) for name, path in paths.items() if path.exists()}
+    return {name: r.run_batch for name, r in loaded.items()}, loaded["saved_model signature"].shape
 
 
 def main() -> None:
@@ -60,7 +49,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per cell")
     args = parser.parse_args()
 
-    fns, image_shape, _keep = runtimes(args.workdir, args.saved_model)
+    fns, image_shape = runtimes(args.workdir, args.saved_model)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}, {args.saved_model}")
     print(f"{'runtime':<24} {'batch':>5} {'median ms':>10} {'p95 ms':>8} {'img/s':>8}")
     rng = np.random.default_rng(0)

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import keras
 
+from mtl_keras import atomic
 from mtl_keras.errors import CheckpointError
 
 # Config fields that change what is trained; a checkpoint made under other values must not be resumed.
 _NOT_TRAINING = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
-                 "fashion_mnist_dir", "jit_compile"}
-
-
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+                 "fashion_mnist_dir", "jit_compile", "atol", "int8_max_drop"}
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -70,7 +65,7 @@ class Checkpoint(keras.callbacks.Callback):
         tmp = self.directory / f".tmp-{name}"
         self.model.save_weights(tmp)
         os.replace(tmp, self.directory / name)
-        _write_json_atomic(self.state_path, {"epoch": epoch + 1, "weights": name, "config": self.run_config})
+        atomic.write_json(self.state_path, {"epoch": epoch + 1, "weights": name, "config": self.run_config})
         for old in self.directory.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink()

@@ -59,3 +59,24 @@ class TrainConfig:
     export: bool = True
     int8: bool = True
     check: bool = True
+    atol: float = 1e-5
+    int8_max_drop: float = 1.0
+
+
+def read_json(path) -> TrainConfig:
+    """The `TrainConfig` a run saved as WORKDIR/config.json; settings it lacks take today's defaults."""
+    import json
+    from pathlib import Path
+
+    from mtl_keras.errors import ConfigError
+
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); is it a run folder's config.json?") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path} holds settings this version does not know ({', '.join(unknown)}); "
+                          f"use the mtl_keras version that wrote it")
+    return TrainConfig(**values)

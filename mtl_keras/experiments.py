@@ -153,7 +153,7 @@ def predictions(run_dir: Path, test, batch_size: int = 256) -> dict[str, np.ndar
 def pair_key(config: TrainConfig) -> str:
     """What an MTL run and its STL fine / coarse pair share: everything but task, loss mix, seed and paths."""
     ignore = {"task", "gamma", "loss_weighting", "head_dropout", "seed", "workdir", "model_name", "export",
-              "export_dir", "int8", "check"}
+              "export_dir", "int8", "check", "atol", "int8_max_drop"}
     return json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in ignore}, sort_keys=True)
 
 

@@ -109,7 +109,8 @@ flags.DEFINE_string("export_dir", _D.export_dir, "Export root (TF Serving base p
 flags.DEFINE_string("model_name", _D.model_name, "Model name under --export_dir (TF Serving model name).")
 flags.DEFINE_boolean("export", _D.export, "Export SavedModel + ONNX after training.")
 flags.DEFINE_boolean("int8", _D.int8, "Also write model.int8.onnx (static int8, calibrated on training images).")
-flags.DEFINE_boolean("check", _D.check, "Run the onnxruntime parity check after export.")
+flags.DEFINE_boolean("check", _D.check, "Verify the export: Keras <-> SavedModel <-> ONNX parity (--atol) and the "
+                     "int8 accuracy drop (--int8_max_drop).")
 
 flags.register_validator("model_name", lambda v: bool(v) and v.replace("_", "").replace("-", "").isalnum(),
                          "--model_name must be letters, digits, '_' or '-'")
@@ -172,7 +173,8 @@ def flagfile_text(config: TrainConfig) -> str:
 # parity check (python -m mtl_keras.check_onnx; train runs it after export with --atol)
 flags.DEFINE_string("saved_model", None, "check_onnx: SavedModel version folder, e.g. export/mtl_keras/1.")
 flags.DEFINE_string("onnx", None, "check_onnx: ONNX file, e.g. export/mtl_keras/1/model.onnx.")
-flags.DEFINE_float("atol", 1e-5, "Parity tolerance: max absolute difference allowed per output.", lower_bound=0.0)
+flags.DEFINE_float("atol", _D.atol, "Parity tolerance: max absolute difference allowed per output (train, export "
+                   "and check_onnx).", lower_bound=0.0)
 flags.DEFINE_integer("num_random", 32, "check_onnx: number of random-pixel images.", lower_bound=1)
 flags.DEFINE_integer("num_real", 256, "check_onnx: number of real test images (with --check_dataset).",
                      lower_bound=0)
@@ -181,8 +183,9 @@ flags.DEFINE_string("keras_model", None, "check_onnx: also compare this .keras m
 flags.DEFINE_boolean("json", False, "check_onnx / predict: print JSON instead of a table.")
 # export (python -m mtl_keras.export --workdir=DIR)
 flags.DEFINE_integer("version", None, "export: version folder number (default: the next free integer).", lower_bound=1)
-flags.DEFINE_float("int8_max_drop", 1.0, "check_onnx: most test-accuracy points int8 may lose per head.",
-                   lower_bound=0.0)
+flags.DEFINE_float("int8_max_drop", _D.int8_max_drop, "Most test-accuracy points the int8 model may lose per "
+                   "head (train, export and check_onnx).", lower_bound=0.0)
+flags.DEFINE_string("result_json", None, "export: also write the result (artifacts, metrics.json entries) here.")
 
 # predict (python -m mtl_keras.predict): a flag set of its own, since its --model is a path, not a trunk.
 PREDICT_FLAGS = flags.FlagValues()

@@ -13,23 +13,14 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from mtl_keras import data
+from mtl_keras import atomic, data
 from mtl_keras.config import TrainConfig
 from mtl_keras.errors import MtlError, RunError, report
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def check_workdir(workdir: str) -> Path:
@@ -58,39 +49,6 @@ def evaluate(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info: d
         metrics["hierarchy_consistency"] = float(np.mean(parent == preds["coarse"]))
     metrics["test_examples"] = len(next(iter(truth.values())))
     return metrics
-
-
-def export_and_check(model, config: TrainConfig, splits: data.Splits, metrics: dict) -> dict[str, str]:
-    """Exports (SavedModel, ONNX, int8 ONNX), runs the parity and int8 checks into `metrics`; returns paths."""
-    from mtl_keras import check_onnx, export
-    from mtl_keras.flags import flagfile_text
-
-    shape = model.input_shape[1:]
-    info = splits.info
-    test_images = data.fit_images(splits.test.images, shape).astype(np.float32)
-    version_dir = export.export(
-        model, config.export_dir, config.model_name, flags_text=flagfile_text(config),
-        class_names={"fine": list(info.fine_names), "coarse": list(info.coarse_names)},
-        calibration_images=data.fit_images(splits.train.images[:256], shape) if config.int8 else None,
-        warmup_images=test_images[:8])
-    paths = {"saved_model": str(version_dir), "onnx": str(version_dir / export.ONNX_FILE)}
-    if config.int8:
-        paths["onnx_int8"] = str(version_dir / export.INT8_FILE)
-    if not config.check:
-        return paths
-    images = np.concatenate([check_onnx.random_pixels(shape, 32, config.seed), test_images[:256]])
-    parity = check_onnx.check(paths["saved_model"], paths["onnx"], images, atol=1e-5)
-    print(parity.table())
-    metrics["onnx_parity"] = {o.name: {"max_abs_diff": o.max_abs_diff, "argmax_agreement": o.argmax_agreement}
-                              for o in parity.outputs}
-    metrics["onnx_parity_ok"] = parity.ok
-    metrics["onnx_parity_problems"] = parity.problems
-    if config.int8:
-        labels = {"fine": splits.test.fine, "coarse": splits.test.coarse}
-        metrics["int8"] = check_onnx.int8_accuracy_drop(paths["onnx"], paths["onnx_int8"], test_images, labels)
-        for head, r in metrics["int8"].items():
-            print(f"int8 {head}: test accuracy {r['fp32_accuracy']:.2%} -> {r['int8_accuracy']:.2%}")
-    return paths
 
 
 def _setup_runtime(config: TrainConfig) -> None:
@@ -138,27 +96,30 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     return time.time() - start
 
 
-def _export_in_tensorflow(config: TrainConfig, workdir: Path) -> dict[str, str]:
-    """Exports WORKDIR/model.keras from a TensorFlow-backend process: a SavedModel saved from JAX holds
-    XlaCallModule ops that tf2onnx cannot convert, while the .keras file is backend-neutral."""
+def _export(model, config: TrainConfig, workdir: Path, splits) -> dict:
+    """`serving.runs.export_run` on this run: in-process on TensorFlow; on another backend in a
+    TensorFlow-backend `python -m mtl_keras.export` (a SavedModel saved from JAX holds XlaCallModule ops
+    that tf2onnx cannot convert), whose JSON result is read back. Same artifacts and checks either way."""
+    import keras
+
+    settings = dict(export_dir=config.export_dir, model_name=config.model_name, int8=config.int8,
+                    check=config.check, atol=config.atol, int8_max_drop=config.int8_max_drop)
+    if keras.backend.backend() == "tensorflow":
+        from mtl_keras.serving.runs import export_run
+
+        return export_run(workdir, model=model, splits=splits, **settings)
     import subprocess
 
-    from mtl_keras import export
-
-    model_dir = Path(config.export_dir) / config.model_name
-    version = export.next_version(model_dir) if model_dir.is_dir() else 1
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    cmd = [sys.executable, "-m", "mtl_keras.export", f"--workdir={workdir}", f"--export_dir={config.export_dir}",
-           f"--model_name={config.model_name}", f"--version={version}", "--int8" if config.int8 else "--noint8"]
-    if subprocess.run(cmd, env=env).returncode:
-        raise RunError(f"export in a TensorFlow process failed: {' '.join(cmd)}")
-    version_dir = model_dir / str(version)
-    if config.check:
-        check = [sys.executable, "-m", "mtl_keras.check_onnx", f"--saved_model={version_dir}",
-                 f"--onnx={version_dir / export.ONNX_FILE}", f"--keras_model={workdir / 'model.keras'}"]
-        if subprocess.run(check, env=env).returncode:
-            raise RunError(f"ONNX parity check failed: {' '.join(check)}")
-    return {"saved_model": str(version_dir), "onnx": str(version_dir / export.ONNX_FILE)}
+    result_file = workdir / ".export_result.json"
+    result_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "mtl_keras.export", f"--workdir={workdir}", f"--result_json={result_file}",
+           *(f"--{k}={v}" if not isinstance(v, bool) else f"--{'' if v else 'no'}{k}" for k, v in settings.items())]
+    proc = subprocess.run(cmd, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    if not result_file.is_file():
+        raise RunError(f"export in a TensorFlow process failed (exit status {proc.returncode}): {' '.join(cmd)}")
+    result = json.loads(result_file.read_text())
+    result_file.unlink()
+    return result
 
 
 def run(config: TrainConfig) -> dict:
@@ -186,11 +147,11 @@ def run(config: TrainConfig) -> dict:
         raise RunError(f"--batch_size={config.batch_size} exceeds the {len(train)} training examples")
 
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "flags.txt", flagfile_text(config))
-    atomic_write_text(workdir / "config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
+    atomic.write_text(workdir / "flags.txt", flagfile_text(config))
+    atomic.write_text(workdir / "config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
     class_names = {"fine": list(info.fine_names), "coarse": list(info.coarse_names),
                    "fine_to_coarse": list(info.fine_to_coarse)}
-    atomic_write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
+    atomic.write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
     keras.utils.set_random_seed(config.seed)
     steps = len(train) // config.batch_size
     common = dict(task=config.task, batch_size=config.batch_size)
@@ -226,11 +187,11 @@ def run(config: TrainConfig) -> dict:
     os.replace(tmp_model, model_path)
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
-    if config.export and keras.backend.backend() != "tensorflow":
-        artifacts |= _export_in_tensorflow(config, workdir)
-    elif config.export:
-        artifacts |= export_and_check(model, config, splits, metrics)
-    atomic_write_text(workdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if config.export:
+        exported = _export(model, config, workdir, splits)
+        artifacts |= exported["artifacts"]
+        metrics |= exported["metrics"]
+    atomic.write_text(workdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     artifacts["metrics"] = str(workdir / "metrics.json")
 
     accuracies = ", ".join(f"{k} {v:.2%}" for k, v in metrics.items() if k.endswith("_accuracy"))

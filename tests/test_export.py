@@ -108,14 +108,16 @@ def test_checker_missing_file_is_one_line(trained_run, tmp_path):
 
 
 def test_versions_increment_and_never_overwrite(tmp_path):
-    from mtl_keras import export
+    from mtl_keras.serving import export
     from mtl_keras.models import build_model
 
     model = build_model("vit", (16, 16, 3), {"fine": 4, "coarse": 2}, variant="Pico/4")
     first = export.export(model, str(tmp_path), "m", onnx=False)
     second = export.export(model, str(tmp_path), "m", onnx=False)
     assert (first.name, second.name) == ("1", "2")
-    with pytest.raises(FileExistsError, match="exists"):
+    from mtl_keras.errors import ExportError
+
+    with pytest.raises(ExportError, match="exists"):
         export.export(model, str(tmp_path), "m", version=2, onnx=False)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"]
 
@@ -140,7 +142,7 @@ def test_checker_fails_on_swapped_output_names(trained_run, tmp_path):
 
 
 def test_checker_fails_on_other_class_count(trained_run, tmp_path):
-    from mtl_keras import export
+    from mtl_keras.serving import export
     from mtl_keras.models import build_model
 
     other = build_model("vit", (32, 32, 3), {"fine": 5, "coarse": 3}, variant="Pico/4")
@@ -196,9 +198,9 @@ def test_saved_model_cli_show_and_run(trained_run, tmp_path):
                           "serving_default", "--inputs", f"image={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    from mtl_keras.check_onnx import run_onnx
+    from mtl_keras.serving import runtime
 
-    expected = run_onnx(str(Path(version) / "model.onnx"), images)
+    expected = runtime.load(Path(version) / "model.onnx")(images)
     for head in ("fine", "coarse"):
         np.testing.assert_allclose(np.load(tmp_path / "o" / f"{head}.npy"), expected[head], atol=1e-5)
 
@@ -236,7 +238,7 @@ def test_export_cli_from_workdir_adds_a_version(trained_run, tmp_path):
 def test_failed_export_leaves_no_version_folder(tmp_path, monkeypatch):
     import errno
 
-    from mtl_keras import export
+    from mtl_keras.serving import export
     from mtl_keras.models import build_model
 
     def disk_full(*args, **kwargs):

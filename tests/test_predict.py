@@ -56,4 +56,5 @@ def test_predict_bad_model_path_is_one_line(tmp_path, image_files):
     proc = run_module("mtl_keras.predict", f"--model={tmp_path}", str(image_files / "a.png"))
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"predict: error: --model={tmp_path} is neither an .onnx file nor a SavedModel folder (saved_model.pb)")
+        f"predict: error: --model={tmp_path} is neither a .keras file, an .onnx file nor a SavedModel folder "
+        f"(saved_model.pb)")

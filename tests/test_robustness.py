@@ -145,3 +145,8 @@ def test_train_cli_on_jax_exports_through_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "e" / "jx" / "1" / "model.onnx").is_file()
     assert "keras vs saved_model" in proc.stdout and proc.stdout.count("PASS") >= 2
+    # The TensorFlow process's checks reach metrics.json as on the TensorFlow backend.
+    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert metrics["onnx_parity_ok"] is True and [c["pair"] for c in metrics["parity"]] == [
+        "keras vs saved_model", "saved_model vs onnx"]
+    assert metrics["parity"][0]["num_inputs"] == 32 + 256

@@ -1,0 +1,75 @@
+"""`export_run`: the one export-and-verify path of a training run.
+
+Train calls it in-process on the TensorFlow backend and, on JAX, through `python -m mtl_keras.export` in a
+TensorFlow-backend process (a SavedModel saved from JAX holds XlaCallModule ops that tf2onnx cannot
+convert; the .keras file is backend-neutral), which writes the same result as JSON for train to merge into
+metrics.json. Every caller gets the same artifacts and the same checks (verify.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mtl_keras import config as config_lib
+from mtl_keras import data
+from mtl_keras.errors import ExportError
+from mtl_keras.serving import export, runtime, verify
+
+CALIBRATION_IMAGES = 256  # training images the int8 calibration sees
+WARMUP_IMAGES = 8  # test images in the TF Serving warmup file
+
+
+def labelled_batches(split, info, shape, batch_size: int = 256):
+    """(float32 images of `shape`, {head: class ids}) batches of a split, streamed through the pipeline."""
+    for images, labels in data.pipeline(split, info, batch_size=batch_size, image_shape=shape):
+        yield np.asarray(images), {head: np.asarray(v).argmax(-1) for head, v in labels.items()}
+
+
+def read_run(workdir: str | Path, need_model: bool = True) -> tuple[config_lib.TrainConfig, dict, str]:
+    """(config, class names, flags text) of a finished run folder; ExportError when it is not one."""
+    run = Path(workdir)
+    for name in ("model.keras",) * need_model + ("config.json", "classes.json"):
+        if not (run / name).is_file():
+            raise ExportError(f"--workdir={workdir} has no {name}: is it a finished training run?")
+    config = config_lib.read_json(run / "config.json")
+    flags_text = (run / "flags.txt").read_text() if (run / "flags.txt").is_file() else ""
+    return config, json.loads((run / "classes.json").read_text()), flags_text
+
+
+def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version: int | None = None,
+               int8: bool = True, check: bool = True, atol: float = 1e-5, int8_max_drop: float = 1.0,
+               num_random: int = 32, num_real: int = 256, model=None, splits=None) -> dict:
+    """Exports the run in `workdir` (its model.keras, or `model` when given) to EXPORT_DIR/MODEL_NAME/VERSION
+    and, with `check`, verifies it; returns {"artifacts": {name: path}, "metrics": {...}, "ok": bool}.
+
+    Test and calibration images are the first N of their splits (`splits`, or the run's dataset read from
+    its config.json without downloading): a split of image files decodes only those.
+    """
+    config, class_names, flags_text = read_run(workdir, need_model=model is None)
+    if model is None:
+        model = runtime.load(Path(workdir) / "model.keras", "--workdir").handle
+    if splits is None:
+        splits = data.load_for(config, download=False)
+    shape = tuple(model.input_shape[1:])
+    real_count = max(num_real, WARMUP_IMAGES)
+    real = data.fit_images(splits.test.images[:real_count], shape).astype(np.float32)
+    calibration = data.fit_images(splits.train.images[:CALIBRATION_IMAGES], shape) if int8 else None
+    version_dir = export.export(model, export_dir, model_name, flags_text=flags_text, version=version,
+                                class_names={h: class_names[h] for h in ("fine", "coarse") if h in class_names},
+                                calibration_images=calibration, warmup_images=real[:WARMUP_IMAGES])
+    artifacts = {"saved_model": str(version_dir), "onnx": str(version_dir / export.ONNX_FILE)}
+    if int8:
+        artifacts["onnx_int8"] = str(version_dir / export.INT8_FILE)
+    result = {"artifacts": artifacts, "metrics": {}, "ok": True}
+    if check:
+        images = np.concatenate([verify.random_pixels(shape, num_random, config.seed), real[:num_real]])
+        verification = verify.verify(
+            version_dir, version_dir / export.ONNX_FILE, images, keras_model=model, atol=atol,
+            int8=version_dir / export.INT8_FILE if int8 else None, int8_max_drop=int8_max_drop,
+            labelled_batches=labelled_batches(splits.test, splits.info, shape))
+        print(verification.text())
+        result |= {"metrics": verification.metrics(), "ok": verification.ok}
+    return result

@@ -1,0 +1,111 @@
+"""One loader for every artifact a run leaves: `load(path)` opens a .keras model, a SavedModel version
+folder or an .onnx file (or wraps a Keras model in memory) behind the same call, float32 raw pixels
+[N, H, W, C] -> {"fine": probabilities, "coarse": probabilities}. Verification, predict and
+benchmarks/inference.py all use it, so they run each artifact the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mtl_keras.errors import ExportError
+
+CLASSES_FILE = "classes.json"  # {"fine": [...], "coarse": [...]}: WORKDIR/ and VERSION/assets.extra/
+
+
+@dataclasses.dataclass
+class Runtime:
+    kind: str  # keras, saved_model or onnx
+    path: str
+    shape: tuple[int, ...]  # one image, without the batch dimension
+    names: dict[str, list[str]]  # head -> class names ({} when the artifact holds none)
+    run_batch: Callable[[np.ndarray], dict[str, np.ndarray]]
+    handle: object = None  # keeps what owns the variables (a loaded SavedModel) alive
+
+    def __call__(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Probabilities per head for float32 images, run `batch_size` images at a time."""
+        images = np.asarray(images, np.float32)
+        parts = [self.run_batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        if not parts:
+            parts = [self.run_batch(images)]
+        return {head: np.concatenate([p[head] for p in parts]) for head in parts[0]}
+
+
+def _class_names(path: Path) -> dict[str, list[str]]:
+    names = json.loads(path.read_text()) if path.is_file() else {}
+    return {head: list(names[head]) for head in ("fine", "coarse") if head in names}
+
+
+def from_keras_model(model, path: str = "<memory>", names: dict | None = None) -> Runtime:
+    """A Keras model already in memory (what train has just fitted) as a `Runtime`."""
+    def run_batch(x):
+        return {k: np.asarray(v) for k, v in model.predict_on_batch(x).items()}
+
+    return Runtime("keras", path, tuple(model.input_shape[1:]), names or {}, run_batch, model)
+
+
+def _keras(path: Path) -> Runtime:
+    import keras
+
+    import mtl_keras.losses  # noqa: F401  (registers the custom layers and losses for loading)
+    import mtl_keras.models  # noqa: F401
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a file from elsewhere or damaged
+        raise ExportError(f"{path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return from_keras_model(model, str(path), _class_names(path.parent / CLASSES_FILE))
+
+
+def _saved_model(path: Path) -> Runtime:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))  # keep a reference: it owns the variables
+    serving = loaded.signatures["serving_default"]
+
+    def run_batch(x):
+        return {k: v.numpy() for k, v in serving(image=tf.constant(x)).items()}
+
+    shape = tuple(serving.structured_input_signature[1]["image"].shape[1:])
+    return Runtime("saved_model", str(path), shape, _class_names(path / "assets.extra" / CLASSES_FILE),
+                   run_batch, loaded)
+
+
+def _onnx(path: Path) -> Runtime:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's errors are long C++ messages
+        raise ExportError(f"{path} cannot be opened by onnxruntime ({str(e).splitlines()[0][:200]})") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    names = {k[:-len("_classes")]: json.loads(v) for k, v in meta.items() if k.endswith("_classes")}
+    outputs = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+
+    def run_batch(x):
+        return dict(zip(outputs, session.run(outputs, {input_name: x})))
+
+    shape = tuple(int(d) for d in session.get_inputs()[0].shape[1:])
+    return Runtime("onnx", str(path), shape, names, run_batch, session)
+
+
+def load(path, flag: str = "--model") -> Runtime:
+    """Opens `path`: a .keras file, a SavedModel folder (saved_model.pb) or an .onnx file; a Keras model in
+    memory is wrapped as is. Anything else is one ExportError line naming `flag`."""
+    if not isinstance(path, (str, Path)):
+        return from_keras_model(path)
+    p = Path(path)
+    if p.suffix == ".onnx" and p.is_file():
+        return _onnx(p)
+    if p.suffix == ".keras" and p.is_file():
+        return _keras(p)
+    if (p / "saved_model.pb").is_file():
+        return _saved_model(p)
+    raise ExportError(f"{flag}={path} is neither a .keras file, an .onnx file nor a SavedModel folder "
+                      f"(saved_model.pb)")
