@@ -36,7 +36,7 @@ def runtimes(workdir: Path, version: Path) -> tuple[dict, tuple[int, ...]]:
     the package's one loader (`mtl_keras.serving.runtime.load`), called on one batch as a server would."""
     from mtl_keras.serving import runtime
 
-    paths = {"keras (direct call)": workdir / "model.keras", "saved_model signature": version,
+    paths = {"keras (predict_on_batch)": workdir / "model.keras", "saved_model signature": version,
              "onnxruntime fp32": version / "model.onnx", "onnxruntime int8": version / "model.int8.onnx"}
     loaded = {name: runtime.load(path) for name, path in paths.items() if path.exists()}
     return {name: r.run_batch for name, r in loaded.items()}, loaded["saved_model signature"].shape

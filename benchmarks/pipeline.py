@@ -30,7 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mtl_keras import data, fashion_mnist, folders, shapes  # noqa: E402
+from mtl_keras.data import datasets, images, pipeline  # noqa: E402
+from mtl_keras.data.sources import fashion_mnist, shapes  # noqa: E402
 
 BATCH = 128
 MIN_SECONDS, MIN_BATCHES, WARMUP = 3.0, 40, 10
@@ -77,8 +78,8 @@ def write_jpeg_tree(root: Path, side: int, n: int) -> None:
 
 
 def decode_once_per_second(paths, size: int, single: bool) -> float:
-    """Images/s of the load-time decode pass that fills the cache (folders.decode_files' dataset)."""
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(lambda p: folders.decode(p, size),
+    """Images/s of the load-time decode pass that fills the cache (images.decode_files' dataset)."""
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(lambda p: images.decode(p, size),
                                                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.batch(256).prefetch(2)
     ds = one_thread(ds) if single else ds
@@ -101,15 +102,15 @@ def folder_benchmarks(cores: int) -> None:
                 kb = sum(f.stat().st_size for f in root.glob("*/*/*.jpg")) / n / 1024
                 trees[side] = kb
             label = f"{n} x {side}x{side} ({trees[side]:.0f} KB) -> {size}"
-            common = dict(image_size=size, validation_fraction=0.0, test_fraction=0.0)
-            cached = folders.load("folder", str(root), **common)
-            streamed = folders.load("folder", str(root), cache_mb=0, **common)
+            common = dict(folder_image_size=size, validation_fraction=0.0, folder_test_fraction=0.0)
+            cached = datasets.load("folder", data_dir=str(root), **common)
+            streamed = datasets.load("folder", data_dir=str(root), folder_cache_mb=0, **common)
             paths = streamed.train.images.paths.astype(str)
             rates = [decode_once_per_second(paths, size, single) for single in (False, True)]
             print(f"{label:<36} {'decode once':<16} {rates[0]:>10,.0f} {rates[0] / cores:>8,.0f} {rates[1]:>8,.0f}",
                   flush=True)
             for mode, splits in (("cached", cached), ("streamed", streamed)):
-                build = lambda: data.pipeline(  # noqa: E731
+                build = lambda: pipeline.pipeline(  # noqa: E731
                     splits.train, splits.info, training=True, augment="flip_crop", batch_size=BATCH)
                 all_cores, single = images_per_second(build()), images_per_second(one_thread(build()))
                 print(f"{label:<36} {mode:<16} {all_cores:>10,.0f} {all_cores / cores:>8,.0f} {single:>8,.0f}",
@@ -130,11 +131,11 @@ def main() -> None:
     header = f"{'dataset':<26} {'augment':<36} {'all cores':>10} {'/ core':>8} {'1 core':>8}   images/s"
     print(header + "\n" + "-" * len(header))
     for name, kwargs in sets:
-        splits = data.load(name, **kwargs)
+        splits = datasets.load(name, **kwargs)
         train, info = splits.train, splits.info
         label = f"{name} {'x'.join(map(str, train.images.shape[1:]))} ({len(train)})"
         for policy in POLICIES:
-            build = lambda: data.pipeline(train, info, training=True, augment=policy, batch_size=BATCH)  # noqa: E731
+            build = lambda: pipeline.pipeline(train, info, training=True, augment=policy, batch_size=BATCH)  # noqa: E731
             all_cores = images_per_second(build())
             single = images_per_second(one_thread(build()))
             print(f"{label:<26} {policy:<36} {all_cores:>10,.0f} {all_cores / cores:>8,.0f} {single:>8,.0f}",

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import keras  # noqa: E402
 
-from mtl_keras.models import TRUNKS, build_model  # noqa: E402
+from mtl_keras.config import TRUNKS  # noqa: E402
+from mtl_keras.models import build_model  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 

@@ -1,4 +1,5 @@
-"""Callbacks that make runs survive: atomic per-epoch checkpoints with resume, and a NaN/Inf loss guard."""
+"""Callbacks of a training run: atomic per-epoch checkpoints with resume, a NaN/Inf loss guard, and TensorBoard
+scalars (the loss-weighting callbacks live with the weighting, in losses.py)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,58 @@ class NanGuard(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.failure = (self.epoch + 1, batch + 1, float(loss))
             self.model.stop_training = True
+
+
+class TensorBoardScalars(keras.callbacks.Callback):
+    """Per-epoch TensorBoard scalars: every logged loss and metric (per head) and the learning rate.
+
+    Same layout and tags as keras.callbacks.TensorBoard (LOG_DIR/train, LOG_DIR/validation, `epoch_*`), but
+    written with TensorFlow's own summary ops: Keras's callback needs the `tensorboard` package, which
+    TensorFlow no longer installs; only the viewer (`tensorboard --logdir LOG_DIR`) needs it.
+    """
+
+    def __init__(self, log_dir: str | Path):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict = {}
+
+    def _write(self, split: str, values: dict[str, float], step: int) -> None:
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        if split not in self._writers:
+            self._writers[split] = tf.summary.create_file_writer(str(self.log_dir / split))
+        scalar = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        with self._writers[split].as_default():
+            for name, value in values.items():
+                tf.summary.write(f"epoch_{name}", tf.constant(float(value), tf.float32), step=step, metadata=scalar)
+        self._writers[split].flush()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # loss scaling wraps it
+        train["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        self._write("train", train, epoch)
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        if val:
+            self._write("validation", val, epoch)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, dict[str, list[float]]]:
+    """{split: {tag: values by step}} from TensorBoard event files under LOG_DIR/SPLIT (for tests and scripts)."""
+    import tensorflow as tf
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for events in sorted(Path(log_dir).glob("*/events.out.tfevents.*")):
+        tags = out.setdefault(events.parent.name, {})
+        for record in tf.data.TFRecordDataset(str(events)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for v in event.summary.value:
+                tags.setdefault(v.tag, []).append(float(tf.make_ndarray(v.tensor)))
+    return out

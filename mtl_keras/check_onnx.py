@@ -31,7 +31,9 @@ def main(argv: list[str]) -> int:
     import numpy as np
     from absl import logging
 
-    from mtl_keras import data
+    import dataclasses
+
+    from mtl_keras.data import datasets, images as images_lib
     from mtl_keras.errors import ExportError, report
     from mtl_keras.flags import FLAGS, to_config
     from mtl_keras.serving import export, runs, runtime, verify
@@ -44,8 +46,9 @@ def main(argv: list[str]) -> int:
         shape = runtime.load(FLAGS.onnx, "--onnx").shape
         images, batches = verify.random_pixels(shape, FLAGS.num_random, FLAGS.seed), None
         if FLAGS.check_dataset:
-            test = data.load_for(to_config(), dataset=FLAGS.check_dataset, download=False)
-            real = data.fit_images(test.test.images[:FLAGS.num_real], shape).astype(np.float32)
+            settings = dataclasses.replace(to_config().data, dataset=FLAGS.check_dataset, download=False)
+            test = datasets.prepare(settings)
+            real = images_lib.fit_images(test.test.images[:FLAGS.num_real], shape).astype(np.float32)
             images = np.concatenate([images, real])
             batches = runs.labelled_batches(test.test, test.info, shape)
         result = verify.verify(FLAGS.saved_model, FLAGS.onnx, images, keras_model=FLAGS.keras_model,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+from mtl_keras.config import DISTRIBUTIONS
+
 
 
 def use_logical_cpus(n: int) -> None:

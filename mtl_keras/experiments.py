@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl_keras import evaluate
 from mtl_keras.config import TrainConfig
 from mtl_keras.errors import ExperimentError, MtlError, report
 from mtl_keras.results_table import HEADS, METRICS, Row, markdown_table, write_csv, write_markdown
@@ -120,34 +121,24 @@ def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
     return failures
 
 
-def load_test_split(config: TrainConfig, cache: dict):
-    """The test split (and info) of `config.dataset`, loaded once per dataset."""
-    from mtl_keras import data
+def test_predictions(run_dir: Path, config: TrainConfig) -> tuple[dict, dict]:
+    """(true, predicted) class ids per head of a finished run: the test_predictions.npz train wrote; for a run
+    of an older version, one test pass of its model.keras, saved there for the next time."""
+    found = evaluate.load_predictions(run_dir)
+    if found is None:
+        from mtl_keras.data import datasets
+        from mtl_keras.serving import runtime
 
-    key = (config.dataset, config.data_dir, config.fashion_mnist_dir, config.folder_image_size,
-           config.folder_test_fraction)
-    if key not in cache:
-        splits = data.load_for(config, validation_fraction=0.0)
-        cache[key] = (splits.test, splits.info)
-    return cache[key]
+        model = runtime.load(run_dir / "model.keras", "--results_dir").handle
+        splits = datasets.prepare(config.data, config.seed)
+        evaluate.save_predictions(run_dir, *evaluate.predict_split(model, splits.test, splits.info))
+        found = evaluate.load_predictions(run_dir)
+    return found
 
 
-def predictions(run_dir: Path, test, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Predicted class per head on the test split from the run's model.keras; cached in test_predictions.npz."""
-    cached, model_file = run_dir / "test_predictions.npz", run_dir / "model.keras"
-    if cached.is_file() and cached.stat().st_mtime >= model_file.stat().st_mtime:  # not from an older model
-        with np.load(cached) as f:
-            return dict(f)
-    import keras
-
-    from mtl_keras import data, losses, models  # noqa: F401  (registers the custom layers for loading)
-
-    model = keras.saving.load_model(model_file, compile=False)
-    images = data.fit_images(test.images, model.input_shape[1:]).astype(np.float32)
-    probs = model.predict(images, batch_size=batch_size, verbose=0)
-    preds = {head: np.asarray(p).argmax(-1).astype(np.int32) for head, p in probs.items()}
-    np.savez(cached, **preds)
-    return preds
+def class_tree(run_dir: Path) -> dict:
+    """The run's classes.json: fine and coarse names and the fine -> coarse map."""
+    return json.loads((run_dir / "classes.json").read_text())
 
 
 def pair_key(config: TrainConfig) -> str:
@@ -165,7 +156,7 @@ def stl_pairs(experiments: list[Experiment]) -> list[tuple[Experiment, Experimen
 
 def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row], dict]:
     """Table rows (experiments, then STL pairs) and, per MTL experiment, pooled test labels and predictions."""
-    rows, confusion, cache = [], {}, {}
+    rows, confusion = [], {}
     done = {e.name: [s for s in seeds if (e.run_dir(s) / "metrics.json").is_file()] for e in experiments}
     for exp in experiments:
         values: dict[str, dict[int, float]] = {}
@@ -176,19 +167,21 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
                     values.setdefault(key, {})[seed] = float(metrics[key])
         rows.append(Row(exp.name, exp.task, exp.key, values))
         if exp.task == "mtl" and done[exp.name]:
-            test, info = load_test_split(exp.configs[done[exp.name][0]], cache)
-            preds = [predictions(exp.run_dir(s), test) for s in done[exp.name]]
-            confusion[exp.name] = {h: (np.tile(getattr(test, h), len(preds)), np.concatenate([p[h] for p in preds]),
-                                       getattr(info, f"{h}_names"), len(preds)) for h in HEADS}
+            runs = [test_predictions(exp.run_dir(s), exp.configs[s]) for s in done[exp.name]]
+            names = class_tree(exp.run_dir(done[exp.name][0]))
+            confusion[exp.name] = {h: (np.concatenate([true[h] for true, _ in runs]),
+                                       np.concatenate([pred[h] for _, pred in runs]), names[h], len(runs))
+                                   for h in HEADS}
     for fine, coarse in stl_pairs(experiments):
         values = {m: {} for m in METRICS}
         for seed in (s for s in done[fine.name] if s in done[coarse.name]):
-            test, info = load_test_split(fine.configs[seed], cache)
-            pf, pc = predictions(fine.run_dir(seed), test)["fine"], predictions(coarse.run_dir(seed), test)["coarse"]
-            values["fine_accuracy"][seed] = float(np.mean(pf == test.fine))
-            values["coarse_accuracy"][seed] = float(np.mean(pc == test.coarse))
-            # Consistent where the coarse model's class is the parent of the fine model's class.
-            values["hierarchy_consistency"][seed] = float(np.mean(np.asarray(info.fine_to_coarse)[pf] == pc))
+            (tf_, pf), (tc, pc) = (test_predictions(e.run_dir(seed), e.configs[seed]) for e in (fine, coarse))
+            values["fine_accuracy"][seed] = float(np.mean(pf["fine"] == tf_["fine"]))
+            values["coarse_accuracy"][seed] = float(np.mean(pc["coarse"] == tc["coarse"]))
+            # Consistent where the coarse model's class is the parent of the fine model's class (the pair
+            # shares its data settings, so both predicted the same test images in the same order).
+            tree = class_tree(fine.run_dir(seed))["fine_to_coarse"]
+            values["hierarchy_consistency"][seed] = evaluate.hierarchy_consistency(pf["fine"], pc["coarse"], tree)
         if values["fine_accuracy"]:
             rows.append(Row(f"{fine.name} + {coarse.name}", "stl pair", fine.key, values, (fine.name, coarse.name)))
     return rows, confusion

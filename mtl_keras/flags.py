@@ -10,20 +10,14 @@ import dataclasses
 
 from absl import flags
 
-from mtl_keras import data
+from mtl_keras import config
 from mtl_keras.config import TrainConfig
-from mtl_keras.distribute import DISTRIBUTIONS
-from mtl_keras.modeling import PRECISION_POLICIES
-from mtl_keras import losses
-from mtl_keras.models import TRUNKS
-from mtl_keras.models.heads import HEADS
-from mtl_keras.models.vit import STEMS
 
 FLAGS = flags.FLAGS
 _D = TrainConfig()
 
 # data
-flags.DEFINE_enum("dataset", _D.dataset, data.DATASETS, "Dataset to train and evaluate on.")
+flags.DEFINE_enum("dataset", _D.dataset, config.DATASETS, "Dataset to train and evaluate on.")
 flags.DEFINE_string("data_dir", _D.data_dir, "cifar10/cifar100: tensorflow-datasets data_dir with prepared data; "
                     "folder: the image tree ROOT (ROOT/COARSE/FINE/*.jpg); csv: the label file (path,fine,coarse).")
 flags.DEFINE_boolean("download", _D.download, "Let tfds download a dataset that is not prepared in --data_dir.")
@@ -43,7 +37,7 @@ flags.DEFINE_float("folder_cache_mb", _D.folder_cache_mb, "folder / csv: decode 
                    lower_bound=0.0)
 flags.DEFINE_string("augment", _D.augment,
                     f"Random augmentation in tf.data, never in the model: a comma-separated list of "
-                    f"{', '.join(data.AUGMENTS[1:])}, or none. Applied in that order; mixup and cutmix "
+                    f"{', '.join(config.AUGMENTS[1:])}, or none. Applied in that order; mixup and cutmix "
                     f"together: each batch picks one.")
 flags.DEFINE_integer("randaugment_ops", _D.randaugment_ops, "RandAugment: ops applied per image (with "
                      "--augment=...,randaugment).", lower_bound=1, upper_bound=11)
@@ -54,17 +48,17 @@ flags.DEFINE_float("mixup_alpha", _D.mixup_alpha, "MixUp: Beta(alpha, alpha) mix
 flags.DEFINE_float("cutmix_alpha", _D.cutmix_alpha, "CutMix: Beta(alpha, alpha) box areas (> 0; with "
                    "--augment=...,cutmix).", lower_bound=0.0)
 # model
-flags.DEFINE_enum("task", _D.task, data.TASKS, "mtl: both heads; fine or coarse: a single-task baseline.")
-flags.DEFINE_enum("model", _D.model, TRUNKS, "Shared trunk: vit, seed_vit and resnet152 (the seed study's, fixed shapes), cct (Compact Convolutional Transformer).")
+flags.DEFINE_enum("task", _D.task, config.TASKS, "mtl: both heads; fine or coarse: a single-task baseline.")
+flags.DEFINE_enum("model", _D.model, config.TRUNKS, "Shared trunk: vit, seed_vit and resnet152 (the seed study's, fixed shapes), cct (Compact Convolutional Transformer).")
 flags.DEFINE_string("variant", _D.variant, "Trunk size: vit NAME/PATCH, e.g. Mu/4 (models/vit.py); cct LAYERS/KxN, e.g. 7/3x1 (models/cct.py). Ignored by seed_vit and resnet152.")
-flags.DEFINE_enum("stem", _D.stem, STEMS, "ViT tokenizer: conv (convolutional stem) or patch (linear).")
+flags.DEFINE_enum("stem", _D.stem, config.STEMS, "ViT tokenizer: conv (convolutional stem) or patch (linear).")
 flags.DEFINE_integer("image_size", _D.image_size, "Resize inputs to this size inside the model (unset: native).",
                      lower_bound=8)
 flags.DEFINE_float("dropout", _D.dropout, "Dropout rate in the trunk (seed_vit: after Flatten).", lower_bound=0.0,
                    upper_bound=0.9)
 flags.DEFINE_float("stochastic_depth", _D.stochastic_depth, "cct: drop-path rate of the last block (linear from 0).",
                    lower_bound=0.0, upper_bound=0.9)
-flags.DEFINE_enum("head", _D.head, HEADS, "Task heads: light (Dense + softmax) or seed (the seed study's branch MLPs).")
+flags.DEFINE_enum("head", _D.head, config.HEAD_KINDS, "Task heads: light (Dense + softmax) or seed (the seed study's branch MLPs).")
 flags.DEFINE_float("head_dropout", _D.head_dropout, "Dropout in the heads (seed: after each Dense).", lower_bound=0.0,
                    upper_bound=0.9)
 # optimisation
@@ -79,11 +73,11 @@ flags.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for b
                    lower_bound=0.0, upper_bound=0.5)
 flags.DEFINE_float("gamma", _D.gamma, "MTL weight of the fine loss; coarse gets 1 - gamma.",
                    lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_enum("loss_weighting", _D.loss_weighting, losses.WEIGHTINGS, "MTL loss weighting: fixed (--gamma), "
+flags.DEFINE_enum("loss_weighting", _D.loss_weighting, config.WEIGHTINGS, "MTL loss weighting: fixed (--gamma), "
                   "uncertainty (Kendall et al. 2018, learned) or dwa (Dynamic Weight Average, Liu et al. 2019).")
-flags.DEFINE_enum("optimizer", _D.optimizer, ("adamw", "adam"), "adamw (decoupled --weight_decay) or adam (the "
+flags.DEFINE_enum("optimizer", _D.optimizer, config.OPTIMIZERS, "adamw (decoupled --weight_decay) or adam (the "
                   "seed study; no weight decay).")
-flags.DEFINE_enum("lr_schedule", _D.lr_schedule, ("cosine", "constant"), "cosine: linear warmup then cosine "
+flags.DEFINE_enum("lr_schedule", _D.lr_schedule, config.LR_SCHEDULES, "cosine: linear warmup then cosine "
                   "to 0; constant: --learning_rate throughout (the seed study).")
 flags.DEFINE_float("grad_clip_norm", _D.grad_clip_norm, "Clip gradients to this global norm (0: off).",
                    lower_bound=0.0)
@@ -92,10 +86,10 @@ flags.DEFINE_boolean("ema", _D.ema, "Keep an exponential moving average of the w
 flags.DEFINE_float("ema_momentum", _D.ema_momentum, "EMA momentum (with --ema).", lower_bound=0.0,
                    upper_bound=1.0)
 flags.DEFINE_boolean("jit_compile", _D.jit_compile, "Compile train and eval steps with XLA.")
-flags.DEFINE_enum("mixed_precision", _D.mixed_precision, tuple(PRECISION_POLICIES),
+flags.DEFINE_enum("mixed_precision", _D.mixed_precision, tuple(config.PRECISION_POLICIES),
                   "Compute dtype: float32, or bfloat16 / float16 mixed precision (weights, outputs and "
                   "exports stay float32; float16 gets loss scaling).")
-flags.DEFINE_enum("distribution", _D.distribution, DISTRIBUTIONS,
+flags.DEFINE_enum("distribution", _D.distribution, config.DISTRIBUTIONS,
                   "Data parallelism: auto (mirrored on 2+ GPUs), none, mirrored (all local devices), "
                   "multi_worker (TF_CONFIG). --batch_size is global and must divide by the replicas.")
 flags.DEFINE_integer("cpu_devices", _D.cpu_devices, "Split the CPU into N logical devices (to try "
@@ -121,7 +115,7 @@ flags.register_validator("cutmix_alpha", lambda v: v > 0, "--cutmix_alpha must b
 
 def _valid_augment(spec: str) -> bool:
     try:
-        data.augment_lib.parse_policies(spec)
+        config.parse_policies(spec)
     except ValueError as e:
         raise flags.ValidationError(f"--augment: {e}") from None
     return True
@@ -143,7 +137,7 @@ def _valid_variant(values: dict) -> bool:
 
 def _valid_loss_weighting(values: dict) -> bool:
     # A dynamic weighting balances two task losses; a single-task run has one.
-    if values["loss_weighting"] in losses.DYNAMIC and values["task"] != "mtl":
+    if values["loss_weighting"] in config.DYNAMIC_WEIGHTINGS and values["task"] != "mtl":
         raise flags.ValidationError(f"--loss_weighting={values['loss_weighting']} needs --task=mtl "
                                     f"(got --task={values['task']}); use --loss_weighting=fixed")
     return True
@@ -178,7 +172,7 @@ flags.DEFINE_float("atol", _D.atol, "Parity tolerance: max absolute difference a
 flags.DEFINE_integer("num_random", 32, "check_onnx: number of random-pixel images.", lower_bound=1)
 flags.DEFINE_integer("num_real", 256, "check_onnx: number of real test images (with --check_dataset).",
                      lower_bound=0)
-flags.DEFINE_enum("check_dataset", None, data.DATASETS, "check_onnx: also compare on this dataset's test images.")
+flags.DEFINE_enum("check_dataset", None, config.DATASETS, "check_onnx: also compare on this dataset's test images.")
 flags.DEFINE_string("keras_model", None, "check_onnx: also compare this .keras model (e.g. WORKDIR/model.keras).")
 flags.DEFINE_boolean("json", False, "check_onnx / predict: print JSON instead of a table.")
 # export (python -m mtl_keras.export --workdir=DIR)

@@ -21,8 +21,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-WEIGHTINGS = ("fixed", "uncertainty", "dwa")
-DYNAMIC = ("uncertainty", "dwa")
+from mtl_keras.config import DYNAMIC_WEIGHTINGS as DYNAMIC
+from mtl_keras.config import WEIGHTINGS
+
 LAYER_NAME = "loss_weighting"
 
 

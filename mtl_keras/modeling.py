@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING
 import keras
 
 from mtl_keras import losses
-from mtl_keras.config import TrainConfig
+from mtl_keras.config import PRECISION_POLICIES, TrainConfig
 from mtl_keras.models import build_model
 
-if TYPE_CHECKING:  # data.py imports TensorFlow; this module must not
-    from mtl_keras.data import DatasetInfo
+if TYPE_CHECKING:
+    from mtl_keras.data.types import DatasetInfo
 
-PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 def heads_for(config: TrainConfig, info: DatasetInfo) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""What a run leaves for people to look at: learning curves, confusion matrices, per-class accuracy.
+"""What a run leaves for people to look at: learning curves, confusion matrices, a per-class table.
 
     from mtl_keras import reports
     reports.learning_curves_png("runs/quickstart/history.csv", "curves.png")
@@ -6,7 +6,8 @@
 
 Plain functions on arrays and paths, usable on any run (the experiment runner calls them too). Figures are
 drawn on matplotlib's Agg canvas through `Figure` objects, never pyplot, so importing this module changes
-no global backend and works on machines without a display. `write_run_reports` is what train.py calls.
+no global backend and works on machines without a display. `write_run_reports` is what train.py calls;
+the numbers come from evaluate.py.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import csv
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 
-HEADS = ("fine", "coarse")
+from mtl_keras.evaluate import TOP_CONFUSIONS, confusion_matrix, top_confusions
+
+HEADS = ("fine", "coarse")  # the model's output keys, in the order panels are drawn
 ANNOTATE_MAX = 30  # classes up to which every cell shows its count; above, a top-confusions list instead
-TOP_CONFUSIONS = 25
 
 
 def _figure(width: float, height: float):
@@ -70,35 +71,6 @@ def learning_curves_png(history_csv: str | Path, out_png: str | Path, title: str
     return Path(out_png)
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """Counts [true class, predicted class]."""
-    m = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(m, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
-    return m
-
-
-def per_class_accuracy(y_true, y_pred, names) -> dict[str, dict]:
-    """{class name: {"accuracy": share of its test images predicted right (None if it has none), "examples": n}}."""
-    m = confusion_matrix(y_true, y_pred, len(names))
-    totals = m.sum(1)
-    return {name: {"accuracy": float(m[i, i] / totals[i]) if totals[i] else None, "examples": int(totals[i])}
-            for i, name in enumerate(names)}
-
-
-def top_confusions(y_true, y_pred, names, k: int = 10) -> list[dict]:
-    """The `k` most frequent (true, predicted) mistakes, with their share of the true class's images."""
-    m = confusion_matrix(y_true, y_pred, len(names))
-    np.fill_diagonal(m, 0)
-    order = np.argsort(-m, axis=None, kind="stable")[:k]
-    totals = np.bincount(np.asarray(y_true, np.int64), minlength=len(names))
-    out = []
-    for t, p in zip(*np.unravel_index(order, m.shape)):
-        if m[t, p]:
-            out.append({"true": names[t], "predicted": names[p], "count": int(m[t, p]),
-                        "share": float(m[t, p] / totals[t])})
-    return out
-
-
 def confusion_matrix_png(y_true, y_pred, names, out_png: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix with class names on both axes.
 
@@ -141,102 +113,25 @@ def confusion_matrix_png(y_true, y_pred, names, out_png: str | Path, title: str 
     return Path(out_png)
 
 
-class TensorBoardScalars(keras.callbacks.Callback):
-    """Per-epoch TensorBoard scalars: every logged loss and metric (per head) and the learning rate.
-
-    Same layout and tags as keras.callbacks.TensorBoard (LOG_DIR/train, LOG_DIR/validation, `epoch_*`), but
-    written with TensorFlow's own summary ops: Keras's callback needs the `tensorboard` package, which
-    TensorFlow no longer installs; only the viewer (`tensorboard --logdir LOG_DIR`) needs it.
-    """
-
-    def __init__(self, log_dir: str | Path):
-        super().__init__()
-        self.log_dir = Path(log_dir)
-        self._writers: dict = {}
-
-    def _write(self, split: str, values: dict[str, float], step: int) -> None:
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        if split not in self._writers:
-            self._writers[split] = tf.summary.create_file_writer(str(self.log_dir / split))
-        scalar = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-        with self._writers[split].as_default():
-            for name, value in values.items():
-                tf.summary.write(f"epoch_{name}", tf.constant(float(value), tf.float32), step=step, metadata=scalar)
-        self._writers[split].flush()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
-        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # loss scaling wraps it
-        train["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        self._write("train", train, epoch)
-        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
-        if val:
-            self._write("validation", val, epoch)
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers = {}
-
-
-def read_scalars(log_dir: str | Path) -> dict[str, dict[str, list[float]]]:
-    """{split: {tag: values by step}} from TensorBoard event files under LOG_DIR/SPLIT (for tests and scripts)."""
-    import tensorflow as tf
-
-    out: dict[str, dict[str, list[float]]] = {}
-    for events in sorted(Path(log_dir).glob("*/events.out.tfevents.*")):
-        tags = out.setdefault(events.parent.name, {})
-        for record in tf.data.TFRecordDataset(str(events)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for v in event.summary.value:
-                tags.setdefault(v.tag, []).append(float(tf.make_ndarray(v.tensor)))
-    return out
-
-
-def predict_split(model, split, info, batch_size: int = 256) -> tuple[dict, dict]:
-    """(true labels, probabilities) per head of `model` on `split`, read through `data.pipeline`, so a
-    split of image files is streamed and labels stay aligned with predictions. The one test-set pass of
-    a run: metrics.json and every report are computed from it."""
-    from mtl_keras import data
-
-    truth: dict[str, list] = {}
-    probs: dict[str, list] = {}
-    for images, labels in data.pipeline(split, info, batch_size=batch_size):
-        outputs = model.predict_on_batch(np.asarray(images))  # numpy: any Keras backend takes it
-        for head, p in outputs.items():
-            probs.setdefault(head, []).append(np.asarray(p))
-            truth.setdefault(head, []).append(labels[head].numpy().argmax(-1))
-    return ({h: np.concatenate(v) for h, v in truth.items()}, {h: np.concatenate(v) for h, v in probs.items()})
-
-
-def write_run_reports(truth: dict, probs: dict, info, workdir: str | Path) -> dict:
-    """Writes WORKDIR/learning_curves.png, confusion_{head}.png and skipped_files.txt (when any files were
-    skipped) from the test labels and probabilities of `predict_split`; returns metrics.json entries:
-    per-class accuracy, top confusions, skipped-file count."""
+def write_run_reports(truth: dict, probs: dict, info, workdir: str | Path) -> list[Path]:
+    """Draws WORKDIR/learning_curves.png and confusion_{head}.png from the test pass (`evaluate.predict_split`)
+    and lists undecodable files in skipped_files.txt (when any); returns the files written."""
     workdir = Path(workdir)
-    written, metrics = [], {}
+    written = []
     if (workdir / "history.csv").is_file():
         written.append(learning_curves_png(workdir / "history.csv", workdir / "learning_curves.png"))
-    if probs:
-        preds = {head: p.argmax(-1) for head, p in probs.items()}
-        names = {"fine": info.fine_names, "coarse": info.coarse_names}
-        metrics["accuracy_per_class"] = {h: per_class_accuracy(truth[h], preds[h], names[h]) for h in preds}
-        metrics["top_confusions"] = {h: top_confusions(truth[h], preds[h], names[h]) for h in preds}
-        for head in preds:
-            written.append(confusion_matrix_png(truth[head], preds[head], names[head],
-                                                workdir / f"confusion_{head}.png", title=head))
+    names = info.class_names
+    for head, p in probs.items():
+        written.append(confusion_matrix_png(truth[head], p.argmax(-1), names[head], workdir / f"confusion_{head}.png",
+                                            title=head))
     if info.skipped_files:
         (workdir / "skipped_files.txt").write_text("\n".join(info.skipped_files) + "\n")
         written.append(workdir / "skipped_files.txt")
         print(f"skipped {len(info.skipped_files)} image files that could not be decoded: "
               f"{', '.join(info.skipped_files[:3])}{', ...' if len(info.skipped_files) > 3 else ''} "
               f"(all in {workdir / 'skipped_files.txt'})")
-    metrics["skipped_files"] = len(info.skipped_files)
     print("reports: " + ", ".join(str(p) for p in written))
-    return metrics
+    return written
 
 
 def per_class_table(metrics_json: str | Path, head: str = "fine") -> str:

@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from mtl_keras import atomic, data
+from mtl_keras import atomic, evaluate
+from mtl_keras.data import datasets, pipeline
 from mtl_keras.config import TrainConfig
 from mtl_keras.errors import MtlError, RunError, report
 
@@ -33,22 +32,6 @@ def check_workdir(workdir: str) -> Path:
         why = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
         raise RunError(f"--workdir={workdir} cannot be used: {existing} {why}")
     return path
-
-
-def evaluate(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info: data.DatasetInfo) -> dict:
-    """Test metrics from labels and probabilities per head: accuracy, top-5 for 100-class heads, and
-    hierarchy consistency (predicted fine class inside the predicted coarse class) for two heads."""
-    preds = {name: p.argmax(-1) for name, p in probs.items()}
-    metrics = {f"{name}_accuracy": float(np.mean(pred == truth[name])) for name, pred in preds.items()}
-    for name, p in probs.items():
-        if p.shape[-1] >= 100:  # top-5 where top-1 is a hard target (CIFAR-100's fine head)
-            top5 = np.argsort(-p, axis=-1)[:, :5]
-            metrics[f"{name}_top5_accuracy"] = float(np.mean((top5 == truth[name][:, None]).any(-1)))
-    if len(preds) == 2:
-        parent = np.asarray(info.fine_to_coarse)[preds["fine"]]
-        metrics["hierarchy_consistency"] = float(np.mean(parent == preds["coarse"]))
-    metrics["test_examples"] = len(next(iter(truth.values())))
-    return metrics
 
 
 def _setup_runtime(config: TrainConfig) -> None:
@@ -71,8 +54,8 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     """Fits from the last checkpoint (if any) to config.epochs; returns seconds spent in fit."""
     import keras
 
-    from mtl_keras import losses, reports
-    from mtl_keras.callbacks import Checkpoint, NanGuard
+    from mtl_keras import losses
+    from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars
 
     checkpoint = Checkpoint(workdir / "checkpoints", dataclasses.asdict(config))
     initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
@@ -83,7 +66,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     if initial_epoch < config.epochs:
         callbacks = [guard, *losses.weighting_callbacks(model, config.loss_weighting),
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
-                     reports.TensorBoardScalars(workdir / "tensorboard"),
+                     TensorBoardScalars(workdir / "tensorboard"),
                      checkpoint]
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=steps, verbose=2, callbacks=callbacks)
@@ -129,7 +112,8 @@ def run(config: TrainConfig) -> dict:
     from mtl_keras import distribute, reports
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
-    from mtl_keras.models import ADAPTED_NORM, channel_stats
+    from mtl_keras.models import ADAPTED_NORM
+    from mtl_keras.models.preprocess import channel_stats
 
     # Everything that can reject the run happens before anything is written.
     _setup_runtime(config)
@@ -141,7 +125,7 @@ def run(config: TrainConfig) -> dict:
     if config.batch_size % replicas:
         raise RunError(f"--batch_size={config.batch_size} does not divide by the {replicas} replicas of "
                        f"--distribution={config.distribution}")
-    splits = data.load_for(config)
+    splits = datasets.prepare(config.data, config.seed)
     info, train = splits.info, splits.train
     if len(train) < config.batch_size:
         raise RunError(f"--batch_size={config.batch_size} exceeds the {len(train)} training examples")
@@ -155,11 +139,11 @@ def run(config: TrainConfig) -> dict:
     keras.utils.set_random_seed(config.seed)
     steps = len(train) // config.batch_size
     common = dict(task=config.task, batch_size=config.batch_size)
-    train_ds = data.pipeline(train, info, training=True, augment=config.augment, seed=config.seed,
+    train_ds = pipeline.pipeline(train, info, training=True, augment=config.augment, seed=config.seed,
                              randaugment_ops=config.randaugment_ops,
                              randaugment_magnitude=config.randaugment_magnitude,
                              mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha, **common)
-    val_ds = data.pipeline(splits.val, info, **common) if len(splits.val) else None
+    val_ds = pipeline.pipeline(splits.val, info, **common) if len(splits.val) else None
 
     input_shape = train.images.shape[1:]
     norm_stats = channel_stats(train.images) if config.model in ADAPTED_NORM else None
@@ -177,14 +161,15 @@ def run(config: TrainConfig) -> dict:
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config, info, norm_stats, force=replicas > 1)
 
-    truth, probs = reports.predict_split(model, splits.test, info, config.batch_size)
-    metrics = evaluate(truth, probs, info)
-    metrics |= reports.write_run_reports(truth, probs, info, workdir)  # PNGs, per-class accuracy
+    truth, probs = evaluate.predict_split(model, splits.test, info, config.batch_size)  # the one test pass
+    metrics = evaluate.test_metrics(truth, probs, info)
+    reports.write_run_reports(truth, probs, info, workdir)
     metrics["train_seconds"] = round(train_seconds, 1)
     model_path = workdir / "model.keras"
     tmp_model = workdir / ".model.tmp.keras"
     model.save(tmp_model)
     os.replace(tmp_model, model_path)
+    evaluate.save_predictions(workdir, truth, probs)  # after model.keras: experiments check the order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
     if config.export:

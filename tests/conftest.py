@@ -26,9 +26,9 @@ def run_module(module: str, *args: str, cwd: Path = REPO, timeout: int = 600) ->
 
 @pytest.fixture(scope="session")
 def shapes_splits():
-    from mtl_keras import data
+    from mtl_keras.data import datasets
 
-    return data.load("shapes", seed=0)
+    return datasets.load("shapes", seed=0)
 
 
 @pytest.fixture(scope="session")

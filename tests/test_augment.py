@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtl_keras import augment, data
+from mtl_keras.config import parse_policies
+from mtl_keras.data import augment, pipeline
 
 SEED = tf.constant([5, 9], tf.int64)
 
@@ -29,13 +30,13 @@ def partner(fine_row: np.ndarray, i: int) -> int:
 
 
 def test_parse_policies_order_and_errors():
-    assert augment.parse_policies("cutmix,flip_crop, mixup") == ("flip_crop", "mixup", "cutmix")
-    assert augment.parse_policies("none") == () and augment.parse_policies("") == ()
+    assert parse_policies("cutmix,flip_crop, mixup") == ("flip_crop", "mixup", "cutmix")
+    assert parse_policies("none") == () and parse_policies("") == ()
     with pytest.raises(ValueError, match="unknown augmentation 'autoaugment'; use .*flip_crop, randaugment, "
                                          "mixup, cutmix, or none"):
-        augment.parse_policies("flip_crop,autoaugment")
+        parse_policies("flip_crop,autoaugment")
     with pytest.raises(ValueError, match="'none' cannot be combined"):
-        augment.parse_policies("none,mixup")
+        parse_policies("none,mixup")
 
 
 def test_flip_crop_same_eagerly_and_in_tf_data():
@@ -43,7 +44,6 @@ def test_flip_crop_same_eagerly_and_in_tf_data():
     eager = augment.random_flip_crop(images, SEED)
     np.testing.assert_array_equal(eager.numpy(), in_tf_data(augment.random_flip_crop, images, SEED).numpy())
     assert eager.shape == images.shape and not np.array_equal(eager.numpy(), images.numpy())
-    assert data.random_flip_crop is augment.random_flip_crop  # data.py keeps the old name working
 
 
 def test_flip_crop_keeps_content_translated():
@@ -144,7 +144,7 @@ def test_pipeline_mixed_labels_stay_consistent_across_heads(shapes_splits, spec)
     # Both heads mixed with one weight <=> the fine mixture, summed per superclass, is the coarse mixture.
     info = shapes_splits.info
     to_coarse = np.eye(info.num_classes["coarse"])[list(info.fine_to_coarse)]  # [fine, coarse]
-    ds = data.pipeline(shapes_splits.train, info, training=True, augment=spec, batch_size=32, seed=3)
+    ds = pipeline.pipeline(shapes_splits.train, info, training=True, augment=spec, batch_size=32, seed=3)
     soft = 0
     for images, labels in ds.take(4):
         fine, coarse = labels["fine"].numpy(), labels["coarse"].numpy()
@@ -156,7 +156,7 @@ def test_pipeline_mixed_labels_stay_consistent_across_heads(shapes_splits, spec)
 
 def test_pipeline_is_reproducible_by_seed(shapes_splits):
     def first(seed):
-        ds = data.pipeline(shapes_splits.train, shapes_splits.info, training=True, seed=seed,
+        ds = pipeline.pipeline(shapes_splits.train, shapes_splits.info, training=True, seed=seed,
                            augment="flip_crop,mixup,cutmix", batch_size=16)
         images, labels = next(iter(ds))
         return images.numpy(), labels["fine"].numpy()
@@ -169,7 +169,7 @@ def test_pipeline_is_reproducible_by_seed(shapes_splits):
 
 def test_evaluation_pipeline_never_augments(shapes_splits):
     split, info = shapes_splits.test, shapes_splits.info
-    images, labels = next(iter(data.pipeline(split, info, augment="flip_crop,randaugment,mixup", batch_size=8)))
+    images, labels = next(iter(pipeline.pipeline(split, info, augment="flip_crop,randaugment,mixup", batch_size=8)))
     np.testing.assert_array_equal(images.numpy(), split.images[:8].astype(np.float32))
     np.testing.assert_array_equal(labels["fine"].numpy().argmax(1), split.fine[:8])
     assert set(np.unique(labels["fine"].numpy())) == {0.0, 1.0}

@@ -25,14 +25,15 @@ def _parse(path: Path):
 
 def _info_and_shape(name: str):
     """Class counts and image shape of a dataset, without loading it."""
-    from mtl_keras import classes, data, shapes
+    from mtl_keras.data.sources import cifar, shapes
+    from mtl_keras.data.types import DatasetInfo
 
     if name == "shapes":
-        return data.DatasetInfo(name, shapes.FINE_NAMES, shapes.COARSE_NAMES, shapes.FINE_TO_COARSE), (32, 32, 3)
-    if name in classes.CLASSES:
-        return data.DatasetInfo(name, *classes.CLASSES[name]), (32, 32, 3)
-    module = importlib.import_module(f"mtl_keras.{name}")  # e.g. fashion_mnist: 28x28 grey
-    return data.DatasetInfo(name, module.FINE_NAMES, module.COARSE_NAMES, module.FINE_TO_COARSE), (28, 28, 1)
+        return DatasetInfo(name, shapes.FINE_NAMES, shapes.COARSE_NAMES, shapes.FINE_TO_COARSE), (32, 32, 3)
+    if name in cifar.CLASSES:
+        return DatasetInfo(name, *cifar.CLASSES[name]), (32, 32, 3)
+    module = importlib.import_module(f"mtl_keras.data.sources.{name}")  # e.g. fashion_mnist: 28x28 grey
+    return DatasetInfo(name, module.FINE_NAMES, module.COARSE_NAMES, module.FINE_TO_COARSE), (28, 28, 1)
 
 
 def _param(path: Path):

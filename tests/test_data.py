@@ -5,27 +5,30 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mtl_keras import classes, data
+from mtl_keras.data import datasets, pipeline
+from mtl_keras.data.images import fit_images
+from mtl_keras.data.sources import cifar, shapes
+from mtl_keras.errors import DatasetError
 
 
 def test_splits_are_disjoint_and_seeded(shapes_splits):
     s = shapes_splits
-    assert len(s.train) + len(s.val) == data.SHAPES_TRAIN and len(s.test) == data.SHAPES_TEST
-    assert len(s.val) == round(0.15 * data.SHAPES_TRAIN)
-    again = data.load("shapes", seed=0)
+    assert len(s.train) + len(s.val) == shapes.TRAIN_SIZE and len(s.test) == shapes.TEST_SIZE
+    assert len(s.val) == round(0.15 * shapes.TRAIN_SIZE)
+    again = datasets.load("shapes", seed=0)
     np.testing.assert_array_equal(again.val.fine, s.val.fine)
-    other = data.load("shapes", seed=1)
+    other = datasets.load("shapes", seed=1)
     assert not np.array_equal(other.val.images, s.val.images)
 
 
 def test_max_train_examples_caps_training_only():
-    s = data.load("shapes", max_train_examples=100, validation_fraction=0.1)
-    assert len(s.train) == 100 and len(s.val) == 1200 and len(s.test) == data.SHAPES_TEST
+    s = datasets.load("shapes", max_train_examples=100, validation_fraction=0.1)
+    assert len(s.train) == 100 and len(s.val) == 1200 and len(s.test) == shapes.TEST_SIZE
 
 
 @pytest.mark.parametrize("task,keys", [("mtl", {"fine", "coarse"}), ("fine", {"fine"}), ("coarse", {"coarse"})])
 def test_pipeline_structure_per_task(shapes_splits, task, keys):
-    ds = data.pipeline(shapes_splits.test, shapes_splits.info, task=task, batch_size=16)
+    ds = pipeline.pipeline(shapes_splits.test, shapes_splits.info, task=task, batch_size=16)
     images, labels = next(iter(ds))
     assert images.shape == (16, 32, 32, 3) and images.dtype == tf.float32
     assert set(labels) == keys
@@ -36,7 +39,7 @@ def test_pipeline_structure_per_task(shapes_splits, task, keys):
 
 def test_pipeline_labels_follow_the_hierarchy(shapes_splits):
     info = shapes_splits.info
-    ds = data.pipeline(shapes_splits.train, info, training=True, augment="flip_crop", batch_size=64)
+    ds = pipeline.pipeline(shapes_splits.train, info, training=True, augment="flip_crop", batch_size=64)
     for images, labels in ds.take(3):
         fine, coarse = labels["fine"].numpy().argmax(-1), labels["coarse"].numpy().argmax(-1)
         np.testing.assert_array_equal(np.asarray(info.fine_to_coarse)[fine], coarse)
@@ -45,46 +48,46 @@ def test_pipeline_labels_follow_the_hierarchy(shapes_splits):
 
 def test_fit_images_channels_and_size():
     grey = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
-    rgb = data.fit_images(grey, (32, 32, 3))
+    rgb = fit_images(grey, (32, 32, 3))
     assert rgb.shape == (2, 32, 32, 3) and rgb.dtype == np.uint8
-    same = data.fit_images(grey, (28, 28, 3))
+    same = fit_images(grey, (28, 28, 3))
     np.testing.assert_array_equal(same[..., 0], same[..., 2])
     np.testing.assert_array_equal(same[..., :1], grey)
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(data.DatasetError, match="unknown dataset 'mnist'; choose one of shapes, cifar10, cifar100, "
+    with pytest.raises(DatasetError, match="unknown dataset 'mnist'; choose one of shapes, cifar10, cifar100, "
                                                 "fashion_mnist, folder, csv$"):
-        data.load("mnist")
+        datasets.load("mnist")
 
 
 @pytest.mark.parametrize("name,n_fine,n_coarse", [("cifar10", 10, 2), ("cifar100", 100, 20)])
 def test_cifar_through_tfds_mock(tmp_path, name, n_fine, n_coarse):
     with tfds.testing.mock_data(num_examples=40):
-        s = data.load(name, data_dir=str(tmp_path), validation_fraction=0.25)
+        s = datasets.load(name, data_dir=str(tmp_path), validation_fraction=0.25)
     assert s.info.num_classes == {"fine": n_fine, "coarse": n_coarse}
     assert len(s.train) == 30 and len(s.val) == 10 and len(s.test) == 40
     assert s.train.images.dtype == np.uint8 and s.train.fine.dtype == s.train.coarse.dtype == np.int32
     np.testing.assert_array_equal(np.asarray(s.info.fine_to_coarse)[s.test.fine], s.test.coarse)
-    images, labels = next(iter(data.pipeline(s.train, s.info, batch_size=8, training=True, augment="flip_crop")))
+    images, labels = next(iter(pipeline.pipeline(s.train, s.info, batch_size=8, training=True, augment="flip_crop")))
     assert images.shape == (8, 32, 32, 3) and images.dtype == tf.float32
     assert labels["fine"].shape == (8, n_fine) and labels["coarse"].shape == (8, n_coarse)
     fine, coarse = labels["fine"].numpy().argmax(-1), labels["coarse"].numpy().argmax(-1)
     np.testing.assert_array_equal(np.asarray(s.info.fine_to_coarse)[fine], coarse)
     # Soft labels from MixUp keep the pair consistent: fine mass summed per superclass = coarse mass.
-    _, mixed = next(iter(data.pipeline(s.train, s.info, batch_size=8, training=True, augment="mixup")))
+    _, mixed = next(iter(pipeline.pipeline(s.train, s.info, batch_size=8, training=True, augment="mixup")))
     to_coarse = np.eye(n_coarse)[list(s.info.fine_to_coarse)]
     np.testing.assert_allclose(mixed["fine"].numpy() @ to_coarse, mixed["coarse"].numpy(), atol=1e-5)
 
 
 def test_cifar10_superclasses_are_the_seed_studys():
-    fine, coarse, f2c = classes.CLASSES["cifar10"]
+    fine, coarse, f2c = cifar.CLASSES["cifar10"]
     animals = [fine[i] for i in range(10) if coarse[f2c[i]] == "animal"]
     assert animals == ["bird", "cat", "deer", "dog", "frog", "horse"]
 
 
 def test_cifar100_hierarchy_five_per_superclass():
-    fine, coarse, f2c = classes.CLASSES["cifar100"]
+    fine, coarse, f2c = cifar.CLASSES["cifar100"]
     assert len(fine) == 100 and len(coarse) == 20 and np.bincount(f2c).tolist() == [5] * 20
     assert coarse[f2c[fine.index("whale")]] == "aquatic_mammals"
     assert coarse[f2c[fine.index("tractor")]] == "vehicles_2"
@@ -92,8 +95,8 @@ def test_cifar100_hierarchy_five_per_superclass():
 
 def test_missing_cifar_fails_fast_without_download(tmp_path):
     start = time.time()
-    with pytest.raises(data.DatasetError, match=r"dataset cifar10 not found in --data_dir=.*--download is off"):
-        data.load("cifar10", data_dir=str(tmp_path), download=False)
+    with pytest.raises(DatasetError, match=r"dataset cifar10 not found in --data_dir=.*--download is off"):
+        datasets.load("cifar10", data_dir=str(tmp_path), download=False)
     assert time.time() - start < 10
 
 
@@ -101,9 +104,9 @@ def test_missing_cifar_offline_fails_fast_with_one_line(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(data.socket, "create_connection", offline)
-    with pytest.raises(data.DatasetError) as err:
-        data.load("cifar100", data_dir=str(tmp_path))
+    monkeypatch.setattr(cifar.socket, "create_connection", offline)
+    with pytest.raises(DatasetError) as err:
+        datasets.load("cifar100", data_dir=str(tmp_path))
     message = str(err.value)
     assert "dataset cifar100 not found" in message and "unreachable" in message and "--data_dir" in message
     assert "\n" not in message

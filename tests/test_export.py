@@ -208,7 +208,7 @@ def test_saved_model_cli_show_and_run(trained_run, tmp_path):
 def test_rest_style_json_body_through_the_signature(trained_run):
     import tensorflow as tf
 
-    from mtl_keras import shapes
+    from mtl_keras.data.sources import shapes
 
     images, fine, _ = shapes.generate(3, seed=11)
     body = json.dumps({"instances": images.astype(float).tolist()})  # what a REST client POSTs

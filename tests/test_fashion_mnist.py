@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import run_module
-from mtl_keras import data, fashion_mnist
+from mtl_keras.data import datasets, pipeline
+from mtl_keras.data.sources import fashion_mnist
+from mtl_keras.errors import DatasetError
 
 REAL_DIR = fashion_mnist.DEFAULT_DIR
 
@@ -55,7 +57,7 @@ def test_parse_idx_round_trip_and_dtypes():
 
 
 def test_load_small_folder(tmp_path):
-    s = data.load("fashion_mnist", fashion_mnist_dir=str(write_dataset(tmp_path)), validation_fraction=0.25)
+    s = datasets.load("fashion_mnist", fashion_mnist_dir=str(write_dataset(tmp_path)), validation_fraction=0.25)
     assert s.train.images.shape == (9, 28, 28, 1) and s.train.images.dtype == np.uint8
     assert len(s.val) == 3 and len(s.test) == 6
     np.testing.assert_array_equal(s.test.fine, np.arange(6))
@@ -64,8 +66,8 @@ def test_load_small_folder(tmp_path):
 
 
 def test_missing_folder_names_the_file_and_the_fix(tmp_path):
-    with pytest.raises(data.DatasetError) as err:
-        data.load("fashion_mnist", fashion_mnist_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError) as err:
+        datasets.load("fashion_mnist", fashion_mnist_dir=str(tmp_path / "nowhere"))
     message = str(err.value)
     assert "train-images-idx3-ubyte.gz not found" in message and "apt-get install dataset-fashion-mnist" in message
     assert "--fashion_mnist_dir" in message and "\n" not in message
@@ -73,8 +75,8 @@ def test_missing_folder_names_the_file_and_the_fix(tmp_path):
 
 def test_missing_one_file(tmp_path):
     (write_dataset(tmp_path) / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(data.DatasetError, match=r"t10k-labels-idx1-ubyte\.gz not found"):
-        data.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte\.gz not found"):
+        datasets.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("corrupt,expected", [
@@ -87,8 +89,8 @@ def test_missing_one_file(tmp_path):
 def test_corrupt_idx_contents(tmp_path, corrupt, expected):
     path = write_dataset(tmp_path) / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(corrupt(gzip.decompress(path.read_bytes()))))
-    with pytest.raises(data.DatasetError, match=expected) as err:
-        data.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
+    with pytest.raises(DatasetError, match=expected) as err:
+        datasets.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
     assert "\n" not in str(err.value) and str(err.value).startswith("dataset fashion_mnist: ")
 
 
@@ -96,32 +98,32 @@ def test_corrupt_idx_contents(tmp_path, corrupt, expected):
 def test_corrupt_gzip(tmp_path, corrupt):
     path = write_dataset(tmp_path) / "train-labels-idx1-ubyte.gz"
     path.write_bytes(corrupt(path.read_bytes()))
-    with pytest.raises(data.DatasetError, match=r"train-labels-idx1-ubyte\.gz is corrupt: cannot gunzip it"):
-        data.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte\.gz is corrupt: cannot gunzip it"):
+        datasets.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
 
 
 def test_label_count_and_range_checked(tmp_path):
     write_dataset(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(5, np.uint8))))
-    with pytest.raises(data.DatasetError, match="has 6 images but .* has 5 labels"):
-        data.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
+    with pytest.raises(DatasetError, match="has 6 images but .* has 5 labels"):
+        datasets.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.full(6, 12, np.uint8))))
-    with pytest.raises(data.DatasetError, match="labels outside 0-9"):
-        data.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
+    with pytest.raises(DatasetError, match="labels outside 0-9"):
+        datasets.load("fashion_mnist", fashion_mnist_dir=str(tmp_path))
 
 
 def test_grey_28px_delivered_as_the_model_asks(tmp_path):
-    s = data.load("fashion_mnist", fashion_mnist_dir=str(write_dataset(tmp_path)))
-    native, _ = next(iter(data.pipeline(s.test, s.info, batch_size=4)))
+    s = datasets.load("fashion_mnist", fashion_mnist_dir=str(write_dataset(tmp_path)))
+    native, _ = next(iter(pipeline.pipeline(s.test, s.info, batch_size=4)))
     assert native.shape == (4, 28, 28, 1)
-    rgb32, _ = next(iter(data.pipeline(s.train, s.info, batch_size=4, training=True, augment="flip_crop,cutmix",
+    rgb32, _ = next(iter(pipeline.pipeline(s.train, s.info, batch_size=4, training=True, augment="flip_crop,cutmix",
                                        image_shape=(32, 32, 3))))
     assert rgb32.shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(rgb32.numpy()[..., 0], rgb32.numpy()[..., 2])
 
 
 def test_real_dataset_splits_and_hierarchy(real_dir):
-    s = data.load("fashion_mnist", fashion_mnist_dir=real_dir)
+    s = datasets.load("fashion_mnist", fashion_mnist_dir=real_dir)
     assert len(s.train) + len(s.val) == 60_000 and len(s.val) == 9_000 and len(s.test) == 10_000
     assert s.train.images.shape[1:] == (28, 28, 1) and s.test.images.max() == 255
     assert np.bincount(s.test.fine).tolist() == [1000] * 10

@@ -10,7 +10,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_module
-from mtl_keras import data, fashion_mnist, folders
+from mtl_keras.data import datasets, pipeline, types
+from mtl_keras.data import images as images_lib
+from mtl_keras.data.sources import fashion_mnist
+from mtl_keras.errors import DatasetError
 
 PIL = pytest.importorskip("PIL.Image")  # matplotlib depends on Pillow, so it is always there
 TREE = {"animal": ("cat", "dog"), "vehicle": ("car",)}  # sorted fine: car, cat, dog; coarse: animal, vehicle
@@ -42,8 +45,10 @@ def make_tree(root, per_class: int = 10, tree=TREE, split: str | None = None, st
     return serial
 
 
-def load(path, **kwargs) -> data.Splits:
-    return folders.load("csv" if str(path).endswith(".csv") else "folder", str(path), **kwargs)
+def load(path, **kwargs) -> types.Splits:
+    names = {"image_size": "folder_image_size", "cache_mb": "folder_cache_mb", "test_fraction": "folder_test_fraction"}
+    return datasets.load("csv" if str(path).endswith(".csv") else "folder", data_dir=str(path),
+                         **{names.get(k, k): v for k, v in kwargs.items()})
 
 
 def test_tree_gives_sorted_names_map_and_aligned_labels(tmp_path):
@@ -98,7 +103,7 @@ def test_formats_modes_and_sizes_arrive_as_rgb(tmp_path):
     make_tree(tmp_path, per_class=2, tree={"b": ("y",)})
     s = load(tmp_path, image_size=24, validation_fraction=0, test_fraction=0)
     assert s.info.skipped_files == () and s.train.images.shape == (10, 24, 24, 3)
-    cmyk = folders.decode(str(folder / "cmyk.jpg"), 24).numpy()
+    cmyk = images_lib.decode(str(folder / "cmyk.jpg"), 24).numpy()
     reference = np.asarray(PIL.open(folder / "cmyk.jpg").convert("RGB"), np.float32)
     assert np.abs(cmyk - reference).mean() < 3  # the CMYK JPEG decodes to the right colours, not inverted
 
@@ -110,7 +115,7 @@ def test_large_jpeg_decoded_at_reduced_scale_matches_full_decode(tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(tf.io.encode_jpeg(photo, quality=95).numpy())
     full = tf.image.resize(tf.io.decode_jpeg(path.read_bytes()), (32, 32), antialias=True).numpy()
-    assert np.abs(folders.decode(str(path), 32).numpy() - full).mean() < 3
+    assert np.abs(images_lib.decode(str(path), 32).numpy() - full).mean() < 3
 
 
 def test_undecodable_files_are_skipped_named_and_counted(tmp_path, caplog):
@@ -134,15 +139,15 @@ def test_undecodable_files_are_skipped_named_and_counted(tmp_path, caplog):
 def test_streamed_split_matches_cached_and_survives_a_file_breaking(tmp_path):
     make_tree(tmp_path, per_class=8)
     cached, streamed = load(tmp_path), load(tmp_path, cache_mb=0)
-    assert isinstance(streamed.train.images, folders.FileImages) and isinstance(cached.train.images, np.ndarray)
+    assert isinstance(streamed.train.images, images_lib.FileImages) and isinstance(cached.train.images, np.ndarray)
     np.testing.assert_array_equal(np.asarray(streamed.test.images), cached.test.images)
     assert streamed.train.images[2:5].shape == (3, 32, 32, 3) and streamed.train.images[0].shape == (32, 32, 3)
-    x, labels = next(iter(data.pipeline(streamed.test, streamed.info, batch_size=64)))
+    x, labels = next(iter(pipeline.pipeline(streamed.test, streamed.info, batch_size=64)))
     np.testing.assert_array_equal(x.numpy(), cached.test.images.astype(np.float32))
     np.testing.assert_array_equal(labels["fine"].numpy().argmax(-1), cached.test.fine)
     # A file that breaks after loading is dropped by the streaming pipeline instead of ending the epoch.
     open(streamed.train.images.paths[0], "wb").close()
-    ds = data.pipeline(streamed.train, streamed.info, training=True, batch_size=4, augment="flip_crop,mixup")
+    ds = pipeline.pipeline(streamed.train, streamed.info, training=True, batch_size=4, augment="flip_crop,mixup")
     for images, labels in ds.take(3 * len(streamed.train) // 4):
         assert images.shape == (4, 32, 32, 3)
         to_coarse = np.eye(2)[list(streamed.info.fine_to_coarse)]
@@ -167,7 +172,7 @@ def test_streamed_split_matches_cached_and_survives_a_file_breaking(tmp_path):
 def test_bad_trees_fail_with_one_line(tmp_path, make, message):
     root = tmp_path / "missing"
     make(root)
-    with pytest.raises(data.DatasetError, match=message) as err:
+    with pytest.raises(DatasetError, match=message) as err:
         load(root)
     assert "\n" not in str(err.value)
 
@@ -193,7 +198,7 @@ def tree_rows(tmp_path, ids: bool = False) -> list[str]:
 def test_csv_with_names_or_ids(tmp_path, ids):
     make_tree(tmp_path / "img", per_class=4)
     path = write_csv(tmp_path, tree_rows(tmp_path, ids))
-    s = data.load("csv", data_dir=path, validation_fraction=0.25, folder_test_fraction=0.25)
+    s = datasets.load("csv", data_dir=path, validation_fraction=0.25, folder_test_fraction=0.25)
     assert s.info.fine_names == (("0", "1", "2") if ids else ("car", "cat", "dog"))
     assert s.info.fine_to_coarse == (1, 0, 0) and len(s.train) == 6 and len(s.test) == 3
     np.testing.assert_array_equal(identify(s.train.images)[0], s.train.fine)
@@ -219,15 +224,15 @@ def test_csv_split_column(tmp_path):
     (["nowhere.png,cat,animal"], "path,fine,coarse", r"none of its 1 image files could be decoded.*no such file"),
 ])
 def test_bad_csv_fails_with_one_line(tmp_path, rows, header, message):
-    with pytest.raises(data.DatasetError, match=message):
+    with pytest.raises(DatasetError, match=message):
         load(write_csv(tmp_path, rows, header))
 
 
 def test_missing_inputs_name_the_flag(tmp_path):
-    with pytest.raises(data.DatasetError, match=r"--data_dir=\S+nope\.csv: no such CSV file"):
-        data.load("csv", data_dir=str(tmp_path / "nope.csv"))
-    with pytest.raises(data.DatasetError, match=r"^--dataset=folder needs --data_dir=ROOT"):
-        data.load("folder")
+    with pytest.raises(DatasetError, match=r"--data_dir=\S+nope\.csv: no such CSV file"):
+        datasets.load("csv", data_dir=str(tmp_path / "nope.csv"))
+    with pytest.raises(DatasetError, match=r"^--dataset=folder needs --data_dir=ROOT"):
+        datasets.load("folder")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def image_files(tmp_path_factory):
     import tensorflow as tf
 
-    from mtl_keras import shapes
+    from mtl_keras.data.sources import shapes
 
     root = tmp_path_factory.mktemp("images")
     images, _, _ = shapes.generate(2, seed=4)
@@ -34,7 +34,7 @@ def test_predict_names_both_heads_and_skips_bad_files(trained_run, image_files, 
     assert proc.returncode == 1  # two files failed, two were classified
     results = json.loads(proc.stdout)
     assert [r["path"] for r in results] == [str(files[0]), str(files[3])]
-    from mtl_keras import shapes
+    from mtl_keras.data.sources import shapes
 
     for r in results:
         assert len(r["fine"]) == 2 and r["fine"][0]["class"] in shapes.FINE_NAMES

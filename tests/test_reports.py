@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from mtl_keras import data, reports
+from mtl_keras import callbacks, evaluate, reports
+from mtl_keras.data import pipeline, types
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -44,13 +45,13 @@ def test_confusions_and_per_class_accuracy():
     names = ["cat", "dog", "car", "bus"]
     y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
     y_pred = np.array([0, 1, 1, 1, 0, 2, 2, 3, 2])
-    m = reports.confusion_matrix(y_true, y_pred, 4)
+    m = evaluate.confusion_matrix(y_true, y_pred, 4)
     assert m.sum() == 9 and m[0, 1] == 2 and np.trace(m) == 5
-    table = reports.per_class_accuracy(y_true, y_pred, names)
+    table = evaluate.per_class_accuracy(y_true, y_pred, names)
     assert table["cat"] == {"accuracy": pytest.approx(1 / 3), "examples": 3}
     assert table["car"]["accuracy"] == 0.75 and table["bus"] == {"accuracy": None, "examples": 0}
     json.dumps(table)  # goes into metrics.json as is
-    top = reports.top_confusions(y_true, y_pred, names, k=2)
+    top = evaluate.top_confusions(y_true, y_pred, names, k=2)
     assert top[0] == {"true": "cat", "predicted": "dog", "count": 2, "share": pytest.approx(2 / 3)}
     assert len(top) == 2 and top[1]["count"] == 1
 
@@ -80,18 +81,18 @@ def tiny_model() -> keras.Model:
 @pytest.fixture(scope="module")
 def small_splits(shapes_splits):
     s = shapes_splits
-    shrink = lambda split: data.Split(split.images[:64, ::4, ::4], split.fine[:64], split.coarse[:64])  # noqa: E731
-    info = data.DatasetInfo("shapes", s.info.fine_names, s.info.coarse_names, s.info.fine_to_coarse,
+    shrink = lambda split: types.Split(split.images[:64, ::4, ::4], split.fine[:64], split.coarse[:64])  # noqa: E731
+    info = types.DatasetInfo("shapes", s.info.fine_names, s.info.coarse_names, s.info.fine_to_coarse,
                             skipped_files=("/data/x/broken.png",))
-    return data.Splits(info, shrink(s.train), shrink(s.val), shrink(s.test))
+    return types.Splits(info, shrink(s.train), shrink(s.val), shrink(s.test))
 
 
 def test_tensorboard_scalars_per_head_and_learning_rate(tmp_path, small_splits):
     model, s = tiny_model(), small_splits
-    history = model.fit(data.pipeline(s.train, s.info, batch_size=16), epochs=2, verbose=0,
-                        validation_data=data.pipeline(s.val, s.info, batch_size=16),
-                        callbacks=[reports.TensorBoardScalars(tmp_path / "tb")])
-    scalars = reports.read_scalars(tmp_path / "tb")
+    history = model.fit(pipeline.pipeline(s.train, s.info, batch_size=16), epochs=2, verbose=0,
+                        validation_data=pipeline.pipeline(s.val, s.info, batch_size=16),
+                        callbacks=[callbacks.TensorBoardScalars(tmp_path / "tb")])
+    scalars = callbacks.read_scalars(tmp_path / "tb")
     for split in ("train", "validation"):
         assert {"epoch_fine_loss", "epoch_fine_accuracy", "epoch_coarse_accuracy"} <= set(scalars[split])
     assert scalars["train"]["epoch_learning_rate"] == pytest.approx([1e-3, 1e-3])
@@ -101,8 +102,9 @@ def test_tensorboard_scalars_per_head_and_learning_rate(tmp_path, small_splits):
 
 def test_write_run_reports(tmp_path, small_splits, capsys):
     write_history(tmp_path / "history.csv", [{"epoch": 0, "fine_loss": 2.0, "coarse_loss": 1.0}])
-    truth, probs = reports.predict_split(tiny_model(), small_splits.test, small_splits.info, batch_size=32)
-    metrics = reports.write_run_reports(truth, probs, small_splits.info, tmp_path)
+    truth, probs = evaluate.predict_split(tiny_model(), small_splits.test, small_splits.info, batch_size=32)
+    metrics = evaluate.test_metrics(truth, probs, small_splits.info)
+    reports.write_run_reports(truth, probs, small_splits.info, tmp_path)
     assert set(metrics["accuracy_per_class"]) == {"fine", "coarse"}
     assert set(metrics["accuracy_per_class"]["fine"]) == set(small_splits.info.fine_names)
     assert sum(r["examples"] for r in metrics["accuracy_per_class"]["coarse"].values()) == 64
@@ -119,7 +121,7 @@ def test_every_training_run_leaves_its_reports(trained_run):
     work = trained_run[0] / "work"
     for name in ("learning_curves.png", "confusion_fine.png", "confusion_coarse.png"):
         png_size(work / name)
-    scalars = reports.read_scalars(work / "tensorboard")
+    scalars = callbacks.read_scalars(work / "tensorboard")
     assert {"epoch_fine_accuracy", "epoch_coarse_loss", "epoch_learning_rate"} <= set(scalars["train"])
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["accuracy_per_class"]["fine"]["disk"]["examples"] > 0 and metrics["skipped_files"] == 0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mtl_keras import shapes
+from mtl_keras.data.sources import shapes
 
 
 def test_generate_shapes_dtypes_and_labels():

@@ -98,18 +98,19 @@ def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expe
 def test_evaluate_top5_and_hierarchy_consistency():
     import numpy as np
 
-    from mtl_keras import data, train
+    from mtl_keras import evaluate
+    from mtl_keras.data import types
 
-    info = data.DatasetInfo("toy", tuple(f"f{i}" for i in range(100)), tuple(f"c{i}" for i in range(20)),
+    info = types.DatasetInfo("toy", tuple(f"f{i}" for i in range(100)), tuple(f"c{i}" for i in range(20)),
                             tuple(i // 5 for i in range(100)))
     fine = np.array([0, 7, 42, 99])
-    test = data.Split(np.zeros((4, 8, 8, 3), np.uint8), fine, fine // 5)
+    test = types.Split(np.zeros((4, 8, 8, 3), np.uint8), fine, fine // 5)
     p_fine = np.zeros((4, 100), np.float32)
     p_fine[[0, 1, 2, 3], [0, 8, 41, 3]] = 1.0  # top-1 right only for the first image
     p_fine[1, 7] = p_fine[2, 42] = 0.5  # second choice right for images 2 and 3
     p_coarse = np.zeros((4, 20), np.float32)
     p_coarse[[0, 1, 2, 3], [0, 1, 8, 19]] = 1.0  # all right; predicted fine 3 -> coarse 0 disagrees with 19
 
-    m = train.evaluate({"fine": test.fine, "coarse": test.coarse}, {"fine": p_fine, "coarse": p_coarse}, info)
+    m = evaluate.accuracy_metrics({"fine": test.fine, "coarse": test.coarse}, {"fine": p_fine, "coarse": p_coarse}, info)
     assert m["fine_accuracy"] == 0.25 and m["fine_top5_accuracy"] == 0.75 and m["coarse_accuracy"] == 1.0
     assert "coarse_top5_accuracy" not in m and m["hierarchy_consistency"] == 0.75

@@ -4,7 +4,7 @@ pooling (attention-weighted mean of the tokens) instead of a class token.
 
 Sizes are variant strings "LAYERS/KxN" as in the paper, e.g. "7/3x1" = CCT-7 with one 3x3 conv in the
 tokenizer (16x16 = 256 tokens at 32 px), "7/3x2" two convs (8x8 = 64 tokens, ~4x cheaper).
-Code uses `keras.ops` only, so the trunk runs on any Keras backend.
+Blocks are the shared `transformer.encoder_block`; the trunk runs on any Keras backend.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 
 import keras
-from keras import layers, ops
+from keras import layers
 
-from mtl_keras.models.vit import AddPositionEmbedding, gelu_tanh
+from mtl_keras.models.spec import TrunkSpec
+from mtl_keras.models.transformer import AddPositionEmbedding, encoder_block, gelu_tanh
 
 # layers name: (depth, width, heads, mlp_ratio). "Pico" is for tests; the rest are the paper's sizes.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -37,28 +38,6 @@ def parse_variant(variant: str) -> tuple[int, int, int, int, int, int]:
     return (*VARIANTS[m[1]], int(m[2]), int(m[3]))
 
 
-@keras.saving.register_keras_serializable(package="mtl_keras")
-class DropPath(layers.Layer):
-    """Stochastic depth: drops a residual branch for whole examples while training, rescaling the rest."""
-
-    def __init__(self, rate: float = 0.0, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.rate = rate
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, x, training=None):
-        if not training or self.rate == 0:
-            return x
-        keep = 1.0 - self.rate
-        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator))
-        return x * ops.cast(mask / keep, x.dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
-
-
 def tokenizer(x, width: int, kernel: int, conv_layers: int):
     """N x (conv KxK, ReLU, 3x3 max-pool stride 2): local features and a 2^N smaller token grid."""
     for i in range(conv_layers):
@@ -68,21 +47,6 @@ def tokenizer(x, width: int, kernel: int, conv_layers: int):
         x = layers.ReLU(name=f"tokenizer_relu{i}")(x)
         x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"tokenizer_pool{i}")(x)
     return layers.Reshape((-1, width), name="tokens")(x)
-
-
-def cct_block(x, heads: int, mlp_dim: int, dropout: float, attention_dropout: float, drop_path: float,
-              name: str):
-    """Pre-norm block; each residual branch goes through stochastic depth."""
-    width = x.shape[-1]
-    y = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln1")(x)
-    y = layers.MultiHeadAttention(heads, width // heads, dropout=attention_dropout, name=f"{name}_mha")(y, y)
-    x = layers.Add(name=f"{name}_add1")([x, DropPath(drop_path, name=f"{name}_droppath1")(y)])
-    y = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln2")(x)
-    y = layers.Dense(mlp_dim, activation=gelu_tanh, name=f"{name}_mlp_dense1")(y)
-    y = layers.Dropout(dropout, name=f"{name}_mlp_drop1")(y)
-    y = layers.Dense(width, name=f"{name}_mlp_dense2")(y)
-    y = layers.Dropout(dropout, name=f"{name}_mlp_drop2")(y)
-    return layers.Add(name=f"{name}_add2")([x, DropPath(drop_path, name=f"{name}_droppath2")(y)])
 
 
 def sequence_pool(x):
@@ -108,7 +72,17 @@ def cct_trunk(input_shape: tuple[int, int, int], variant: str = "7/3x1", dropout
     x = layers.Dropout(dropout, name="embed_drop")(x)
     for i in range(depth):
         rate = stochastic_depth * i / max(depth - 1, 1)
-        x = cct_block(x, heads, width * mlp_ratio, dropout, attention_dropout, rate, name=f"block{i}")
+        # Pre-norm block; each residual branch goes through stochastic depth; no dropout after attention.
+        x = encoder_block(x, heads=heads, mlp_dims=(width * mlp_ratio, width), dropout=dropout,
+                          attention_dropout=attention_dropout, attention_output_dropout=False,
+                          drop_path=rate, epsilon=1e-5, name=f"block{i}")
     x = layers.LayerNormalization(epsilon=1e-5, name="encoder_norm")(x)
     x = sequence_pool(x)
     return keras.Model(inputs, x, name=f"cct_{variant.replace('/', '_')}")
+
+
+def _build(input_shape, *, variant: str, dropout: float = 0.0, stochastic_depth: float = 0.1, **unused) -> keras.Model:
+    return cct_trunk(input_shape, variant, dropout=dropout, stochastic_depth=stochastic_depth)
+
+
+SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, seed_head_activation=gelu_tanh)

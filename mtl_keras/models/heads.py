@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from keras import layers
 
-HEADS = ("light", "seed")
 # The seed study's branch MLPs, per task: the fine branch is one layer deeper.
 SEED_BRANCHES: dict[str, tuple[int, ...]] = {"fine": (1024, 512, 256, 128), "coarse": (512, 256, 128)}
 

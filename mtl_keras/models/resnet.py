@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from mtl_keras.models.spec import TrunkSpec
+
 # ImageNet channel means in BGR order, as keras.applications.imagenet_utils uses for "caffe" mode.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 MIN_SIZE = 32  # keras.applications refuses smaller inputs
@@ -48,3 +50,15 @@ def resnet152_trunk(input_shape: tuple[int, int, int] = (32, 32, 3), dropout: fl
         x = layers.Dropout(dropout, name="flatten_drop")(x)
     x = layers.Dense(FEATURES, activation="relu", name="features")(x)
     return keras.Model(inputs, x, name="resnet152")
+
+
+def _build(input_shape, *, dropout: float = 0.0, **unused) -> keras.Model:
+    return resnet152_trunk(input_shape, dropout=dropout)
+
+
+def caffe_preprocess(x, channels: int, norm_stats=None):
+    return CaffePreprocess(name="caffe_preprocess")(x)
+
+
+# The seed: ReLU in the ResNet's head MLPs (GELU for its ViT).
+SPEC = TrunkSpec(build=_build, preprocess=caffe_preprocess, min_image_size=MIN_SIZE, seed_head_activation="relu")

@@ -11,27 +11,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mtl_keras.models.vit import AddPositionEmbedding, gelu_tanh
+from mtl_keras.models.preprocess import Normalize
+from mtl_keras.models.spec import TrunkSpec
+from mtl_keras.models.transformer import AddPositionEmbedding, encoder_block, gelu_tanh
 
 IMAGE_SIZE, PATCH, WIDTH, DEPTH, HEADS, KEY_DIM, MLP_UNITS, FEATURES = 72, 6, 64, 8, 4, 64, (128, 64), 2048
-
-
-def seed_mlp(x, units: tuple[int, ...], dropout: float, name: str):
-    """keras-io's `mlp`: every Dense has GELU and is followed by dropout (the last one too)."""
-    for i, n in enumerate(units):
-        x = layers.Dense(n, activation=gelu_tanh, name=f"{name}_dense{i}")(x)
-        x = layers.Dropout(dropout, name=f"{name}_drop{i}")(x)
-    return x
-
-
-def seed_block(x, name: str, attention_dropout: float = 0.1, mlp_dropout: float = 0.1):
-    """Pre-norm block with key_dim 64 per head (so attention is 4 x 64 wide on a 64-wide stream)."""
-    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln1")(x)
-    y = layers.MultiHeadAttention(HEADS, KEY_DIM, dropout=attention_dropout, name=f"{name}_mha")(y, y)
-    x = layers.Add(name=f"{name}_add1")([y, x])
-    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln2")(x)
-    y = seed_mlp(y, MLP_UNITS, mlp_dropout, name=f"{name}_mlp")
-    return layers.Add(name=f"{name}_add2")([y, x])
 
 
 def seed_vit_trunk(input_shape: tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 3),
@@ -48,9 +32,28 @@ def seed_vit_trunk(input_shape: tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 
     x = layers.Reshape((-1, WIDTH), name="tokens")(x)
     x = AddPositionEmbedding(name="pos_embed")(x)
     for i in range(DEPTH):
-        x = seed_block(x, name=f"block{i}")
+        # keras-io's block: key_dim 64 per head (4 x 64 wide attention on a 64-wide stream), GELU on both
+        # MLP layers, dropout 0.1 in attention and after each MLP layer, none after attention.
+        x = encoder_block(x, heads=HEADS, key_dim=KEY_DIM, mlp_dims=MLP_UNITS, dropout=0.1, attention_dropout=0.1,
+                          attention_output_dropout=False, mlp_activate_last=True, mlp_first_index=0,
+                          name=f"block{i}")
     x = layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(dropout, name="flatten_drop")(x)
     x = layers.Dense(FEATURES, activation=gelu_tanh, name="features")(x)
     return keras.Model(inputs, x, name="seed_vit")
+
+
+def normalize(x, channels: int, norm_stats=None):
+    """Per-channel standardisation with statistics of the training images (passed in rather than adapt():
+    saved in the layer config, plain Sub/Mul in ONNX); 127.5 +- 127.5 without statistics."""
+    mean, variance = norm_stats or ([127.5] * channels, [127.5 ** 2] * channels)
+    return Normalize(mean, variance, name="normalize")(x)
+
+
+def _build(input_shape, *, dropout: float = 0.0, **unused) -> keras.Model:
+    return seed_vit_trunk(input_shape, dropout=dropout)
+
+
+SPEC = TrunkSpec(build=_build, preprocess=normalize, image_size=IMAGE_SIZE, adapted_norm=True,
+                 seed_head_activation=gelu_tanh)

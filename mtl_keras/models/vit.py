@@ -1,13 +1,17 @@
 """Vision Transformer trunk: patch embedding, learned position embedding, pre-norm blocks, mean pool.
 
 Sizes are variant strings "NAME/PATCH" (big_vision style), e.g. "Mu/4" = width 64, depth 3, patch 4.
-Code uses `keras.ops` only, so the trunk runs on any Keras backend.
+Blocks are the shared `transformer.encoder_block`; Keras layers only, so the trunk runs on any backend.
 """
 
 from __future__ import annotations
 
 import keras
-from keras import layers, ops
+from keras import layers
+
+from mtl_keras.config import STEMS
+from mtl_keras.models.spec import TrunkSpec
+from mtl_keras.models.transformer import AddPositionEmbedding, encoder_block, gelu_tanh
 
 # name: (width, depth, mlp_dim, heads)
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -28,53 +32,6 @@ def parse_variant(variant: str) -> tuple[int, int, int, int, int]:
     return (*VARIANTS[name], int(patch))
 
 
-@keras.saving.register_keras_serializable(package="mtl_keras")
-def gelu_tanh(x):
-    """GELU, tanh approximation: the exact form lowers to TF `Erfc`, which ONNX converters lack."""
-    return keras.activations.gelu(x, approximate=True)
-
-
-@keras.saving.register_keras_serializable(package="mtl_keras")
-class AddPositionEmbedding(layers.Layer):
-    """Adds a learned position embedding to a [batch, tokens, width] sequence."""
-
-    def __init__(self, initializer_stddev: float = 0.02, **kwargs):
-        super().__init__(**kwargs)
-        self.initializer_stddev = initializer_stddev
-
-    def build(self, input_shape):
-        self.embedding = self.add_weight(
-            name="embedding", shape=(1, input_shape[1], input_shape[2]),
-            initializer=keras.initializers.TruncatedNormal(stddev=self.initializer_stddev))
-
-    def call(self, x):
-        return x + ops.cast(self.embedding, x.dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "initializer_stddev": self.initializer_stddev}
-
-
-def mlp(x, hidden: int, out: int, dropout: float, name: str):
-    """Two dense layers with tanh-GELU in between."""
-    x = layers.Dense(hidden, activation=gelu_tanh, name=f"{name}_dense1")(x)
-    x = layers.Dropout(dropout, name=f"{name}_drop1")(x)
-    x = layers.Dense(out, name=f"{name}_dense2")(x)
-    return layers.Dropout(dropout, name=f"{name}_drop2")(x)
-
-
-def encoder_block(x, heads: int, mlp_dim: int, dropout: float, attention_dropout: float,
-                  name: str, epsilon: float = 1e-6):
-    """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
-    width = x.shape[-1]
-    y = layers.LayerNormalization(epsilon=epsilon, name=f"{name}_ln1")(x)
-    y = layers.MultiHeadAttention(heads, width // heads, dropout=attention_dropout, name=f"{name}_mha")(y, y)
-    y = layers.Dropout(dropout, name=f"{name}_drop")(y)
-    x = layers.Add(name=f"{name}_add1")([x, y])
-    y = layers.LayerNormalization(epsilon=epsilon, name=f"{name}_ln2")(x)
-    y = mlp(y, mlp_dim, width, dropout, name=f"{name}_mlp")
-    return layers.Add(name=f"{name}_add2")([x, y])
-
-
 def conv_stem(x, width: int, patch: int):
     """Tokenizer of stride-2 3x3 convolutions (BN + GELU) down to 1/patch, then a 1x1 projection.
 
@@ -88,9 +45,6 @@ def conv_stem(x, width: int, patch: int):
         x = layers.BatchNormalization(momentum=0.9, name=f"stem_bn{i}")(x)
         x = layers.Activation(gelu_tanh, name=f"stem_act{i}")(x)
     return layers.Conv2D(width, 1, name="patch_embed")(x)
-
-
-STEMS = ("conv", "patch")
 
 
 def vit_trunk(input_shape: tuple[int, int, int], variant: str = "Mu/4", stem: str = "conv",
@@ -114,7 +68,15 @@ def vit_trunk(input_shape: tuple[int, int, int], variant: str = "Mu/4", stem: st
     x = AddPositionEmbedding(name="pos_embed")(x)
     x = layers.Dropout(dropout, name="embed_drop")(x)
     for i in range(depth):
-        x = encoder_block(x, heads, mlp_dim, dropout, attention_dropout, name=f"block{i}")
+        x = encoder_block(x, heads=heads, mlp_dims=(mlp_dim, width), dropout=dropout,
+                          attention_dropout=attention_dropout, name=f"block{i}")
     x = layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")(x)
     x = layers.GlobalAveragePooling1D(name="pool")(x)
     return keras.Model(inputs, x, name=f"vit_{variant.replace('/', '_')}")
+
+
+def _build(input_shape, *, variant: str, stem: str = "conv", dropout: float = 0.0, **unused) -> keras.Model:
+    return vit_trunk(input_shape, variant, stem=stem, dropout=dropout)
+
+
+SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, seed_head_activation=gelu_tanh)

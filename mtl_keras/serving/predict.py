@@ -22,7 +22,7 @@ def load_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
     """Decodes PNG / JPEG / BMP / GIF to float32 pixels (0-255) of `shape`; ValueError with the reason."""
     import tensorflow as tf
 
-    from mtl_keras.data import fit_images
+    from mtl_keras.data.images import fit_images
 
     p = Path(path)
     if not p.is_file():

@@ -8,13 +8,15 @@ metrics.json. Every caller gets the same artifacts and the same checks (verify.p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
 from mtl_keras import config as config_lib
-from mtl_keras import data
+from mtl_keras.data import datasets, pipeline
+from mtl_keras.data.images import fit_images
 from mtl_keras.errors import ExportError
 from mtl_keras.serving import export, runtime, verify
 
@@ -24,7 +26,7 @@ WARMUP_IMAGES = 8  # test images in the TF Serving warmup file
 
 def labelled_batches(split, info, shape, batch_size: int = 256):
     """(float32 images of `shape`, {head: class ids}) batches of a split, streamed through the pipeline."""
-    for images, labels in data.pipeline(split, info, batch_size=batch_size, image_shape=shape):
+    for images, labels in pipeline.pipeline(split, info, batch_size=batch_size, image_shape=shape):
         yield np.asarray(images), {head: np.asarray(v).argmax(-1) for head, v in labels.items()}
 
 
@@ -52,11 +54,11 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
     if model is None:
         model = runtime.load(Path(workdir) / "model.keras", "--workdir").handle
     if splits is None:
-        splits = data.load_for(config, download=False)
+        splits = datasets.prepare(dataclasses.replace(config.data, download=False), config.seed)
     shape = tuple(model.input_shape[1:])
     real_count = max(num_real, WARMUP_IMAGES)
-    real = data.fit_images(splits.test.images[:real_count], shape).astype(np.float32)
-    calibration = data.fit_images(splits.train.images[:CALIBRATION_IMAGES], shape) if int8 else None
+    real = fit_images(splits.test.images[:real_count], shape).astype(np.float32)
+    calibration = fit_images(splits.train.images[:CALIBRATION_IMAGES], shape) if int8 else None
     version_dir = export.export(model, export_dir, model_name, flags_text=flags_text, version=version,
                                 class_names={h: class_names[h] for h in ("fine", "coarse") if h in class_names},
                                 calibration_images=calibration, warmup_images=real[:WARMUP_IMAGES])

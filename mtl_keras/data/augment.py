@@ -17,21 +17,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-AUGMENTS = ("none", "flip_crop", "randaugment", "mixup", "cutmix")
-_ORDER = AUGMENTS[1:]
-
-
-def parse_policies(spec: str) -> tuple[str, ...]:
-    """"flip_crop,mixup" -> ("flip_crop", "mixup") in application order; "none" or "" -> ()."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in AUGMENTS]
-    if unknown:
-        raise ValueError(f"unknown augmentation {unknown[0]!r}; use a comma-separated list of "
-                         f"{', '.join(_ORDER)}, or none")
-    if "none" in names and len(names) > 1:
-        raise ValueError(f"augmentation 'none' cannot be combined with others (got {spec!r})")
-    return tuple(n for n in _ORDER if n in names)
-
+from mtl_keras.config import parse_policies
 
 def _reflect(index: tf.Tensor, size: int) -> tf.Tensor:
     """Maps indices in [-size + 1, 2 * size - 2] into [0, size) as REFLECT padding does (no edge repeat)."""

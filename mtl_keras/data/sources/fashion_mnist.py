@@ -1,7 +1,7 @@
 """Fashion-MNIST from the idx files of the Debian package `dataset-fashion-mnist` (no download, no tfds).
 
     sudo apt-get install dataset-fashion-mnist     # -> /usr/share/datasets/fashion-mnist/*-ubyte.gz
-    python -c "from mtl_keras import fashion_mnist as f; x, y = f.load_split(f.DEFAULT_DIR, 'test'); print(x.shape)"
+    python -c "from mtl_keras.data.sources import fashion_mnist as f; x, y = f.load_split(f.DEFAULT_DIR, 'test'); print(x.shape)"
 
 Fine labels are the 10 Fashion-MNIST classes. Coarse labels group them by the part of the body a garment
 covers: tops (t-shirt/top, pullover, coat, shirt), dresses and trousers (the two long, full-height
@@ -20,6 +20,7 @@ import zlib
 
 import numpy as np
 
+from mtl_keras.data.types import DatasetInfo, Source, Split
 from mtl_keras.errors import DatasetError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -105,3 +106,14 @@ def load_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and not 0 <= labels.min() <= labels.max() < len(FINE_NAMES):
         raise IdxError(f"{label_file} has labels outside 0-{len(FINE_NAMES) - 1}: corrupt; {REPAIR_HINT}")
     return images[..., None], labels.astype(np.int32)
+
+
+def load(settings) -> Source:
+    """Fashion-MNIST from `settings.fashion_mnist_dir` (a config.DataConfig); coarse labels from FINE_TO_COARSE."""
+    lookup = np.asarray(FINE_TO_COARSE, np.int32)
+    try:
+        (train_x, train_y), (test_x, test_y) = (load_split(settings.fashion_mnist_dir, s) for s in ("train", "test"))
+    except IdxError as e:
+        raise DatasetError(f"dataset fashion_mnist: {e}") from None
+    info = DatasetInfo("fashion_mnist", FINE_NAMES, COARSE_NAMES, FINE_TO_COARSE)
+    return Source(info, Split(train_x, train_y, lookup[train_y]), Split(test_x, test_y, lookup[test_y]))

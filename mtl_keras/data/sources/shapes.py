@@ -5,12 +5,14 @@ background with clutter (dots and a stray line). The fine label is the shape, th
 family (curved / angular / strokes). Colour, position and clutter carry no label information, so a
 model must learn shape to score well. Generation is deterministic by seed and needs no files.
 
-    python -c "from mtl_keras import shapes; x, f, c = shapes.generate(8, seed=0); print(x.shape, f, c)"
+    python -c "from mtl_keras.data.sources import shapes; x, f, c = shapes.generate(8, seed=0); print(x.shape)"
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from mtl_keras.data.types import DatasetInfo, Source, Split
 
 IMAGE_SIZE = 32
 FINE_NAMES = (
@@ -21,6 +23,7 @@ FINE_NAMES = (
 COARSE_NAMES = ("curved", "angular", "strokes")
 FINE_TO_COARSE = (0, 0, 0, 1, 1, 1, 1, 2, 2, 2)
 
+TRAIN_SIZE, TEST_SIZE = 12_000, 2_000
 _CHUNK = 2048
 
 
@@ -98,3 +101,9 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images[start:start + _CHUNK] = _draw(rng, fine[start:start + _CHUNK])
     coarse = np.asarray(FINE_TO_COARSE, np.int32)[fine]
     return images, fine, coarse
+
+
+def load(settings=None) -> Source:
+    """The `shapes` dataset: 12,000 training images (seed 0) and 2,000 test images (seed 1); no settings used."""
+    info = DatasetInfo("shapes", FINE_NAMES, COARSE_NAMES, FINE_TO_COARSE)
+    return Source(info, Split(*generate(TRAIN_SIZE, seed=0)), Split(*generate(TEST_SIZE, seed=1)))

@@ -11,7 +11,7 @@ Class ids are the sorted names; the fine -> coarse map comes from the data and m
 
 Files are listed once, then decoded and resized to `image_size` x `image_size` x 3 in tf.data (parallel map,
 no Python per image). When the decoded pixels fit in `cache_mb` they are decoded once into the same uint8
-arrays the built-in datasets use; otherwise splits hold `FileImages` and `data.pipeline` streams the files
+arrays the built-in datasets use; otherwise splits hold `FileImages` and `pipeline.pipeline` streams the files
 every epoch. Files that cannot be decoded are found by that first pass, skipped with a warning naming each,
 and listed in `DatasetInfo.skipped_files`; the streaming pipeline also drops (never dies on) a file that
 breaks later.
@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
-from mtl_keras import augment as augment_lib
-from mtl_keras import data
+from mtl_keras.data.images import FileImages, decode_files, why_undecodable
+from mtl_keras.data.types import DatasetInfo, Source, Split
+from mtl_keras.errors import DatasetError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLITS = ("train", "val", "test")
@@ -56,8 +55,8 @@ def _is_image(path: str | Path) -> bool:
 def _raise_other_files(others: list[str], where: str) -> None:
     if others:
         more = f" (and {len(others) - 1} more such files)" if len(others) > 1 else ""
-        raise data.DatasetError(f"{others[0]}{more}: not a {_KINDS} file; convert or remove files of other "
-                                f"kinds from {where}")
+        raise DatasetError(f"{others[0]}{more}: not a {_KINDS} file; convert or remove files of other "
+                           f"kinds from {where}")
 
 
 def _walk_tree(tree: Path, split: int, records: list, parents: dict[str, tuple[str, Path]]) -> None:
@@ -65,22 +64,22 @@ def _walk_tree(tree: Path, split: int, records: list, parents: dict[str, tuple[s
     coarse_dirs, files = _scan(tree)
     misplaced = [f for f in files if _is_image(f)]  # other files at the top (README, LICENSE) are not data
     if misplaced:
-        raise data.DatasetError(f"{misplaced[0]}: images go in {tree}/COARSE/FINE/, not in {tree} itself")
+        raise DatasetError(f"{misplaced[0]}: images go in {tree}/COARSE/FINE/, not in {tree} itself")
     if not coarse_dirs:
-        raise data.DatasetError(f"{tree} has no class folders: expected {tree}/COARSE/FINE/*.jpg (or {_KINDS})")
+        raise DatasetError(f"{tree} has no class folders: expected {tree}/COARSE/FINE/*.jpg (or {_KINDS})")
     others: list[str] = []
     for coarse_dir in coarse_dirs:
         fine_dirs, files = _scan(coarse_dir)
         if files:
-            raise data.DatasetError(f"{files[0]}: files go in {coarse_dir}/FINE/, one folder per fine class")
+            raise DatasetError(f"{files[0]}: files go in {coarse_dir}/FINE/, one folder per fine class")
         if not fine_dirs:
-            raise data.DatasetError(f"{coarse_dir}: empty coarse class, no fine-class folders in it")
+            raise DatasetError(f"{coarse_dir}: empty coarse class, no fine-class folders in it")
         for fine_dir in fine_dirs:
             fine = fine_dir.name
             seen = parents.setdefault(fine, (coarse_dir.name, fine_dir))
             if seen[0] != coarse_dir.name:
-                raise data.DatasetError(f"fine class {fine!r} is under two coarse classes: {seen[1]} and {fine_dir}; "
-                                        f"fine names must be unique, rename one")
+                raise DatasetError(f"fine class {fine!r} is under two coarse classes: {seen[1]} and {fine_dir}; "
+                                   f"fine names must be unique, rename one")
             count = len(records)
             for folder, subdirs, names in os.walk(fine_dir, followlinks=True):
                 subdirs[:] = sorted(d for d in subdirs if not _hidden(Path(d)))
@@ -91,7 +90,7 @@ def _walk_tree(tree: Path, split: int, records: list, parents: dict[str, tuple[s
                     else:
                         others.append(path)
             if len(records) == count:
-                raise data.DatasetError(f"{fine_dir}: empty class, no {_KINDS} files in it")
+                raise DatasetError(f"{fine_dir}: empty class, no {_KINDS} files in it")
     _raise_other_files(others, str(tree))
 
 
@@ -99,13 +98,13 @@ def list_folder(root: str) -> tuple[list, str]:
     """Records (path, fine name, coarse name, split id) of every image under ROOT; the source for messages."""
     top = Path(root).expanduser()
     if not top.is_dir():
-        raise data.DatasetError(f"--data_dir={root}: no such folder; expected ROOT/COARSE/FINE/*.jpg (or {_KINDS})")
+        raise DatasetError(f"--data_dir={root}: no such folder; expected ROOT/COARSE/FINE/*.jpg (or {_KINDS})")
     folders, _ = _scan(top)
     split_dirs = {d.name: d for d in folders if d.name in SPLITS}
     if split_dirs and ("train" not in split_dirs or len(split_dirs) != len(folders)):
         others = ", ".join(d.name for d in folders if d.name not in SPLITS) or "none"
-        raise data.DatasetError(f"{top} mixes split folders ({', '.join(split_dirs)}) with class folders ({others})"
-                                f"; use ROOT/train/COARSE/FINE (ROOT/val, ROOT/test optional) or no split folders")
+        raise DatasetError(f"{top} mixes split folders ({', '.join(split_dirs)}) with class folders ({others})"
+                           f"; use ROOT/train/COARSE/FINE (ROOT/val, ROOT/test optional) or no split folders")
     records: list = []
     parents: dict[str, tuple[str, Path]] = {}
     for name, tree in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])) or [("train", top)]:
@@ -117,42 +116,42 @@ def list_csv(csv_file: str) -> tuple[list, str]:
     """Records (path, fine, coarse, split id) from a CSV label file; errors name the file and line."""
     path = Path(csv_file).expanduser()
     if not path.is_file():
-        raise data.DatasetError(f"--data_dir={csv_file}: no such CSV file; expected columns path,fine,coarse[,split]")
+        raise DatasetError(f"--data_dir={csv_file}: no such CSV file; expected columns path,fine,coarse[,split]")
     records, others, lines = [], [], {}
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a BOM
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
         missing = [c for c in ("path", "fine", "coarse") if c not in header]
         if missing:
-            raise data.DatasetError(f"{path}: header lacks column {', '.join(missing)}; expected path,fine,coarse"
-                                    f"[,split] in the first line")
+            raise DatasetError(f"{path}: header lacks column {', '.join(missing)}; expected path,fine,coarse"
+                               f"[,split] in the first line")
         column = {c: header.index(c) for c in ("path", "fine", "coarse", "split") if c in header}
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                raise data.DatasetError(f"{where}: {len(row)} fields, the header has {len(header)}")
+                raise DatasetError(f"{where}: {len(row)} fields, the header has {len(header)}")
             value = {c: row[i].strip() for c, i in column.items()}
             empty = [c for c in ("path", "fine", "coarse") if not value[c]]
             if empty:
-                raise data.DatasetError(f"{where}: empty {empty[0]}")
+                raise DatasetError(f"{where}: empty {empty[0]}")
             split = value.get("split") or "train"
             if split not in SPLITS:
-                raise data.DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+                raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
             file = os.path.join(path.parent, os.path.expanduser(value["path"]))
             (records if _is_image(file) else others).append((file, value["fine"], value["coarse"], SPLITS.index(split)))
             lines.setdefault(value["fine"], {}).setdefault(value["coarse"], []).append(reader.line_num)
     _raise_other_files([r[0] for r in others], str(path))
     if not records:
-        raise data.DatasetError(f"{path} has no rows below its header")
+        raise DatasetError(f"{path} has no rows below its header")
     clashes = [(fine, by) for fine, by in lines.items() if len(by) > 1]
     if clashes:
         fine, by = clashes[0]
         parts = " and ".join(f"{c!r} (line{'s' * (len(n) > 1)} {', '.join(map(str, n[:5]))}"
                              f"{', ...' * (len(n) > 5)})" for c, n in by.items())
         more = f"; {len(clashes) - 1} more fine classes clash" if len(clashes) > 1 else ""
-        raise data.DatasetError(f"{path}: fine class {fine!r} maps to two coarse classes: {parts}{more}")
+        raise DatasetError(f"{path}: fine class {fine!r} maps to two coarse classes: {parts}{more}")
     return records, str(path)
 
 
@@ -162,8 +161,8 @@ def _class_ids(values: list[str], source: str, head: str) -> tuple[tuple[str, ..
         ids = np.asarray([int(v) for v in values], np.int32)
         unused = sorted(set(range(ids.max() + 1)) - set(ids.tolist()))
         if unused:
-            raise data.DatasetError(f"{source}: {head} ids {', '.join(map(str, unused[:5]))} have no rows; ids must "
-                                    f"run 0..N-1 (or use class names)")
+            raise DatasetError(f"{source}: {head} ids {', '.join(map(str, unused[:5]))} have no rows; ids must "
+                               f"run 0..N-1 (or use class names)")
         return tuple(str(i) for i in range(ids.max() + 1)), ids
     names = tuple(sorted(set(values)))
     return names, np.searchsorted(np.asarray(names), np.asarray(values)).astype(np.int32)
@@ -186,128 +185,15 @@ def assign_splits(split: np.ndarray, fine: np.ndarray, validation_fraction: floa
     return split
 
 
-def decode(path: tf.Tensor, size: int) -> tf.Tensor:
-    """One image file as uint8 [size, size, 3]: any of the formats, grey/RGBA/palette/CMYK, any size."""
-    contents = tf.io.read_file(path)
-
-    def jpeg() -> tf.Tensor:
-        # libjpeg can decode at 1/2, 1/4 or 1/8 scale (DCT scaling): a phone photo bound for 32 px decodes
-        # many times faster at 1/8 than in full, and the resize below still starts from >= `size` pixels.
-        side = tf.reduce_min(tf.io.extract_jpeg_shape(contents)[:2])
-        return tf.case([(side >= size * r, lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r))
-                        for r in (8, 4, 2)], default=lambda: tf.io.decode_jpeg(contents, channels=3))
-
-    image = tf.cond(tf.io.is_jpeg(contents), jpeg,
-                    lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
-    same = tf.reduce_all(tf.shape(image)[:2] == size)
-    # Antialiased resize: a plain bilinear downscale of a large photo to 32 px aliases badly.
-    return tf.cond(same, lambda: tf.ensure_shape(image, (size, size, 3)), lambda: tf.cast(tf.clip_by_value(
-        tf.round(tf.image.resize(image, (size, size), antialias=True)), 0, 255), tf.uint8))
-
-
-def decode_files(paths, size: int | None) -> tuple[np.ndarray | None, np.ndarray]:
-    """Decodes every file in tf.data: (uint8 [N, size, size, 3] or None when size is None, ok mask [N]).
-
-    `size=None` only validates (decodes without keeping pixels). Failed files leave zeros and ok False.
-    """
-    paths = np.asarray(paths, object).astype(str)
-    ok = np.zeros(len(paths), bool)
-    images = np.zeros((len(paths), size, size, 3), np.uint8) if size else None
-    work = (lambda p: decode(p, size)) if size else (
-        lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False))[0])
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-    ds = ds.map(lambda i, p: (i, work(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    for index, pixels in ds.ignore_errors().batch(256).prefetch(2).as_numpy_iterator():  # Python per batch
-        ok[index] = True
-        if images is not None:
-            images[index] = pixels
-    return images, ok
-
-
-def _why(path: str) -> str:
-    """Why one file failed to decode, for the warning (runs only for the few failures)."""
-    try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return "decodes now (changed while loading?)"
-    except tf.errors.NotFoundError:
-        return "no such file"
-    except tf.errors.OpError as e:
-        text = re.sub(r"\{\{.*?\}\}\s*", "", e.message).strip()  # drop TF's {{function_node ...}} prefix
-        return text.splitlines()[0][:120] if text else type(e).__name__
-
-
-class FileImages:
-    """Images still in files, read like a uint8 array [N, size, size, 3]: slicing stays lazy, and
-    `np.asarray`, `astype` or an integer index decode (in tf.data). `data.pipeline` streams them."""
-
-    dtype = np.dtype(np.uint8)
-    ndim = 4
-
-    def __init__(self, paths, size: int):
-        self.paths, self.image_size = np.asarray(paths, object), size
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.image_size, self.image_size, 3)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            return np.asarray(FileImages(self.paths[[index]], self.image_size))[0]
-        return FileImages(self.paths[index], self.image_size)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        images, ok = decode_files(self.paths, self.image_size)
-        if not ok.all():  # validated at load: the file changed since
-            raise data.DatasetError(f"{self.paths[~ok][0]}: can no longer be decoded ({_why(self.paths[~ok][0])})")
-        return images if dtype is None else images.astype(dtype)
-
-    def astype(self, dtype) -> np.ndarray:
-        return np.asarray(self, dtype)
-
-
-def file_pipeline(split: data.Split, info: data.DatasetInfo, *, task: str, batch_size: int, training: bool,
-                  augmenter, seed: int, image_shape) -> tf.data.Dataset:
-    """`data.pipeline` for a split of `FileImages`: decode + resize per file (parallel), then the same
-    batch labels, augmentation and `fit_images` as the in-memory pipeline."""
-    paths = tf.constant(split.images.paths.astype(str))
-    fine, coarse, size = tf.constant(split.fine), tf.constant(split.coarse), split.images.image_size
-    n = info.num_classes
-    ds = tf.data.Dataset.range(len(split))
-    if training:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
-    # Deterministic order (as in the in-memory pipeline): the same --seed gives the same batches.
-    ds = ds.map(lambda i: (decode(tf.gather(paths, i), size), i), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    # A file that breaks after the load-time check is dropped, not allowed to end the epoch.
-    ds = ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=training)
-
-    def prepare(x: tf.Tensor, index: tf.Tensor, step: tf.Tensor):
-        labels = tf.concat([tf.one_hot(tf.gather(fine, index), n["fine"]),
-                            tf.one_hot(tf.gather(coarse, index), n["coarse"])], axis=-1)
-        if augmenter is not None:
-            x, labels = augmenter(x, labels, tf.stack([tf.cast(seed, tf.int64), step]))
-        if image_shape is not None:
-            x = data.fit_images(x, tuple(image_shape))
-        return tf.cast(x, tf.float32), data.split_heads(labels, info, task)
-
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter()).map(lambda xi, step: prepare(*xi, step),
-                                                                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def load(kind: str, data_dir: str | None, *, image_size: int = 32, validation_fraction: float = 0.15,
-         test_fraction: float = 0.15, max_train_examples: int | None = None, cache_mb: float = 2048) -> data.Splits:
-    """`data.Splits` of a `folder` tree or `csv` label file; see the module docstring."""
+def load(settings) -> Source:
+    """The splits of a `folder` tree or `csv` label file (`settings`: a config.DataConfig); see the module
+    docstring. Its val and test splits are its own (or carved with a fixed seed), never --seed's."""
+    kind, data_dir, image_size = settings.dataset, settings.data_dir, settings.folder_image_size
+    validation_fraction, test_fraction = settings.validation_fraction, settings.folder_test_fraction
+    max_train_examples, cache_mb = settings.max_train_examples, settings.folder_cache_mb
     if not data_dir:
-        raise data.DatasetError(f"--dataset={kind} needs --data_dir="
-                                f"{'ROOT (the image folder tree)' if kind == 'folder' else 'FILE.csv'}")
+        raise DatasetError(f"--dataset={kind} needs --data_dir="
+                           f"{'ROOT (the image folder tree)' if kind == 'folder' else 'FILE.csv'}")
     records, source = list_folder(data_dir) if kind == "folder" else list_csv(data_dir)
     paths = np.asarray([r[0] for r in records], object)
     fine_names, fine = _class_ids([r[1] for r in records], source, "fine")
@@ -317,8 +203,8 @@ def load(kind: str, data_dir: str | None, *, image_size: int = 32, validation_fr
     split = assign_splits(np.asarray([r[3] for r in records], np.int8), fine, validation_fraction, test_fraction)
     unseen = sorted(set(fine[split > 0].tolist()) - set(fine[split == 0].tolist()))
     if unseen:
-        raise data.DatasetError(f"{source}: fine class {fine_names[unseen[0]]!r} has val/test images but none to "
-                                f"train on")
+        raise DatasetError(f"{source}: fine class {fine_names[unseen[0]]!r} has val/test images but none to "
+                           f"train on")
     # Training order is a seeded shuffle, so --max_train_examples takes a random subset, not the first classes.
     train = np.random.default_rng(SPLIT_SEED).permutation(np.flatnonzero(split == 0))[:max_train_examples or None]
     keep = np.concatenate([train, np.flatnonzero(split == 1), np.flatnonzero(split == 2)])
@@ -326,14 +212,14 @@ def load(kind: str, data_dir: str | None, *, image_size: int = 32, validation_fr
     images, ok = decode_files(paths[keep], image_size if in_memory else None)
     bad = paths[keep][~ok]
     for path in bad[:_NAMED_WARNINGS]:
-        logging.warning("skipping %s: cannot decode it (%s)", path, _why(path))
+        logging.warning("skipping %s: cannot decode it (%s)", path, why_undecodable(path))
     if len(bad) > _NAMED_WARNINGS:
         logging.warning("skipping %d more files that cannot be decoded (a training run lists all in "
                         "WORKDIR/skipped_files.txt)", len(bad) - _NAMED_WARNINGS)
     if not ok.any():
-        raise data.DatasetError(f"{source}: none of its {len(keep)} image files could be decoded, e.g. {bad[0]} "
-                                f"({_why(bad[0])})")
-    info = data.DatasetInfo(kind, fine_names, coarse_names, tuple(fine_to_coarse.tolist()),
+        raise DatasetError(f"{source}: none of its {len(keep)} image files could be decoded, e.g. {bad[0]} "
+                           f"({why_undecodable(bad[0])})")
+    info = DatasetInfo(kind, fine_names, coarse_names, tuple(fine_to_coarse.tolist()),
                             skipped_files=tuple(bad.tolist()))
     bounds = np.cumsum([0, len(train), np.count_nonzero(split == 1), np.count_nonzero(split == 2)])
     edges = np.cumsum([0] + [np.count_nonzero(ok[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
@@ -341,9 +227,9 @@ def load(kind: str, data_dir: str | None, *, image_size: int = 32, validation_fr
     if in_memory and not ok.all():
         images = images[ok]  # the one copy, only when files failed; the splits below are views
 
-    def part(s: int) -> data.Split:
+    def part(s: int) -> Split:
         rows = slice(edges[s], edges[s + 1])
         pixels = images[rows] if in_memory else FileImages(paths[keep[rows]], image_size)
-        return data.Split(pixels, fine[keep[rows]], coarse[keep[rows]])
+        return Split(pixels, fine[keep[rows]], coarse[keep[rows]])
 
-    return data.Splits(info, part(0), part(1), part(2))
+    return Source(info, part(0), part(2), val=part(1))

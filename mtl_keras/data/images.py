@@ -1,0 +1,119 @@
+"""Images: `fit_images` (the one place channels and size adapt), decoding image files in tf.data, and
+`FileImages`, files read like a uint8 array (slicing stays lazy; only what is converted is decoded)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from mtl_keras.errors import DatasetError
+
+
+def fit_images(images, shape: tuple[int, int, int]):
+    """Images (uint8 or float, [N, h, w, c]) as `shape` (H, W, C): the one place channels and size adapt.
+
+    Grey -> RGB repeats the channel, RGB -> grey averages; a size mismatch is resized bilinearly.
+    Works eagerly on numpy and inside tf.data; returns the input dtype where nothing needed resizing.
+    """
+    if not (isinstance(images, np.ndarray) or tf.is_tensor(images)):
+        images = np.asarray(images)  # array-likes such as FileImages
+    x = tf.convert_to_tensor(images)
+    channels = x.shape[-1]
+    if channels != shape[2]:
+        if channels == 1:
+            x = tf.repeat(x, shape[2], axis=-1)
+        elif shape[2] == 1:
+            x = tf.cast(tf.round(tf.reduce_mean(tf.cast(x, tf.float32), -1, keepdims=True)), x.dtype)
+        else:
+            raise ValueError(f"cannot map {channels} image channels to {shape[2]}")
+    if tuple(x.shape[1:3]) != tuple(shape[:2]):
+        x = tf.cast(tf.clip_by_value(tf.image.resize(tf.cast(x, tf.float32), shape[:2]), 0, 255), x.dtype)
+    return x.numpy() if isinstance(images, np.ndarray) else x
+
+
+def decode(path: tf.Tensor, size: int) -> tf.Tensor:
+    """One image file as uint8 [size, size, 3]: any of the formats, grey/RGBA/palette/CMYK, any size."""
+    contents = tf.io.read_file(path)
+
+    def jpeg() -> tf.Tensor:
+        # libjpeg can decode at 1/2, 1/4 or 1/8 scale (DCT scaling): a phone photo bound for 32 px decodes
+        # many times faster at 1/8 than in full, and the resize below still starts from >= `size` pixels.
+        side = tf.reduce_min(tf.io.extract_jpeg_shape(contents)[:2])
+        return tf.case([(side >= size * r, lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r))
+                        for r in (8, 4, 2)], default=lambda: tf.io.decode_jpeg(contents, channels=3))
+
+    image = tf.cond(tf.io.is_jpeg(contents), jpeg,
+                    lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
+    same = tf.reduce_all(tf.shape(image)[:2] == size)
+    # Antialiased resize: a plain bilinear downscale of a large photo to 32 px aliases badly.
+    return tf.cond(same, lambda: tf.ensure_shape(image, (size, size, 3)), lambda: tf.cast(tf.clip_by_value(
+        tf.round(tf.image.resize(image, (size, size), antialias=True)), 0, 255), tf.uint8))
+
+
+def decode_files(paths, size: int | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Decodes every file in tf.data: (uint8 [N, size, size, 3] or None when size is None, ok mask [N]).
+
+    `size=None` only validates (decodes without keeping pixels). Failed files leave zeros and ok False.
+    """
+    paths = np.asarray(paths, object).astype(str)
+    ok = np.zeros(len(paths), bool)
+    images = np.zeros((len(paths), size, size, 3), np.uint8) if size else None
+    work = (lambda p: decode(p, size)) if size else (
+        lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False))[0])
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    ds = ds.map(lambda i, p: (i, work(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    for index, pixels in ds.ignore_errors().batch(256).prefetch(2).as_numpy_iterator():  # Python per batch
+        ok[index] = True
+        if images is not None:
+            images[index] = pixels
+    return images, ok
+
+
+def why_undecodable(path: str) -> str:
+    """Why one file failed to decode, for the warning (runs only for the few failures)."""
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return "decodes now (changed while loading?)"
+    except tf.errors.NotFoundError:
+        return "no such file"
+    except tf.errors.OpError as e:
+        text = re.sub(r"\{\{.*?\}\}\s*", "", e.message).strip()  # drop TF's {{function_node ...}} prefix
+        return text.splitlines()[0][:120] if text else type(e).__name__
+
+
+class FileImages:
+    """Images still in files, read like a uint8 array [N, size, size, 3]: slicing stays lazy, and
+    `np.asarray`, `astype` or an integer index decode (in tf.data). `pipeline.pipeline` streams them."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, paths, size: int):
+        self.paths, self.image_size = np.asarray(paths, object), size
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.image_size, self.image_size, 3)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return np.asarray(FileImages(self.paths[[index]], self.image_size))[0]
+        return FileImages(self.paths[index], self.image_size)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        images, ok = decode_files(self.paths, self.image_size)
+        if not ok.all():  # validated at load: the file changed since
+            raise DatasetError(f"{self.paths[~ok][0]}: can no longer be decoded ({why_undecodable(self.paths[~ok][0])})")
+        return images if dtype is None else images.astype(dtype)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self, dtype)

@@ -1,0 +1,78 @@
+"""The tf.data pipelines that feed `model.fit`: a split -> batches of `(image float32 0-255, {"fine": one-hot,
+"coarse": one-hot})`, with random augmentation (augment.py) for training.
+
+Images keep their native shape (Fashion-MNIST: 28x28x1) and the model is built for it; a model that asks for
+another shape gets it from `images.fit_images`. In-memory splits gather whole batches by index; splits of
+`FileImages` decode each file in a parallel map first; both then go through the same `prepare`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mtl_keras.config import TASKS
+from mtl_keras.data import augment as augment_lib
+from mtl_keras.data.images import FileImages, decode, fit_images
+from mtl_keras.data.types import DatasetInfo, Split
+
+
+def split_heads(labels: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf.Tensor]:
+    """Concatenated [fine | coarse] label vectors as the label dict for `task` (one head unless "mtl")."""
+    n_fine = info.num_classes["fine"]
+    heads = {"fine": labels[:, :n_fine], "coarse": labels[:, n_fine:]}
+    return heads if task == "mtl" else {task: heads[task]}
+
+
+def _batches(split: Split, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
+    """(images uint8 [B, H, W, C], example indices [B]) batches, shuffled and repeated for training."""
+    ds = tf.data.Dataset.range(len(split))
+    if training:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
+    if isinstance(split.images, FileImages):
+        paths, size = tf.constant(split.images.paths.astype(str)), split.images.image_size
+        # Deterministic order (as in memory): the same --seed gives the same batches.
+        ds = ds.map(lambda i: (decode(tf.gather(paths, i), size), i), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
+        # A file that breaks after the load-time check is dropped, not allowed to end the epoch.
+        return ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=training)
+    # Arrays live in memory once; shuffling and batching indices (not images) and gathering a whole batch
+    # per map call is faster than slicing examples, and the shuffle buffer holds 8-byte indices only.
+    images = tf.constant(np.asarray(split.images))
+    return ds.batch(batch_size, drop_remainder=training).map(lambda index: (tf.gather(images, index), index),
+                                                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: int = 128,
+             training: bool = False, augment: str = "none", seed: int = 0,
+             image_shape: tuple[int, int, int] | None = None, randaugment_ops: int = 2,
+             randaugment_magnitude: float = 0.5, mixup_alpha: float = 0.2,
+             cutmix_alpha: float = 1.0) -> tf.data.Dataset:
+    """Batches of (float32 images 0-255, one-hot label dict), graph-only from index to batch.
+
+    Training pipelines shuffle, repeat forever (pass `steps_per_epoch` to fit) and apply the `augment`
+    policies (see augment.py); evaluation pipelines never augment. Each batch's augmentation seed is
+    [seed, batch number], so runs are reproducible. `image_shape` (H, W, C), when given, is the shape the
+    model takes; `fit_images` adapts the images to it after augmentation.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    augmenter = augment_lib.batch_augmenter(
+        augment, seed=seed, randaugment_ops=randaugment_ops, randaugment_magnitude=randaugment_magnitude,
+        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha) if training else None
+    fine, coarse = tf.constant(split.fine), tf.constant(split.coarse)
+    n = info.num_classes
+
+    def prepare(x: tf.Tensor, index: tf.Tensor, step: tf.Tensor):
+        # One label vector per example, so MixUp / CutMix mix both heads with the same weights.
+        labels = tf.concat([tf.one_hot(tf.gather(fine, index), n["fine"]),
+                            tf.one_hot(tf.gather(coarse, index), n["coarse"])], axis=-1)
+        if augmenter is not None:
+            x, labels = augmenter(x, labels, tf.stack([tf.cast(seed, tf.int64), step]))
+        if image_shape is not None:
+            x = fit_images(x, tuple(image_shape))
+        return tf.cast(x, tf.float32), split_heads(labels, info, task)
+
+    ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed), tf.data.Dataset.counter())
+    return ds.map(lambda xi, step: prepare(*xi, step), num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,124 @@
+"""Guards on the package's shape: no import cycle, and no TensorFlow where it must stay out."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "mtl_keras"
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package (a package is its __init__.py)."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> package modules it imports anywhere in its file (top level, functions, TYPE_CHECKING)."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from pkg import sub` imports the submodule when there is one, else a name of pkg.
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:  # `import a.b.c` of a name inside a.b
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_guard_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_in_the_package():
+    graph = import_graph()
+    assert "mtl_keras.data.pipeline" in graph and "mtl_keras.serving.verify" in graph["mtl_keras.serving.runs"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_arrows_point_down_train_and_experiments_are_the_top():
+    # Only the experiment runner (which trains each run in-process) imports train; nothing imports the runner.
+    for module, edges in import_graph().items():
+        top = module.startswith("mtl_keras.experiments")
+        assert "mtl_keras.train" not in edges or top, f"{module} imports train"
+        assert not any(e.startswith("mtl_keras.experiments") for e in edges) or top, f"{module} imports experiments"
+
+
+# Importing these must not import TensorFlow: settings, choice lists, flags, errors, dataset types and names,
+# and the model code (which the JAX-only GPU runner imports).
+TENSORFLOW_FREE = ["mtl_keras.config", "mtl_keras.errors", "mtl_keras.flags", "mtl_keras.data",
+                   "mtl_keras.data.types", "mtl_keras.data.sources", "mtl_keras.models", "mtl_keras.losses",
+                   "mtl_keras.modeling", "mtl_keras.evaluate"]
+
+BLOCKER = """
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ImportError(f"blocked: {name}")
+        return None
+
+sys.meta_path.insert(0, Block())
+failed = {}
+for module in json.loads(sys.argv[1]):
+    try:
+        __import__(module)
+    except ImportError as e:
+        failed[module] = str(e)
+print("JSON:" + json.dumps({"failed": failed, "tensorflow": sorted(m for m in sys.modules if m.startswith("tensorflow"))}))
+"""
+
+
+def test_settings_choice_lists_and_models_import_no_tensorflow():
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", BLOCKER, json.dumps(TENSORFLOW_FREE)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.split("JSON:")[-1])
+    assert report == {"failed": {}, "tensorflow": []}
