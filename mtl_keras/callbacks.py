@@ -13,11 +13,6 @@ import keras
 from mtl_keras import atomic
 from mtl_keras.errors import CheckpointError
 
-# Config fields that change what is trained; a checkpoint made under other values must not be resumed.
-_NOT_TRAINING = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
-                 "fashion_mnist_dir", "jit_compile", "atol", "int8_max_drop"}
-
-
 class Checkpoint(keras.callbacks.Callback):
     """Saves weights + optimizer state after every finite epoch, atomically, and restores them.
 
@@ -27,9 +22,10 @@ class Checkpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, directory: str | Path, run_config: dict):
+        """`run_config`: what identifies the run (`config.identity(cfg)`); another run's checkpoint is refused."""
         super().__init__()
         self.directory = Path(directory)
-        self.run_config = {k: v for k, v in run_config.items() if k not in _NOT_TRAINING}
+        self.run_config = dict(run_config)
         self.state_path = self.directory / "state.json"
 
     def restore(self, model: keras.Model) -> int:

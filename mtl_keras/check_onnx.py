@@ -35,7 +35,11 @@ def main(argv: list[str]) -> int:
 
     from mtl_keras.data import datasets, images as images_lib
     from mtl_keras.errors import ExportError, report
-    from mtl_keras.flags import FLAGS, to_config
+    from absl import flags
+
+    from mtl_keras.flags import data_config
+
+    FLAGS = flags.FLAGS
     from mtl_keras.serving import export, runs, runtime, verify
 
     del argv
@@ -46,7 +50,7 @@ def main(argv: list[str]) -> int:
         shape = runtime.load(FLAGS.onnx, "--onnx").shape
         images, batches = verify.random_pixels(shape, FLAGS.num_random, FLAGS.seed), None
         if FLAGS.check_dataset:
-            settings = dataclasses.replace(to_config().data, dataset=FLAGS.check_dataset, download=False)
+            settings = dataclasses.replace(data_config(FLAGS, FLAGS.check_dataset), download=False)
             test = datasets.prepare(settings)
             real = images_lib.fit_images(test.test.images[:FLAGS.num_real], shape).astype(np.float32)
             images = np.concatenate([images, real])
@@ -63,7 +67,9 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     from absl import app, flags
 
-    import mtl_keras.flags  # noqa: F401  (defines the flags before absl parses argv)
+    from mtl_keras import flags as mtl_flags
 
+    mtl_flags.define_check_flags(flags.FLAGS)
+    flags.adopt_module_key_flags(mtl_flags)
     flags.mark_flags_as_required(["saved_model", "onnx"])
     app.run(lambda argv: sys.exit(main(argv)))

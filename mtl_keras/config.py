@@ -1,14 +1,25 @@
-"""Every setting of a training run with the defaults the flags take, and every choice list.
+"""Every setting of a training run, in one section per stage, and every choice list.
 
-Imports no TensorFlow and no Keras: flags, validators and the JAX-only tools read it. The registries that
-implement a choice (data/sources, models, ...) are checked against these lists by their own modules.
+    DataConfig     which dataset, its splits, training augmentation        -> data.datasets.prepare, pipeline
+    ModelConfig    task, trunk, its size, heads                              -> modeling.build, models.build_model
+    OptimConfig    recipe, loss weighting, precision, distribution           -> modeling.build_and_compile, fit
+    RunConfig      seed and run folder                                       -> train
+    ServingConfig  export and its checks                                     -> serving.runs.export_run
+
+Field names are the flag names (flags.py), unique across sections, so a run's flags.txt and config.json stay
+flat. What identifies a run (checkpoint resume, finished experiment runs, MTL/STL pairing) is derived here
+from each field's `role`, in `identity`. Imports no TensorFlow and no Keras.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
-# Choice lists. Each registry asserts it implements exactly its list.
+from mtl_keras.errors import ConfigError
+
+# Choice lists. Each registry (data/sources, models, ...) asserts it implements exactly its list.
 DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder", "csv")
 TASKS = ("mtl", "fine", "coarse")
 AUGMENTS = ("none", "flip_crop", "randaugment", "mixup", "cutmix")  # policies apply in this order
@@ -21,6 +32,16 @@ OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+# Roles: what a field means for a run's identity (see `identity`).
+TRAINING = "training"  # changes what is trained: a checkpoint or finished run with another value is another run
+TASK = "task"  # the task and its loss: differs between an MTL run and its STL pair, else like TRAINING
+SEED = "seed"  # like TASK: runs are paired seed by seed
+PLACE = "place"  # where inputs and outputs live, how they are checked, compile speed: never identifies a run
+
+
+def _field(default, role: str = TRAINING):
+    return dataclasses.field(default=default, metadata={"role": role})
 
 
 def parse_policies(spec: str) -> tuple[str, ...]:
@@ -37,103 +58,126 @@ def parse_policies(spec: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Which dataset, how it is split, and the training augmentation (the data stage's settings)."""
-    dataset: str = "shapes"
-    data_dir: str | None = None  # tfds data_dir (CIFAR), image tree ROOT (folder) or label file (csv)
-    download: bool = True
-    validation_fraction: float = 0.15
-    max_train_examples: int | None = None
-    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
-    folder_image_size: int = 32
-    folder_test_fraction: float = 0.15
-    folder_cache_mb: float = 2048.0
-    augment: str = "flip_crop"
-    randaugment_ops: int = 2
-    randaugment_magnitude: float = 0.5
-    mixup_alpha: float = 0.2
-    cutmix_alpha: float = 1.0
+    dataset: str = _field("shapes")
+    data_dir: str | None = _field(None, PLACE)  # tfds data_dir (CIFAR), image tree ROOT (folder), label file (csv)
+    download: bool = _field(True, PLACE)
+    validation_fraction: float = _field(0.15)
+    max_train_examples: int | None = _field(None)
+    fashion_mnist_dir: str = _field("/usr/share/datasets/fashion-mnist", PLACE)
+    folder_image_size: int = _field(32)
+    folder_test_fraction: float = _field(0.15)
+    folder_cache_mb: float = _field(2048.0)
+    augment: str = _field("flip_crop")
+    randaugment_ops: int = _field(2)
+    randaugment_magnitude: float = _field(0.5)
+    mixup_alpha: float = _field(0.2)
+    cutmix_alpha: float = _field(1.0)
 
 
-_DATA = DataConfig()
+@dataclasses.dataclass
+class ModelConfig:
+    task: str = _field("mtl", TASK)
+    model: str = _field("vit")  # the trunk
+    variant: str = _field("Mu/4")
+    stem: str = _field("conv")
+    image_size: int | None = _field(None)
+    dropout: float = _field(0.0)
+    stochastic_depth: float = _field(0.1)
+    head: str = _field("light")
+    head_dropout: float = _field(0.0, TASK)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    epochs: int = _field(10)
+    batch_size: int = _field(128)
+    learning_rate: float = _field(1e-3)
+    weight_decay: float = _field(0.05)
+    warmup_epochs: float = _field(1.0)
+    label_smoothing: float = _field(0.0)
+    gamma: float = _field(0.5, TASK)
+    loss_weighting: str = _field("fixed", TASK)
+    optimizer: str = _field("adamw")
+    lr_schedule: str = _field("cosine")
+    grad_clip_norm: float = _field(0.0)
+    ema: bool = _field(False)
+    ema_momentum: float = _field(0.999)
+    jit_compile: bool = _field(True, PLACE)  # XLA or not: the same training, faster or slower
+    mixed_precision: str = _field("float32")
+    distribution: str = _field("auto")
+    cpu_devices: int = _field(1)
+    deterministic: bool = _field(False)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    seed: int = _field(0, SEED)
+    workdir: str = _field("runs/default", PLACE)
+
+
+@dataclasses.dataclass
+class ServingConfig:
+    export_dir: str = _field("export", PLACE)
+    model_name: str = _field("mtl_keras", PLACE)
+    export: bool = _field(True, PLACE)
+    int8: bool = _field(True, PLACE)
+    check: bool = _field(True, PLACE)
+    atol: float = _field(1e-5, PLACE)
+    int8_max_drop: float = _field(1.0, PLACE)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    # data (defaults: DataConfig's)
-    dataset: str = _DATA.dataset
-    data_dir: str | None = _DATA.data_dir
-    download: bool = _DATA.download
-    validation_fraction: float = _DATA.validation_fraction
-    max_train_examples: int | None = _DATA.max_train_examples
-    fashion_mnist_dir: str = _DATA.fashion_mnist_dir
-    folder_image_size: int = _DATA.folder_image_size
-    folder_test_fraction: float = _DATA.folder_test_fraction
-    folder_cache_mb: float = _DATA.folder_cache_mb
-    augment: str = _DATA.augment
-    randaugment_ops: int = _DATA.randaugment_ops
-    randaugment_magnitude: float = _DATA.randaugment_magnitude
-    mixup_alpha: float = _DATA.mixup_alpha
-    cutmix_alpha: float = _DATA.cutmix_alpha
-    # model
-    task: str = "mtl"
-    model: str = "vit"
-    variant: str = "Mu/4"
-    stem: str = "conv"
-    image_size: int | None = None
-    dropout: float = 0.0
-    stochastic_depth: float = 0.1
-    head: str = "light"
-    head_dropout: float = 0.0
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    gamma: float = 0.5
-    loss_weighting: str = "fixed"
-    optimizer: str = "adamw"
-    lr_schedule: str = "cosine"
-    grad_clip_norm: float = 0.0
-    ema: bool = False
-    ema_momentum: float = 0.999
-    jit_compile: bool = True
-    mixed_precision: str = "float32"
-    distribution: str = "auto"
-    cpu_devices: int = 1
-    deterministic: bool = False
-    # run and artifacts
-    seed: int = 0
-    workdir: str = "runs/default"
-    export_dir: str = "export"
-    model_name: str = "mtl_keras"
-    export: bool = True
-    int8: bool = True
-    check: bool = True
-    atol: float = 1e-5
-    int8_max_drop: float = 1.0
+    """A training run: one section per stage; each stage receives its own section."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
 
-    @property
-    def data(self) -> DataConfig:
-        """The data stage's section of this run."""
-        return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "run": RunConfig,
+                  "serving": ServingConfig}
+# flag / field name -> (section name, dataclass field), in flags.txt order
+FIELDS = {f.name: (section, f) for section, cls in _SECTION_TYPES.items() for f in dataclasses.fields(cls)}
+
+
+def make(**values) -> TrainConfig:
+    """A `TrainConfig` from flat settings by flag name over the defaults, e.g. `make(model="cct", epochs=1)`."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown settings {', '.join(unknown)}")
+    sections = {name: {} for name in _SECTION_TYPES}
+    for name, value in values.items():
+        sections[FIELDS[name][0]][name] = value
+    return TrainConfig(**{name: _SECTION_TYPES[name](**kw) for name, kw in sections.items()})
+
+
+def flat(config: TrainConfig) -> dict:
+    """Every setting by flag name, in flags.txt order (what config.json holds)."""
+    return {name: getattr(getattr(config, section), name) for name, (section, _) in FIELDS.items()}
+
+
+def identity(config: TrainConfig, purpose: str = "resume") -> dict:
+    """The settings that make two runs the same run, by flag name.
+
+    "resume": everything but where things live (a checkpoint or finished run with other values is refused);
+    "pairing": also without the task, its loss and the seed (what an MTL run shares with its STL pair).
+    """
+    ignored = {"resume": {PLACE}, "pairing": {PLACE, TASK, SEED}}[purpose]
+    return {name: value for name, value in flat(config).items()
+            if FIELDS[name][1].metadata["role"] not in ignored}
 
 
 def read_json(path) -> TrainConfig:
-    """The `TrainConfig` a run saved as WORKDIR/config.json; settings it lacks take today's defaults."""
-    import json
-    from pathlib import Path
-
-    from mtl_keras.errors import ConfigError
-
+    """The `TrainConfig` a run saved as WORKDIR/config.json (flat); settings it lacks take today's defaults."""
     try:
         values = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} cannot be read ({e}); is it a run folder's config.json?") from None
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{path} holds settings this version does not know ({', '.join(unknown)}); "
                           f"use the mtl_keras version that wrote it")
-    return TrainConfig(**values)
+    return make(**values)

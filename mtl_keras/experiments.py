@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mtl_keras import evaluate
+from mtl_keras import config as config_lib
 from mtl_keras.config import TrainConfig
 from mtl_keras.errors import ExperimentError, MtlError, report
 from mtl_keras.results_table import HEADS, METRICS, Row, markdown_table, write_csv, write_markdown
@@ -38,14 +39,14 @@ class Experiment:
 
     @property
     def task(self) -> str:
-        return next(iter(self.configs.values())).task
+        return next(iter(self.configs.values())).model.task
 
     @property
     def key(self) -> str:
         return pair_key(next(iter(self.configs.values())))
 
     def run_dir(self, seed: int) -> Path:
-        return Path(self.configs[seed].workdir)
+        return Path(self.configs[seed].run.workdir)
 
 
 def expand_grid(grid: str) -> list[Path]:
@@ -89,7 +90,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     if not saved_file.is_file():
         return
     saved = json.loads(saved_file.read_text())
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # the same JSON types as the saved file
+    wanted = json.loads(json.dumps(config_lib.identity(config)))  # the same JSON types as the saved file
     diff = [f"{k} {saved[k]!r} != {wanted[k]!r}" for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
     if diff:
         raise ExperimentError(f"{run_dir} was trained with other settings ({'; '.join(diff[:3])}); delete it or "
@@ -130,7 +131,7 @@ def test_predictions(run_dir: Path, config: TrainConfig) -> tuple[dict, dict]:
         from mtl_keras.serving import runtime
 
         model = runtime.load(run_dir / "model.keras", "--results_dir").handle
-        splits = datasets.prepare(config.data, config.seed)
+        splits = datasets.prepare(config.data, config.run.seed)
         evaluate.save_predictions(run_dir, *evaluate.predict_split(model, splits.test, splits.info))
         found = evaluate.load_predictions(run_dir)
     return found
@@ -143,9 +144,7 @@ def class_tree(run_dir: Path) -> dict:
 
 def pair_key(config: TrainConfig) -> str:
     """What an MTL run and its STL fine / coarse pair share: everything but task, loss mix, seed and paths."""
-    ignore = {"task", "gamma", "loss_weighting", "head_dropout", "seed", "workdir", "model_name", "export",
-              "export_dir", "int8", "check", "atol", "int8_max_drop"}
-    return json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in ignore}, sort_keys=True)
+    return json.dumps(config_lib.identity(config, "pairing"), sort_keys=True)
 
 
 def stl_pairs(experiments: list[Experiment]) -> list[tuple[Experiment, Experiment]]:
@@ -273,10 +272,12 @@ def run_experiments(flagfiles: list[Path], seeds: list[int], results_dir: str | 
 def main(argv: list[str]) -> None:
     from absl import logging
 
+    from absl import flags
+
     from mtl_keras import flags as mtl_flags
 
     logging.set_verbosity(logging.WARNING)
-    flags_ = mtl_flags.FLAGS
+    flags_ = flags.FLAGS
     if len(argv) > 1:
         sys.exit(f"experiments: unexpected arguments {argv[1:]}; flags look like --name=value")
     if not flags_.grid or not flags_.results_dir:
@@ -286,7 +287,7 @@ def main(argv: list[str]) -> None:
         if flags_[name].present:
             sys.exit(f"experiments: error: --{name} is set per run; use {instead}")
     seeds = [int(s) for s in flags_.seeds]
-    extra = mtl_flags.given_train_flags()
+    extra = mtl_flags.given_train_flags(flags_)
     command = " ".join(["python -m mtl_keras.experiments", f"--grid='{flags_.grid}'",
                         f"--seeds={','.join(flags_.seeds)}", f"--results_dir={flags_.results_dir}", *extra])
     try:
@@ -298,8 +299,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from absl import app, flags
 
-    import mtl_keras.flags  # noqa: F401  (defines the flags before absl parses argv)
+    from mtl_keras import flags as mtl_flags
 
+    mtl_flags.define_experiments_flags(flags.FLAGS)
+    flags.adopt_module_key_flags(mtl_flags)
     app.run(main)

@@ -18,7 +18,9 @@ def main(argv: list[str]) -> int:
 
     from mtl_keras import atomic
     from mtl_keras.errors import ExportError, report
-    from mtl_keras.flags import FLAGS
+    from absl import flags
+
+    FLAGS = flags.FLAGS
     from mtl_keras.serving.runs import export_run
 
     del argv
@@ -44,6 +46,11 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     from absl import app
 
-    import mtl_keras.flags  # noqa: F401  (defines the flags before absl parses argv)
+    from absl import flags
+
+    from mtl_keras import flags as mtl_flags
+
+    mtl_flags.define_export_flags(flags.FLAGS)
+    flags.adopt_module_key_flags(mtl_flags)
 
     app.run(lambda argv: sys.exit(main(argv)))

@@ -1,41 +1,42 @@
-"""Model construction for a run: build from the config, compile with the recipe, float32 copies for export.
+"""Model construction for a run: build from the model section, compile with the optimisation section, float32
+copies for export.
 
-Backend-agnostic (no TensorFlow import), so the same code builds and compiles on JAX.
+Backend-agnostic (no TensorFlow import), so the same code builds and compiles on JAX:
+
+    from mtl_keras import config, modeling
+    cfg = config.make(model="cct", variant="7/3x1", epochs=20)
+    model = modeling.build_and_compile(cfg.model, cfg.optim, {"fine": 10, "coarse": 2}, (32, 32, 3), steps)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 import keras
 
 from mtl_keras import losses
-from mtl_keras.config import PRECISION_POLICIES, TrainConfig
+from mtl_keras.config import PRECISION_POLICIES, ModelConfig, OptimConfig
 from mtl_keras.models import build_model
 
-if TYPE_CHECKING:
-    from mtl_keras.data.types import DatasetInfo
+
+def heads_for(model_config: ModelConfig, num_classes: Mapping[str, int]) -> dict[str, int]:
+    """Task name -> class count of the heads `model_config.task` trains (`num_classes`: DatasetInfo's)."""
+    return {name: n for name, n in num_classes.items() if model_config.task in ("mtl", name)}
 
 
-
-def heads_for(config: TrainConfig, info: DatasetInfo) -> dict[str, int]:
-    """Task name -> class count of the heads `config.task` trains."""
-    return {name: n for name, n in info.num_classes.items() if config.task in ("mtl", name)}
-
-
-def build(config: TrainConfig, info: DatasetInfo, input_shape, norm_stats=None) -> keras.Model:
-    """The uncompiled model for `config` (under the current Keras dtype policy).
-
-    `norm_stats` = per-channel (mean, variance) of the training pixels, used by trunks in ADAPTED_NORM.
-    """
-    return build_model(config.model, input_shape, heads_for(config, info), variant=config.variant,
-                       stem=config.stem, image_size=config.image_size, dropout=config.dropout, head=config.head,
-                       head_dropout=config.head_dropout, stochastic_depth=config.stochastic_depth,
-                       norm_stats=norm_stats, loss_weighting=config.loss_weighting)
+def build(model_config: ModelConfig, num_classes: Mapping[str, int], input_shape, norm_stats=None, *,
+          loss_weighting: str = "fixed") -> keras.Model:
+    """The uncompiled model (under the current Keras dtype policy). `norm_stats` = per-channel (mean,
+    variance) of the training pixels, used by trunks in models.ADAPTED_NORM; a dynamic `loss_weighting`
+    (the optimisation section's) adds the layer that holds its state."""
+    m = model_config
+    return build_model(m.model, input_shape, heads_for(m, num_classes), variant=m.variant, stem=m.stem,
+                       image_size=m.image_size, dropout=m.dropout, head=m.head, head_dropout=m.head_dropout,
+                       stochastic_depth=m.stochastic_depth, norm_stats=norm_stats, loss_weighting=loss_weighting)
 
 
-def plain_copy(model: keras.Model, config: TrainConfig, info: DatasetInfo, norm_stats=None, *,
-               force: bool = False) -> keras.Model:
+def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mapping[str, int], norm_stats=None, *,
+               loss_weighting: str = "fixed", force: bool = False) -> keras.Model:
     """The same weights in a float32 model built outside any distribution scope (`model` itself when it
     already is one and not `force`): what is evaluated, saved and exported, whatever trained it."""
     if model.dtype_policy.name == "float32" and not force:
@@ -43,44 +44,44 @@ def plain_copy(model: keras.Model, config: TrainConfig, info: DatasetInfo, norm_
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        copy = build(config, info, model.input_shape[1:], norm_stats)
+        copy = build(model_config, num_classes, model.input_shape[1:], norm_stats, loss_weighting=loss_weighting)
     finally:
         keras.config.set_dtype_policy(previous)
     copy.set_weights(model.get_weights())
     return copy
 
 
-def build_and_compile(config: TrainConfig, info: DatasetInfo, input_shape, steps_per_epoch: int,
-                      norm_stats=None) -> keras.Model:
-    """The model for `config.task`, compiled with its optimizer, LR schedule, per-head losses and metrics.
+def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes: Mapping[str, int], input_shape,
+                      steps_per_epoch: int, norm_stats=None) -> keras.Model:
+    """The model for `model_config.task`, compiled with its optimizer, LR schedule, per-head losses and metrics.
 
-    Mixed precision (`config.mixed_precision`) applies to this model only; its outputs stay float32, and
+    Mixed precision (`optim.mixed_precision`) applies to this model only; its outputs stay float32, and
     Keras wraps the optimizer in a LossScaleOptimizer for float16.
     """
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISION_POLICIES[config.mixed_precision])
+    keras.config.set_dtype_policy(PRECISION_POLICIES[optim.mixed_precision])
     try:
-        model = build(config, info, input_shape, norm_stats)
+        model = build(model_config, num_classes, input_shape, norm_stats, loss_weighting=optim.loss_weighting)
     finally:
         keras.config.set_dtype_policy(previous)
-    heads = heads_for(config, info)
-    total = config.epochs * steps_per_epoch
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
-    schedule = config.learning_rate if config.lr_schedule == "constant" else keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=total - warmup, warmup_target=config.learning_rate, warmup_steps=warmup)
-    extra = {"global_clipnorm": config.grad_clip_norm or None}
-    if config.ema:  # EMA weights replace the trained ones at the end of fit (Keras finalize_variable_values)
-        extra |= {"use_ema": True, "ema_momentum": config.ema_momentum}
-    if config.optimizer == "adam":
+    heads = heads_for(model_config, num_classes)
+    total = optim.epochs * steps_per_epoch
+    warmup = min(int(optim.warmup_epochs * steps_per_epoch), total - 1)
+    schedule = optim.learning_rate if optim.lr_schedule == "constant" else keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=total - warmup, warmup_target=optim.learning_rate, warmup_steps=warmup)
+    extra = {"global_clipnorm": optim.grad_clip_norm or None}
+    if optim.ema:  # EMA weights replace the trained ones at the end of fit (Keras finalize_variable_values)
+        extra |= {"use_ema": True, "ema_momentum": optim.ema_momentum}
+    if optim.optimizer == "adam":
         optimizer = keras.optimizers.Adam(schedule, **extra)
     else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **extra)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=optim.weight_decay, **extra)
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embedding", "log_var"])
-    loss, loss_weights = losses.compile_losses(model, list(heads), config.loss_weighting, gamma=config.gamma,
-                                               label_smoothing=config.label_smoothing)
+    loss, loss_weights = losses.compile_losses(model, list(heads), optim.loss_weighting, gamma=optim.gamma,
+                                               label_smoothing=optim.label_smoothing)
     # Top-5 where top-1 is a hard target (CIFAR-100's 100 fine classes); names log as fine_top5_accuracy.
     metrics = {h: ["accuracy"] + ([keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy")] if n >= 100
                                   else []) for h, n in heads.items()}
     model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=metrics,
-                  jit_compile=config.jit_compile)
+                  jit_compile=optim.jit_compile)
     return model

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from mtl_keras import atomic, evaluate
 from mtl_keras.data import datasets, pipeline
-from mtl_keras.config import TrainConfig
+from mtl_keras import config as config_lib
+from mtl_keras.config import OptimConfig, ServingConfig, TrainConfig
 from mtl_keras.errors import MtlError, RunError, report
 
 
@@ -34,7 +35,7 @@ def check_workdir(workdir: str) -> Path:
     return path
 
 
-def _setup_runtime(config: TrainConfig) -> None:
+def _setup_runtime(optim: OptimConfig) -> None:
     """Device split and determinism: both must happen before TensorFlow runs its first op."""
     import keras
 
@@ -44,31 +45,32 @@ def _setup_runtime(config: TrainConfig) -> None:
 
     from mtl_keras import distribute
 
-    if config.cpu_devices > 1:
-        distribute.use_logical_cpus(config.cpu_devices)
-    if config.deterministic:
+    if optim.cpu_devices > 1:
+        distribute.use_logical_cpus(optim.cpu_devices)
+    if optim.deterministic:
         tf.config.experimental.enable_op_determinism()
 
 
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> float:
-    """Fits from the last checkpoint (if any) to config.epochs; returns seconds spent in fit."""
+    """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit."""
     import keras
 
     from mtl_keras import losses
     from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars
 
-    checkpoint = Checkpoint(workdir / "checkpoints", dataclasses.asdict(config))
+    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config))
     initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
     guard = NanGuard()
     start = time.time()
-    if initial_epoch < config.epochs:
-        callbacks = [guard, *losses.weighting_callbacks(model, config.loss_weighting),
+    epochs = config.optim.epochs
+    if initial_epoch < epochs:
+        callbacks = [guard, *losses.weighting_callbacks(model, config.optim.loss_weighting),
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
                      TensorBoardScalars(workdir / "tensorboard"),
                      checkpoint]
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=steps, verbose=2, callbacks=callbacks)
     if guard.failure:
         epoch, step, loss = guard.failure
@@ -79,14 +81,13 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     return time.time() - start
 
 
-def _export(model, config: TrainConfig, workdir: Path, splits) -> dict:
+def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
     """`serving.runs.export_run` on this run: in-process on TensorFlow; on another backend in a
     TensorFlow-backend `python -m mtl_keras.export` (a SavedModel saved from JAX holds XlaCallModule ops
     that tf2onnx cannot convert), whose JSON result is read back. Same artifacts and checks either way."""
     import keras
 
-    settings = dict(export_dir=config.export_dir, model_name=config.model_name, int8=config.int8,
-                    check=config.check, atol=config.atol, int8_max_drop=config.int8_max_drop)
+    settings = {k: v for k, v in dataclasses.asdict(serving).items() if k != "export"}
     if keras.backend.backend() == "tensorflow":
         from mtl_keras.serving.runs import export_run
 
@@ -116,52 +117,53 @@ def run(config: TrainConfig) -> dict:
     from mtl_keras.models.preprocess import channel_stats
 
     # Everything that can reject the run happens before anything is written.
-    _setup_runtime(config)
-    workdir = check_workdir(config.workdir)
+    data, optim, seed = config.data, config.optim, config.run.seed
+    _setup_runtime(optim)
+    workdir = check_workdir(config.run.workdir)
     try:
-        scope, replicas = distribute.strategy_scope(config.distribution)
+        scope, replicas = distribute.strategy_scope(optim.distribution)
     except ValueError as e:
         raise RunError(str(e)) from None
-    if config.batch_size % replicas:
-        raise RunError(f"--batch_size={config.batch_size} does not divide by the {replicas} replicas of "
-                       f"--distribution={config.distribution}")
-    splits = datasets.prepare(config.data, config.seed)
+    if optim.batch_size % replicas:
+        raise RunError(f"--batch_size={optim.batch_size} does not divide by the {replicas} replicas of "
+                       f"--distribution={optim.distribution}")
+    splits = datasets.prepare(data, seed)
     info, train = splits.info, splits.train
-    if len(train) < config.batch_size:
-        raise RunError(f"--batch_size={config.batch_size} exceeds the {len(train)} training examples")
+    if len(train) < optim.batch_size:
+        raise RunError(f"--batch_size={optim.batch_size} exceeds the {len(train)} training examples")
 
     workdir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(workdir / "flags.txt", flagfile_text(config))
-    atomic.write_text(workdir / "config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
+    atomic.write_text(workdir / "config.json", json.dumps(config_lib.flat(config), indent=1) + "\n")
     class_names = {"fine": list(info.fine_names), "coarse": list(info.coarse_names),
                    "fine_to_coarse": list(info.fine_to_coarse)}
     atomic.write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
-    keras.utils.set_random_seed(config.seed)
-    steps = len(train) // config.batch_size
-    common = dict(task=config.task, batch_size=config.batch_size)
-    train_ds = pipeline.pipeline(train, info, training=True, augment=config.augment, seed=config.seed,
-                             randaugment_ops=config.randaugment_ops,
-                             randaugment_magnitude=config.randaugment_magnitude,
-                             mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha, **common)
+    keras.utils.set_random_seed(seed)
+    steps = len(train) // optim.batch_size
+    common = dict(task=config.model.task, batch_size=optim.batch_size)
+    train_ds = pipeline.pipeline(train, info, training=True, augment=data.augment, seed=seed,
+                                 randaugment_ops=data.randaugment_ops, randaugment_magnitude=data.randaugment_magnitude,
+                                 mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha, **common)
     val_ds = pipeline.pipeline(splits.val, info, **common) if len(splits.val) else None
 
     input_shape = train.images.shape[1:]
-    norm_stats = channel_stats(train.images) if config.model in ADAPTED_NORM else None
-    compile_config = config
-    if replicas > 1 and config.jit_compile and keras.backend.backend() == "tensorflow":
+    norm_stats = channel_stats(train.images) if config.model.model in ADAPTED_NORM else None
+    compile_optim = optim
+    if replicas > 1 and optim.jit_compile and keras.backend.backend() == "tensorflow":
         # XLA cannot reach MirroredStrategy's per-replica variables on other devices (a known TF issue).
         print("note: XLA is off under tf.distribute with several replicas")
-        compile_config = dataclasses.replace(config, jit_compile=False)
+        compile_optim = dataclasses.replace(optim, jit_compile=False)
     with scope:
-        model = build_and_compile(compile_config, info, input_shape, steps, norm_stats=norm_stats)
-    print(f"{config.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
-          f"model {model.name} ({config.variant}), {model.count_params():,} parameters, task {config.task}, "
-          f"{replicas} replica(s), {config.mixed_precision}")
+        model = build_and_compile(config.model, compile_optim, info.num_classes, input_shape, steps, norm_stats)
+    print(f"{data.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
+          f"model {model.name} ({config.model.variant}), {model.count_params():,} parameters, task "
+          f"{config.model.task}, {replicas} replica(s), {optim.mixed_precision}")
     train_seconds = _fit(model, config, workdir, train_ds, val_ds, steps)
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
-    model = plain_copy(model, config, info, norm_stats, force=replicas > 1)
+    model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
+                       force=replicas > 1)
 
-    truth, probs = evaluate.predict_split(model, splits.test, info, config.batch_size)  # the one test pass
+    truth, probs = evaluate.predict_split(model, splits.test, info, optim.batch_size)  # the one test pass
     metrics = evaluate.test_metrics(truth, probs, info)
     reports.write_run_reports(truth, probs, info, workdir)
     metrics["train_seconds"] = round(train_seconds, 1)
@@ -172,8 +174,8 @@ def run(config: TrainConfig) -> dict:
     evaluate.save_predictions(workdir, truth, probs)  # after model.keras: experiments check the order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
-    if config.export:
-        exported = _export(model, config, workdir, splits)
+    if config.serving.export:
+        exported = _export(model, config.serving, workdir, splits)
         artifacts |= exported["artifacts"]
         metrics |= exported["metrics"]
     atomic.write_text(workdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -191,20 +193,24 @@ def run(config: TrainConfig) -> dict:
 def main(argv: list[str]) -> None:
     from absl import logging
 
+    from absl import flags
+
     from mtl_keras import flags as mtl_flags
 
     logging.set_verbosity(logging.WARNING)  # keep TF's INFO lines (export, tf2onnx) out of the run log
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; flags look like --name=value")
     try:
-        run(mtl_flags.to_config())
+        run(mtl_flags.to_config(flags.FLAGS))
     except MtlError as e:
         sys.exit(report("train", e))
 
 
 if __name__ == "__main__":
-    from absl import app
+    from absl import app, flags
 
-    import mtl_keras.flags  # noqa: F401  (defines the flags before absl parses argv)
+    from mtl_keras import flags as mtl_flags
 
+    mtl_flags.define_train_flags(flags.FLAGS)
+    flags.adopt_module_key_flags(mtl_flags)  # --help lists these (only train's are defined in this process)
     app.run(main)

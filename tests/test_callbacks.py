@@ -6,9 +6,18 @@ import keras
 import numpy as np
 import pytest
 
+from mtl_keras import config
 from mtl_keras.callbacks import Checkpoint, CheckpointError, NanGuard
 
-CONFIG = {"dataset": "shapes", "epochs": 3, "learning_rate": 1e-3, "workdir": "a"}
+SETTINGS = {"dataset": "shapes", "epochs": 3, "learning_rate": 1e-3, "workdir": "a"}
+
+
+def _identity(**changes) -> dict:
+    """What identifies the run with SETTINGS + `changes` (config.identity: the one place that decides)."""
+    return config.identity(config.make(**{**SETTINGS, **changes}))
+
+
+CONFIG = _identity()
 
 
 def _model(lr: float = 1e-2) -> keras.Model:
@@ -31,7 +40,7 @@ def test_checkpoint_keeps_newest_epoch_and_restores_weights_and_optimizer(tmp_pa
     assert state["epoch"] == 3 and "workdir" not in state["config"]
 
     fresh = _model()
-    assert Checkpoint(tmp_path, {**CONFIG, "workdir": "b"}).restore(fresh) == 3  # workdir may move
+    assert Checkpoint(tmp_path, _identity(workdir="b", jit_compile=False)).restore(fresh) == 3  # may move, no XLA
     assert int(fresh.optimizer.iterations) == int(model.optimizer.iterations) == 12
     for a, b in zip(fresh.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -58,7 +67,7 @@ def test_corrupt_state_file_is_named_in_the_error(tmp_path):
 def test_checkpoint_of_other_flags_is_refused(tmp_path):
     _model().fit(*_data(), epochs=1, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
     with pytest.raises(CheckpointError, match=r"run with other flags \(epochs, learning_rate\)"):
-        Checkpoint(tmp_path, {**CONFIG, "epochs": 5, "learning_rate": 0.1}).restore(_model())
+        Checkpoint(tmp_path, _identity(epochs=5, learning_rate=0.1)).restore(_model())
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -72,3 +81,25 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
               callbacks=[guard, Checkpoint(tmp_path, CONFIG)])
     assert guard.failure is not None and guard.failure[:2] == (2, 3)
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
+
+
+def test_run_identity_is_derived_in_one_place():
+    # Resume and finished experiment runs: where things live and XLA do not matter; the task and seed do.
+    base = config.make()
+    same = config.make(workdir="x", export_dir="y", jit_compile=False, data_dir="/d", int8=False, atol=1.0)
+    assert config.identity(base) == config.identity(same)
+    for changed in ({"task": "fine"}, {"seed": 1}, {"gamma": 0.3}, {"epochs": 2}, {"augment": "none"}):
+        assert config.identity(config.make(**changed)) != config.identity(base), changed
+    # MTL / STL pairing also ignores the task, its loss mix and the seed, but not the recipe.
+    stl = config.make(task="fine", gamma=0.3, loss_weighting="fixed", head_dropout=0.1, seed=4)
+    assert config.identity(stl, "pairing") == config.identity(base, "pairing")
+    assert config.identity(config.make(epochs=2), "pairing") != config.identity(base, "pairing")
+
+
+def test_checkpoint_of_the_previous_version_still_resumes(tmp_path):
+    # state.json of main at f49e8fa stored every setting but its _NOT_TRAINING list, flat: the same keys.
+    old_not_training = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
+                        "fashion_mnist_dir", "jit_compile"}
+    flat = config.flat(config.make())
+    old = {k: v for k, v in flat.items() if k not in old_not_training | {"atol", "int8_max_drop"}}
+    assert old == config.identity(config.make())

@@ -12,15 +12,9 @@ CONFIGS = sorted((REPO / "configs").glob("*.flags"))
 
 
 def _parse(path: Path):
-    from absl import flags
-
     from mtl_keras import flags as mtl_flags
 
-    try:
-        flags.FLAGS(["prog", f"--flagfile={path}"])
-        return mtl_flags.to_config()
-    finally:
-        flags.FLAGS.unparse_flags()  # the next parse starts from the defaults again
+    return mtl_flags.config_from_args([f"--flagfile={path}"])
 
 
 def _info_and_shape(name: str):
@@ -65,10 +59,40 @@ def test_flagfile_parses_and_builds_its_model(path):
     from mtl_keras.models import ADAPTED_NORM
 
     config = _parse(path)
-    info, shape = _info_and_shape(config.dataset)
-    stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model in ADAPTED_NORM else None
-    model = build_and_compile(config, info, shape, steps_per_epoch=10, norm_stats=stats)
-    expected = {h for h in ("fine", "coarse") if config.task in ("mtl", h)}
+    info, shape = _info_and_shape(config.data.dataset)
+    stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model.model in ADAPTED_NORM else None
+    model = build_and_compile(config.model, config.optim, info.num_classes, shape, steps_per_epoch=10, norm_stats=stats)
+    expected = {h for h in ("fine", "coarse") if config.model.task in ("mtl", h)}
     assert set(model.output_names) == expected
-    if config.dataset == "cifar100" and "fine" in expected:
+    if config.data.dataset == "cifar100" and "fine" in expected:
         assert "top5_accuracy" in str(model.get_compile_config()["metrics"])
+
+
+PROGRAMS = {  # program -> (a flag it must list, a flag of another program it must not)
+    "train": ("epochs", "saved_model"), "export": ("result_json", "epochs"), "check": ("saved_model", "epochs"),
+    "predict": ("top_k", "epochs"), "experiments": ("grid", "saved_model"),
+}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_each_program_defines_its_own_flags_only(program):
+    from absl import flags
+
+    from mtl_keras import flags as mtl_flags
+
+    fv = flags.FlagValues()
+    getattr(mtl_flags, f"define_{program}_flags")(fv)
+    own, other = PROGRAMS[program]
+    assert own in fv and other not in fv
+    if program in ("train", "experiments"):  # every training setting is a flag of the same name
+        from mtl_keras import config
+
+        assert set(config.FIELDS) <= set(fv)
+
+
+def test_help_of_the_checker_lists_its_flags_only():
+    from conftest import run_module
+
+    proc = run_module("mtl_keras.check_onnx", "--help", timeout=300)
+    assert "--saved_model" in proc.stdout and "--atol" in proc.stdout
+    assert "--epochs" not in proc.stdout and "--learning_rate" not in proc.stdout

@@ -151,8 +151,8 @@ def test_extra_flags_override_the_flagfile_and_bad_ones_name_the_file(tmp_path):
 
     [exp] = experiments.plan([REPO / "configs/fmnist_mtl.flags"], [3], tmp_path, ["--epochs=1", "--dataset=shapes"])
     config = exp.configs[3]
-    assert (config.epochs, config.dataset, config.variant, config.seed) == (1, "shapes", "Mu/4", 3)
-    assert config.workdir == str(tmp_path / "runs" / "fmnist_mtl" / "seed3") and config.export is False
+    assert (config.optim.epochs, config.data.dataset, config.model.variant, config.run.seed) == (1, "shapes", "Mu/4", 3)
+    assert config.run.workdir == str(tmp_path / "runs" / "fmnist_mtl" / "seed3") and config.serving.export is False
     with pytest.raises(experiments.ExperimentError, match="fmnist_mtl.flags: .*--gamma"):
         experiments.plan([REPO / "configs/fmnist_mtl.flags"], [0], tmp_path, ["--gamma=2"])
     with pytest.raises(experiments.ExperimentError, match="matches no flagfile"):

@@ -146,9 +146,9 @@ def test_cli_bad_folder_fails_with_one_line(tmp_path):
 @pytest.mark.slow
 def test_small_mtl_model_learns_real_fashion_mnist(real_dir, tmp_path):
     from mtl_keras import train
-    from mtl_keras.config import TrainConfig
+    from mtl_keras import config as config_lib
 
-    config = TrainConfig(dataset="fashion_mnist", fashion_mnist_dir=real_dir, variant="Pico/4", epochs=4,
+    config = config_lib.make(dataset="fashion_mnist", fashion_mnist_dir=real_dir, variant="Pico/4", epochs=4,
                          batch_size=64, max_train_examples=3000, validation_fraction=0.02, learning_rate=2e-3,
                          augment="flip_crop", seed=0, export=False, workdir=str(tmp_path / "work"))
     metrics = train.run(config)

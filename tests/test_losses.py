@@ -102,14 +102,10 @@ def test_dynamic_weighting_needs_two_heads_and_its_layer():
 def test_single_task_with_dynamic_weighting_is_a_flag_error(task):
     from absl import flags
 
-    import mtl_keras.flags  # noqa: F401
+    from mtl_keras import flags as mtl_flags
 
-    FLAGS = flags.FLAGS
-    try:
-        with pytest.raises(flags.IllegalFlagValueError, match=f"--loss_weighting=dwa needs --task=mtl"):
-            FLAGS(["prog", f"--task={task}", "--loss_weighting=dwa"])
-    finally:
-        FLAGS.unparse_flags()
+    with pytest.raises(flags.IllegalFlagValueError, match=f"--loss_weighting=dwa needs --task=mtl"):
+        mtl_flags.config_from_args([f"--task={task}", "--loss_weighting=dwa"])
 
 
 def test_reloaded_model_keeps_learned_log_variances(tmp_path):

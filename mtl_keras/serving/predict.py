@@ -43,9 +43,14 @@ def main() -> int:
     from absl import flags
 
     from mtl_keras.errors import report
-    from mtl_keras.flags import PREDICT_FLAGS as FLAGS
+    from mtl_keras.flags import define_predict_flags
     from mtl_keras.serving import runtime
 
+    FLAGS = flags.FlagValues()  # its own: a --model path here is not train's trunk
+    define_predict_flags(FLAGS)
+    if {"--help", "-h", "--helpfull"} & set(sys.argv[1:]):
+        print(__doc__.strip() + "\n\nflags:\n" + FLAGS.get_help())
+        return 0
     try:
         files = FLAGS(sys.argv)[1:]
     except flags.Error as e:

@@ -54,7 +54,7 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
     if model is None:
         model = runtime.load(Path(workdir) / "model.keras", "--workdir").handle
     if splits is None:
-        splits = datasets.prepare(dataclasses.replace(config.data, download=False), config.seed)
+        splits = datasets.prepare(dataclasses.replace(config.data, download=False), config.run.seed)
     shape = tuple(model.input_shape[1:])
     real_count = max(num_real, WARMUP_IMAGES)
     real = fit_images(splits.test.images[:real_count], shape).astype(np.float32)
@@ -67,7 +67,7 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
         artifacts["onnx_int8"] = str(version_dir / export.INT8_FILE)
     result = {"artifacts": artifacts, "metrics": {}, "ok": True}
     if check:
-        images = np.concatenate([verify.random_pixels(shape, num_random, config.seed), real[:num_real]])
+        images = np.concatenate([verify.random_pixels(shape, num_random, config.run.seed), real[:num_real]])
         verification = verify.verify(
             version_dir, version_dir / export.ONNX_FILE, images, keras_model=model, atol=atol,
             int8=version_dir / export.INT8_FILE if int8 else None, int8_max_drop=int8_max_drop,

@@ -4,7 +4,6 @@ light trunk and loss weighting on numpy input, then data-parallel over 2 host de
 import json
 import os
 import sys
-import types
 
 import numpy as np
 
@@ -12,10 +11,10 @@ assert os.environ.get("KERAS_BACKEND") == "jax"
 import keras  # noqa: E402
 
 from mtl_keras import distribute, losses  # noqa: E402
-from mtl_keras.config import TrainConfig  # noqa: E402
+from mtl_keras import config as config_lib  # noqa: E402
 from mtl_keras.modeling import build_and_compile  # noqa: E402
 
-info = types.SimpleNamespace(num_classes={"fine": 10, "coarse": 3})
+num_classes = {"fine": 10, "coarse": 3}
 rng = np.random.default_rng(0)
 x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
 fine = rng.integers(0, 10, 16)
@@ -25,8 +24,8 @@ report = {"backend": keras.backend.backend(), "runs": []}
 cases = [("vit", "Pico/4", "fixed"), ("vit", "Pico/4", "uncertainty"), ("vit", "Pico/4", "dwa"),
          ("cct", "Pico/3x1", "fixed"), ("seed_vit", "Mu/4", "fixed")]
 for trunk, variant, weighting in cases:
-    config = TrainConfig(model=trunk, variant=variant, loss_weighting=weighting, epochs=1, batch_size=8)
-    model = build_and_compile(config, info, (32, 32, 3), steps_per_epoch=2, norm_stats=stats)
+    config = config_lib.make(model=trunk, variant=variant, loss_weighting=weighting, epochs=1, batch_size=8)
+    model = build_and_compile(config.model, config.optim, num_classes, (32, 32, 3), steps_per_epoch=2, norm_stats=stats)
     history = model.fit(x, y, batch_size=8, epochs=1, verbose=0,
                         callbacks=losses.weighting_callbacks(model, weighting))
     out = model.predict(x[:3], verbose=0)
@@ -35,8 +34,8 @@ for trunk, variant, weighting in cases:
 
 # Data parallel: keras.distribution.DataParallel over the host devices XLA_FLAGS made.
 _, replicas = distribute.strategy_scope("mirrored")
-config = TrainConfig(variant="Pico/4", epochs=2, batch_size=8)
-model = build_and_compile(config, info, (32, 32, 3), steps_per_epoch=2)
+config = config_lib.make(variant="Pico/4", epochs=2, batch_size=8)
+model = build_and_compile(config.model, config.optim, num_classes, (32, 32, 3), steps_per_epoch=2)
 history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
 report["data_parallel"] = {"replicas": replicas, "loss": [float(v) for v in history.history["loss"]]}
 report["tensorflow_imported"] = "tensorflow" in sys.modules
