@@ -117,7 +117,7 @@ def test_changed_settings_on_a_finished_run_are_one_line_error(grid_run):
 
 
 def test_seed_study_figures_sit_beside_the_seed_flagfiles():
-    from mtl_keras.results_table import Row, seed_study
+    from mtl_keras.experiments.tables import Row, seed_study
 
     def row(name, task="mtl", pair=None):
         return Row(name, task, "", {}, pair)
@@ -131,7 +131,7 @@ def test_seed_study_figures_sit_beside_the_seed_flagfiles():
 
 
 def test_deltas_are_paired_by_seed():
-    from mtl_keras.results_table import Row, comparisons, mean_std
+    from mtl_keras.experiments.tables import Row, comparisons, mean_std
 
     mtl = Row("m", "mtl", "k", {"fine_accuracy": {0: 0.80, 1: 0.90}, "coarse_accuracy": {0: 0.9, 1: 0.9},
                                 "hierarchy_consistency": {0: 0.95, 1: 0.97}})
@@ -147,7 +147,7 @@ def test_deltas_are_paired_by_seed():
 
 
 def test_extra_flags_override_the_flagfile_and_bad_ones_name_the_file(tmp_path):
-    from mtl_keras import experiments
+    from mtl_keras.experiments import runner as experiments
 
     [exp] = experiments.plan([REPO / "configs/fmnist_mtl.flags"], [3], tmp_path, ["--epochs=1", "--dataset=shapes"])
     config = exp.configs[3]

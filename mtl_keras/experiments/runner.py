@@ -1,4 +1,5 @@
-"""Runs a grid of flagfiles x seeds, then writes a results table (mean ± std over seeds) and plots.
+"""The grid runner: a grid of flagfiles x seeds, trained resumably, then a results table (mean ± std over seeds)
+and plots.
 
     python -m mtl_keras.experiments --grid='configs/fmnist_*.flags' --seeds=0,1,2 --results_dir=results/fashion_mnist
     python -m mtl_keras.experiments --grid=configs/a.flags,configs/b.flags --seeds=0,1 --results_dir=/tmp/r --epochs=1
@@ -7,28 +8,27 @@ Every run trains in-process (one TensorFlow start for the whole grid) with `trai
 RESULTS_DIR/runs/<flagfile stem>/seed<k>, with --noexport; training flags given here override the flagfiles.
 Resumable: a run whose metrics.json exists is skipped (after checking it was trained with the same settings); an
 unfinished one is started again, and train.run picks it up from its last epoch checkpoint.
-Writes RESULTS_DIR/results.md and results.csv (results_table.py), curves_<stem>.png (+ the mean history as .csv),
-mtl_vs_stl.png and, per MTL experiment, confusion_<stem>_{fine,coarse}.png (reports.py draws curves and matrices).
+Writes RESULTS_DIR/results.md and results.csv (tables.py), curves_<stem>.png (+ the mean history as .csv),
+mtl_vs_stl.png (plots.py) and, per MTL experiment, confusion_<stem>_{fine,coarse}.png (reports.py draws curves
+and matrices).
 RESULTS_DIR/runs/ holds models and checkpoints: keep it out of git.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import glob
 import json
-import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from mtl_keras import evaluate
 from mtl_keras import config as config_lib
+from mtl_keras import evaluate
 from mtl_keras.config import TrainConfig
-from mtl_keras.errors import ExperimentError, MtlError, report
-from mtl_keras.results_table import HEADS, METRICS, Row, markdown_table, write_csv, write_markdown
+from mtl_keras.errors import ExperimentError, MtlError
+from mtl_keras.experiments.plots import mean_history, mtl_vs_stl_png
+from mtl_keras.experiments.tables import HEADS, METRICS, Row, markdown_table, write_csv, write_markdown
 
 
 @dataclasses.dataclass
@@ -186,55 +186,6 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
     return rows, confusion
 
 
-def mtl_vs_stl_png(rows: list[Row], out_png: Path) -> None:
-    """Bars per experiment for fine / coarse accuracy and hierarchy consistency, error bars ±1 std over seeds."""
-    from matplotlib.figure import Figure  # not pyplot: no global backend, works without a display
-    from matplotlib.patches import Rectangle
-
-    colors = {"mtl": "tab:blue", "fine": "tab:orange", "coarse": "tab:orange", "stl pair": "tab:green"}
-    fig = Figure(figsize=(5.5 * len(METRICS), 5), dpi=100, layout="constrained")
-    for ax, metric in zip(fig.subplots(1, len(METRICS)), METRICS):
-        # Accuracy compares single runs (a pair's accuracies are its STL rows'); consistency MTL vs pairs.
-        shown = [r for r in rows if r.stats(metric) and (r.task != "stl pair" or metric == METRICS[2])]
-        if not shown:
-            ax.set_axis_off()
-            continue
-        mean = np.array([100 * r.stats(metric)[0] for r in shown])
-        std = np.nan_to_num([100 * r.stats(metric)[1] for r in shown])
-        ax.bar(range(len(shown)), mean, yerr=std, capsize=4, color=[colors[r.task] for r in shown])
-        for i, (m, s) in enumerate(zip(mean, std)):
-            ax.annotate(f"{m:.1f}", (i, m + s), ha="center", va="bottom", fontsize=8)
-        low = max(0.0, float(np.floor((mean - std).min() - 3)))  # zoom in: the differences are a few points
-        ax.set_ylim(low, min(100.0, float((mean + std).max()) + 2))
-        ax.set_xticks(range(len(shown)), [r.experiment.replace(" + ", "\n+ ") for r in shown], rotation=30,
-                      ha="right", fontsize=8)
-        ax.set(title=metric.replace("_", " "), ylabel="test split %" + (f" (axis from {low:.0f})" if low else ""))
-        ax.grid(axis="y", alpha=0.3)
-    handles = [Rectangle((0, 0), 1, 1, color=c) for c in ("tab:blue", "tab:orange", "tab:green")]
-    fig.legend(handles, ["MTL", "STL", "STL pair"], loc="outside upper right", ncol=3)
-    fig.suptitle("MTL vs STL: mean ± std over seeds")
-    fig.savefig(out_png)
-
-
-def mean_history(history_csvs: list[Path], task: str, out_csv: Path) -> Path:
-    """Writes the mean over seeds of the runs' history.csv files to `out_csv`, columns named per head as in an
-    MTL run (a one-head model logs plain loss / accuracy); epochs are cut to the shortest run."""
-    from mtl_keras import reports
-
-    runs = []
-    for path in history_csvs:
-        history = reports.read_history(path)  # keeps the last row of epochs a resumed run repeats
-        runs.append({name if task == "mtl" else re.sub(r"^(val_)?(loss|accuracy)$", rf"\g<1>{task}_\2", name): v
-                     for name, v in history.items() if name != "epoch"})
-    epochs = min(len(next(iter(r.values()))) for r in runs)
-    columns = [c for c in runs[0] if all(c in r for r in runs)]
-    with open(out_csv, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["epoch", *columns])
-        writer.writerows([e, *(f"{np.mean([r[c][e] for r in runs]):.6g}" for c in columns)] for e in range(epochs))
-    return out_csv
-
-
 def write_outputs(experiments: list[Experiment], seeds: list[int], results_dir: Path, command: str) -> list[Row]:
     """results.md, results.csv and the PNGs from whatever runs have finished; returns the table rows."""
     from mtl_keras import reports
@@ -267,42 +218,3 @@ def run_experiments(flagfiles: list[Path], seeds: list[int], results_dir: str | 
     print("\n" + markdown_table(rows))
     print(f"wrote {results_dir / 'results.md'}, {results_dir / 'results.csv'} and PNGs")
     return failures
-
-
-def main(argv: list[str]) -> None:
-    from absl import logging
-
-    from absl import flags
-
-    from mtl_keras import flags as mtl_flags
-
-    logging.set_verbosity(logging.WARNING)
-    flags_ = flags.FLAGS
-    if len(argv) > 1:
-        sys.exit(f"experiments: unexpected arguments {argv[1:]}; flags look like --name=value")
-    if not flags_.grid or not flags_.results_dir:
-        sys.exit("experiments: error: --grid and --results_dir are required, e.g. --grid='configs/fmnist_*.flags' "
-                 "--results_dir=results/fashion_mnist")
-    for name, instead in (("seed", "--seeds"), ("workdir", "--results_dir")):
-        if flags_[name].present:
-            sys.exit(f"experiments: error: --{name} is set per run; use {instead}")
-    seeds = [int(s) for s in flags_.seeds]
-    extra = mtl_flags.given_train_flags(flags_)
-    command = " ".join(["python -m mtl_keras.experiments", f"--grid='{flags_.grid}'",
-                        f"--seeds={','.join(flags_.seeds)}", f"--results_dir={flags_.results_dir}", *extra])
-    try:
-        failures = run_experiments(expand_grid(flags_.grid), seeds, flags_.results_dir, extra, command)
-    except MtlError as e:
-        sys.exit(report("experiments", e))
-    if failures:
-        sys.exit(f"experiments: {len(failures)} run(s) failed (rerun to retry them): " + " | ".join(failures))
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-
-    from mtl_keras import flags as mtl_flags
-
-    mtl_flags.define_experiments_flags(flags.FLAGS)
-    flags.adopt_module_key_flags(mtl_flags)
-    app.run(main)

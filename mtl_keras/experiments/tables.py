@@ -1,4 +1,4 @@
-"""The results table of an experiment grid (used by experiments.py; numpy and csv only, no TensorFlow).
+"""The results table of an experiment grid (used by runner.py; numpy and csv only, no TensorFlow).
 
 Rows hold one value per seed; the table shows mean ± sample std (ddof=1) in %, the seed study's reported figures
 beside the seed_* experiments, and MTL-minus-STL differences paired by seed.
