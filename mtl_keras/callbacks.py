@@ -11,7 +11,7 @@ import keras
 
 # Config fields that change what is trained; a checkpoint made under other values must not be resumed.
 _NOT_TRAINING = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
-                 "fashion_mnist_dir", "jit_compile"}
+                 "fashion_mnist_dir", "jit_compile", "tta_flip"}
 
 
 class CheckpointError(RuntimeError):

@@ -32,6 +32,7 @@ class TrainConfig:
     stochastic_depth: float = 0.1
     head: str = "light"
     head_dropout: float = 0.0
+    tta_flip: bool = False
     # optimisation
     epochs: int = 10
     batch_size: int = 128

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from mtl_keras.config import TrainConfig
-from mtl_keras.results_table import HEADS, METRICS, Row, markdown_table, write_csv, write_markdown
+from mtl_keras.results_table import (COMPUTE, HEADS, METRICS, VAL_METRICS, Row, markdown_table, write_csv,
+                                     write_markdown)
 
 
 class ExperimentError(RuntimeError):
@@ -123,6 +124,18 @@ def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
     return failures
 
 
+def last_validation(history_csv: Path, task: str) -> dict[str, float]:
+    """Validation accuracy per head at the last epoch of history.csv: the fallback for runs whose metrics.json
+    predates train's `val_*_accuracy` entries (which hold the final weights, EMA included)."""
+    from mtl_keras import reports
+
+    if not history_csv.is_file():
+        return {}
+    history = reports.read_history(history_csv)
+    names = {h: f"val_{h}_accuracy" if task == "mtl" else "val_accuracy" for h in HEADS if task in ("mtl", h)}
+    return {f"val_{h}_accuracy": float(history[col][-1]) for h, col in names.items() if len(history.get(col, ()))}
+
+
 def load_test_split(config: TrainConfig, cache: dict):
     """The test split (and info) of `config.dataset`, loaded once per dataset."""
     from mtl_keras import data
@@ -174,7 +187,8 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
         values: dict[str, dict[int, float]] = {}
         for seed in done[exp.name]:
             metrics = json.loads((exp.run_dir(seed) / "metrics.json").read_text())
-            for key in (*METRICS, "train_seconds"):
+            metrics = {**last_validation(exp.run_dir(seed) / "history.csv", exp.task), **metrics}
+            for key in (*METRICS, *VAL_METRICS, *(k for k, _, _ in COMPUTE)):
                 if key in metrics:
                     values.setdefault(key, {})[seed] = float(metrics[key])
         rows.append(Row(exp.name, exp.task, exp.key, values))

@@ -67,6 +67,9 @@ flags.DEFINE_float("stochastic_depth", _D.stochastic_depth, "cct: drop-path rate
 flags.DEFINE_enum("head", _D.head, HEADS, "Task heads: light (Dense + softmax) or seed (the seed study's branch MLPs).")
 flags.DEFINE_float("head_dropout", _D.head_dropout, "Dropout in the heads (seed: after each Dense).", lower_bound=0.0,
                    upper_bound=0.9)
+flags.DEFINE_boolean("tta_flip", _D.tta_flip, "Evaluate and export the average of the model on each image and on "
+                     "its mirror image (deterministic, inside the exported model; 2x inference cost, no training "
+                     "change).")
 # optimisation
 flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.", lower_bound=1)

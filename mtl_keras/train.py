@@ -96,6 +96,19 @@ def export_and_check(model, config: TrainConfig, splits: data.Splits, metrics: d
     return paths
 
 
+def compute_figures(model, train_examples: int, epochs_run: int, train_seconds: float) -> dict:
+    """Size and cost of this run's training: parameters, forward GFLOPs per image, images/s through fit (the
+    validation passes and the first epoch's compilation included) and training GFLOPs (3 x forward per image)."""
+    from mtl_keras.models.flops import forward_flops
+
+    gflops = forward_flops(model) / 1e9
+    images = train_examples * epochs_run
+    return {"parameters": model.count_params(), "forward_gflops": round(gflops, 5),
+            "train_examples": train_examples, "epochs_run": epochs_run,
+            "train_images_per_second": round(images / train_seconds, 1) if epochs_run and train_seconds else None,
+            "train_gflops": round(3 * gflops * images, 1)}
+
+
 def _setup_runtime(config: TrainConfig) -> None:
     """Device split and determinism: both must happen before TensorFlow runs its first op."""
     import keras
@@ -112,8 +125,8 @@ def _setup_runtime(config: TrainConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> float:
-    """Fits from the last checkpoint (if any) to config.epochs; returns seconds spent in fit."""
+def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> tuple[float, int]:
+    """Fits from the last checkpoint (if any) to config.epochs; returns seconds spent in fit and epochs run."""
     import keras
 
     from mtl_keras import losses, reports
@@ -141,7 +154,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
             "no epoch finished, so there is no checkpoint"
         raise RunError(f"loss became {loss} at epoch {epoch}, step {step}; training stopped and {kept} "
                        "(try a lower --learning_rate or --grad_clip_norm)")
-    return time.time() - start
+    return time.time() - start, config.epochs - initial_epoch
 
 
 def _export_in_tensorflow(config: TrainConfig, workdir: Path) -> dict[str, str]:
@@ -175,6 +188,7 @@ def run(config: TrainConfig) -> dict:
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
     from mtl_keras.models import ADAPTED_NORM, channel_stats
+    from mtl_keras.models.tta import with_flip_average
 
     # Everything that can reject the run happens before anything is written.
     _setup_runtime(config)
@@ -218,14 +232,20 @@ def run(config: TrainConfig) -> dict:
     print(f"{config.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
           f"model {model.name} ({config.variant}), {model.count_params():,} parameters, task {config.task}, "
           f"{replicas} replica(s), {config.mixed_precision}")
-    train_seconds = _fit(model, config, workdir, train_ds, val_ds, steps)
+    train_seconds, epochs_run = _fit(model, config, workdir, train_ds, val_ds, steps)
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config, info, norm_stats, force=replicas > 1)
+    if config.tta_flip:
+        model = with_flip_average(model)
 
     truth, probs = reports.predict_split(model, splits.test, info, config.batch_size)
     metrics = evaluate(truth, probs, info)
+    if len(splits.val):  # the final weights (EMA swapped in) on validation: what experiments choose gamma by
+        val = evaluate(*reports.predict_split(model, splits.val, info, config.batch_size), info)
+        metrics |= {f"val_{k}": v for k, v in val.items() if k.endswith("_accuracy")}
     metrics |= reports.write_run_reports(truth, probs, info, workdir)  # PNGs, per-class accuracy
     metrics["train_seconds"] = round(train_seconds, 1)
+    metrics |= compute_figures(model, steps * config.batch_size, epochs_run, train_seconds)
     model_path = workdir / "model.keras"
     tmp_model = workdir / ".model.tmp.keras"
     model.save(tmp_model)
@@ -239,7 +259,8 @@ def run(config: TrainConfig) -> dict:
     atomic_write_text(workdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     artifacts["metrics"] = str(workdir / "metrics.json")
 
-    accuracies = ", ".join(f"{k} {v:.2%}" for k, v in metrics.items() if k.endswith("_accuracy"))
+    accuracies = ", ".join(f"{k} {v:.2%}" for k, v in metrics.items()
+                           if k.endswith("_accuracy") and not k.startswith("val_"))
     print(f"\nTest: {accuracies} (trained {train_seconds:.0f} s)")
     for name, path in artifacts.items():
         print(f"  {name:<12} {path}")

@@ -13,7 +13,7 @@ import keras
 from keras import layers
 
 from mtl_keras import losses
-from mtl_keras.models import cct, resnet, seed_vit, vit
+from mtl_keras.models import cct, resnet, seed_vit, tta, vit  # noqa: F401  (tta: registers its layer)
 from mtl_keras.models.heads import HEADS, light_head, seed_head
 from mtl_keras.models.preprocess import Normalize, Resize, channel_stats  # noqa: F401  (channel_stats: re-exported)
 
