@@ -421,7 +421,7 @@ def peak_tflops(device_kind: str, platform: str, mixed_precision: str, override:
 
 def forward_flops(model, input_shape, batch: int = 16) -> tuple[float, str]:
     """FLOPs of one image's forward pass: XLA's cost analysis of the compiled inference call, else the
-    analytic matmul/conv count of benchmarks/train_speed.py (which leaves element-wise ops out)."""
+    analytic matmul/conv count of mtl_keras.models.flops (which leaves element-wise ops out)."""
     import jax
 
     try:
@@ -435,7 +435,7 @@ def forward_flops(model, input_shape, batch: int = 16) -> tuple[float, str]:
             return float(cost["flops"]) / batch, "xla_cost_analysis"
     except Exception as e:  # noqa: BLE001  (any backend without cost analysis falls back)
         print(f"note: XLA cost analysis unavailable ({type(e).__name__}); analytic FLOP count instead")
-    from train_speed import forward_flops as analytic  # benchmarks/ is on sys.path (this script's folder)
+    from mtl_keras.models.flops import forward_flops as analytic
 
     return float(analytic(model)), "analytic"
 
@@ -555,6 +555,10 @@ def run(config: TrainConfig, options: Options) -> dict:
     model.fit(batches, steps_per_epoch=steps, epochs=config.epochs, verbose=0, callbacks=callbacks, shuffle=False,
               validation_data=val if len(x["val"]) else None, validation_batch_size=config.batch_size)
     fit_seconds = time.perf_counter() - start
+    if config.tta_flip:  # the flipped-view average train.py evaluates and exports
+        from mtl_keras.models.tta import with_flip_average
+
+        model = with_flip_average(model)
     probs = model.predict(x["test"].astype(np.float32), batch_size=config.batch_size, verbose=0)
     metrics = evaluate({h: np.asarray(probs[h]) for h in heads}, truth["test"], info)
 
