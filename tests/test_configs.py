@@ -9,18 +9,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.flags"))
+# Study rows and grids in subfolders: deltas on a base flagfile, run through python -m mtl_keras.experiments.
+ALL_CONFIGS = sorted((REPO / "configs").rglob("*.flags"))
 
 
-def _parse(path: Path):
+def _parse(path: Path, *extra: str):
     from absl import flags
 
     from mtl_keras import flags as mtl_flags
 
     try:
-        flags.FLAGS(["prog", f"--flagfile={path}"])
+        flags.FLAGS(["prog", f"--flagfile={path}", *extra])
         return mtl_flags.to_config()
     finally:
         flags.FLAGS.unparse_flags()  # the next parse starts from the defaults again
+
+
+def _comments(path: Path) -> str:
+    """The comment lines of a flagfile and of the flagfiles it nests."""
+    lines = path.read_text().splitlines()
+    nested = [REPO / line.split("=", 1)[1] for line in lines if line.startswith("--flagfile=")]
+    return "\n".join([line for line in lines if line.startswith("#")] + [_comments(p) for p in nested])
 
 
 def _info_and_shape(name: str):
@@ -58,12 +67,16 @@ def test_flagfile_opens_with_purpose_and_command(path):
     assert all(line.startswith(("#", "--")) for line in lines if line.strip())
 
 
-@pytest.mark.parametrize("path", [_param(p) for p in CONFIGS])
-def test_flagfile_parses_and_builds_its_model(path):
+@pytest.mark.parametrize("path", [_param(p) for p in ALL_CONFIGS])
+def test_flagfile_parses_and_builds_its_model(path, monkeypatch):
     from mtl_keras.modeling import build_and_compile
     from mtl_keras.models import ADAPTED_NORM
 
+    monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the repository root
     config = _parse(path)
+    if config.dataset == "folder":  # every folder config here is a CIFAR-10 tree, and runs on tfds CIFAR-10 too
+        assert config.data_dir == "data/cifar10" and "cifar10_tree.py" in _comments(path)
+        config = _parse(path, "--dataset=cifar10")
     info, shape = _info_and_shape(config.dataset)
     stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model in ADAPTED_NORM else None
     model = build_and_compile(config, info, shape, steps_per_epoch=10, norm_stats=stats)
