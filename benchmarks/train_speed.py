@@ -17,7 +17,6 @@ precision (e.g. H100 SXM: 989 TFLOP/s bf16/fp16, 495 tf32, 67 fp32).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,34 +29,9 @@ import keras  # noqa: E402
 
 from mtl_keras.config import TRUNKS  # noqa: E402
 from mtl_keras.models import build_model  # noqa: E402
+from mtl_keras.models.flops import forward_flops  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
-def _layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
-
-
-def forward_flops(model: keras.Model) -> int:
-    """Multiply-adds x 2 of one image's forward pass: Dense, Conv*, MultiHeadAttention, Dot."""
-    total = 0
-    for layer in _layers(model):
-        out = layer.output.shape
-        if isinstance(layer, keras.layers.MultiHeadAttention):
-            tokens, width = math.prod(out[1:-1]), out[-1]
-            h, kd, vd = layer.num_heads, layer.key_dim, layer.value_dim or layer.key_dim
-            projections = tokens * width * h * (2 * kd + vd) + tokens * h * vd * width
-            total += 2 * (projections + tokens * tokens * h * (kd + vd))
-        elif getattr(layer, "kernel", None) is not None:  # Dense (per token) and Conv (per output pixel)
-            total += 2 * math.prod(out[1:-1]) * math.prod(layer.kernel.shape)
-        elif isinstance(layer, keras.layers.Dot):
-            a, b = (t.shape for t in layer.input)
-            total += 2 * math.prod(a[1:]) * b[-1]
-    return int(total)
 
 
 def synthetic(n: int, shape: tuple[int, ...], heads: dict[str, int], seed: int = 0):

@@ -22,7 +22,7 @@ class Checkpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, directory: str | Path, run_config: dict):
-        """`run_config`: what identifies the run (`config.identity(cfg)`); another run's checkpoint is refused."""
+        """`run_config`: what identifies the run (`config.identity(cfg, "checkpoint")`); another run's is refused."""
         super().__init__()
         self.directory = Path(directory)
         self.run_config = dict(run_config)

@@ -37,6 +37,7 @@ PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float
 TRAINING = "training"  # changes what is trained: a checkpoint or finished run with another value is another run
 TASK = "task"  # the task and its loss: differs between an MTL run and its STL pair, else like TRAINING
 SEED = "seed"  # like TASK: runs are paired seed by seed
+EVALUATION = "evaluation"  # how the trained model is evaluated and exported: a checkpoint may resume under another
 PLACE = "place"  # where inputs and outputs live, how they are checked, compile speed: never identifies a run
 
 
@@ -85,6 +86,7 @@ class ModelConfig:
     stochastic_depth: float = _field(0.1)
     head: str = _field("light")
     head_dropout: float = _field(0.0, TASK)
+    tta_flip: bool = _field(False, EVALUATION)  # average over the image and its mirror, inside the exported model
 
 
 @dataclasses.dataclass
@@ -159,13 +161,14 @@ def flat(config: TrainConfig) -> dict:
     return {name: getattr(getattr(config, section), name) for name, (section, _) in FIELDS.items()}
 
 
-def identity(config: TrainConfig, purpose: str = "resume") -> dict:
+def identity(config: TrainConfig, purpose: str = "run") -> dict:
     """The settings that make two runs the same run, by flag name.
 
-    "resume": everything but where things live (a checkpoint or finished run with other values is refused);
-    "pairing": also without the task, its loss and the seed (what an MTL run shares with its STL pair).
+    "run": everything but where things live (a finished run with other values is another run);
+    "checkpoint": also without how the model is evaluated (a checkpoint with other values is refused);
+    "pairing": without where things live, the task, its loss and the seed (what an MTL run shares with its STL pair).
     """
-    ignored = {"resume": {PLACE}, "pairing": {PLACE, TASK, SEED}}[purpose]
+    ignored = {"run": {PLACE}, "checkpoint": {PLACE, EVALUATION}, "pairing": {PLACE, TASK, SEED}}[purpose]
     return {name: value for name, value in flat(config).items()
             if FIELDS[name][1].metadata["role"] not in ignored}
 
@@ -181,3 +184,11 @@ def read_json(path) -> TrainConfig:
         raise ConfigError(f"{path} holds settings this version does not know ({', '.join(unknown)}); "
                           f"use the mtl_keras version that wrote it")
     return make(**values)
+
+
+def flag_types() -> dict[str, object]:
+    """Every setting's type annotation by flag name (for parsers that do not use absl, e.g. the GPU runner)."""
+    import typing
+
+    hints = {name: typing.get_type_hints(cls) for name, cls in _SECTION_TYPES.items()}
+    return {name: hints[section][name] for name, (section, _) in FIELDS.items()}

@@ -142,6 +142,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
            "MLPs).")
     d.float("head_dropout", _D.head_dropout, "Dropout in the heads (seed: after each Dense).", lower_bound=0.0,
             upper_bound=0.9)
+    d.boolean("tta_flip", _D.tta_flip, "Evaluate and export the average of the model on each image and on its mirror "
+              "image (deterministic, inside the exported model; 2x inference cost, no training change).")
     # optimisation
     d.integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
     d.integer("batch_size", _D.batch_size, "Global batch size.", lower_bound=1)

@@ -35,6 +35,19 @@ def check_workdir(workdir: str) -> Path:
     return path
 
 
+def compute_figures(model, train_examples: int, epochs_run: int, train_seconds: float) -> dict:
+    """Size and cost of this run's training: parameters, forward GFLOPs per image, images/s through fit (the
+    validation passes and the first epoch's compilation included) and training GFLOPs (3 x forward per image)."""
+    from mtl_keras.models.flops import forward_flops
+
+    gflops = forward_flops(model) / 1e9
+    images = train_examples * epochs_run
+    return {"parameters": model.count_params(), "forward_gflops": round(gflops, 5),
+            "train_examples": train_examples, "epochs_run": epochs_run,
+            "train_images_per_second": round(images / train_seconds, 1) if epochs_run and train_seconds else None,
+            "train_gflops": round(3 * gflops * images, 1)}
+
+
 def _setup_runtime(optim: OptimConfig) -> None:
     """Device split and determinism: both must happen before TensorFlow runs its first op."""
     import keras
@@ -51,14 +64,14 @@ def _setup_runtime(optim: OptimConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> float:
-    """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit."""
+def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> tuple[float, int]:
+    """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit and epochs run."""
     import keras
 
     from mtl_keras import losses
     from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars
 
-    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config))
+    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
     initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
@@ -78,7 +91,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
             "no epoch finished, so there is no checkpoint"
         raise RunError(f"loss became {loss} at epoch {epoch}, step {step}; training stopped and {kept} "
                        "(try a lower --learning_rate or --grad_clip_norm)")
-    return time.time() - start
+    return time.time() - start, epochs - initial_epoch
 
 
 def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
@@ -115,6 +128,7 @@ def run(config: TrainConfig) -> dict:
     from mtl_keras.modeling import build_and_compile, plain_copy
     from mtl_keras.models import ADAPTED_NORM
     from mtl_keras.models.preprocess import channel_stats
+    from mtl_keras.models.tta import with_flip_average
 
     # Everything that can reject the run happens before anything is written.
     data, optim, seed = config.data, config.optim, config.run.seed
@@ -158,15 +172,21 @@ def run(config: TrainConfig) -> dict:
     print(f"{data.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
           f"model {model.name} ({config.model.variant}), {model.count_params():,} parameters, task "
           f"{config.model.task}, {replicas} replica(s), {optim.mixed_precision}")
-    train_seconds = _fit(model, config, workdir, train_ds, val_ds, steps)
+    train_seconds, epochs_run = _fit(model, config, workdir, train_ds, val_ds, steps)
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
                        force=replicas > 1)
+    if config.model.tta_flip:  # the flipped-view average is what is evaluated, saved and exported
+        model = with_flip_average(model)
 
     truth, probs = evaluate.predict_split(model, splits.test, info, optim.batch_size)  # the one test pass
     metrics = evaluate.test_metrics(truth, probs, info)
+    if len(splits.val):  # the final weights (EMA swapped in) on validation: what experiments choose gamma by
+        val = evaluate.accuracy_metrics(*evaluate.predict_split(model, splits.val, info, optim.batch_size), info)
+        metrics |= {f"val_{k}": v for k, v in val.items() if k.endswith("_accuracy")}
     reports.write_run_reports(truth, probs, info, workdir)
     metrics["train_seconds"] = round(train_seconds, 1)
+    metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds)
     model_path = workdir / "model.keras"
     tmp_model = workdir / ".model.tmp.keras"
     model.save(tmp_model)
@@ -181,7 +201,8 @@ def run(config: TrainConfig) -> dict:
     atomic.write_text(workdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     artifacts["metrics"] = str(workdir / "metrics.json")
 
-    accuracies = ", ".join(f"{k} {v:.2%}" for k, v in metrics.items() if k.endswith("_accuracy"))
+    accuracies = ", ".join(f"{k} {v:.2%}" for k, v in metrics.items()
+                           if k.endswith("_accuracy") and not k.startswith("val_"))
     print(f"\nTest: {accuracies} (trained {train_seconds:.0f} s)")
     for name, path in artifacts.items():
         print(f"  {name:<12} {path}")

@@ -13,8 +13,8 @@ SETTINGS = {"dataset": "shapes", "epochs": 3, "learning_rate": 1e-3, "workdir": 
 
 
 def _identity(**changes) -> dict:
-    """What identifies the run with SETTINGS + `changes` (config.identity: the one place that decides)."""
-    return config.identity(config.make(**{**SETTINGS, **changes}))
+    """What identifies the run's checkpoint with SETTINGS + `changes` (config.identity: the one place that decides)."""
+    return config.identity(config.make(**{**SETTINGS, **changes}), "checkpoint")
 
 
 CONFIG = _identity()
@@ -90,6 +90,10 @@ def test_run_identity_is_derived_in_one_place():
     assert config.identity(base) == config.identity(same)
     for changed in ({"task": "fine"}, {"seed": 1}, {"gamma": 0.3}, {"epochs": 2}, {"augment": "none"}):
         assert config.identity(config.make(**changed)) != config.identity(base), changed
+    # How the model is evaluated (flip TTA) identifies a finished run, but a checkpoint resumes under either.
+    tta = config.make(tta_flip=True)
+    assert config.identity(tta) != config.identity(base)
+    assert config.identity(tta, "checkpoint") == config.identity(base, "checkpoint")
     # MTL / STL pairing also ignores the task, its loss mix and the seed, but not the recipe.
     stl = config.make(task="fine", gamma=0.3, loss_weighting="fixed", head_dropout=0.1, seed=4)
     assert config.identity(stl, "pairing") == config.identity(base, "pairing")
@@ -101,5 +105,5 @@ def test_checkpoint_of_the_previous_version_still_resumes(tmp_path):
     old_not_training = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
                         "fashion_mnist_dir", "jit_compile"}
     flat = config.flat(config.make())
-    old = {k: v for k, v in flat.items() if k not in old_not_training | {"atol", "int8_max_drop"}}
-    assert old == config.identity(config.make())
+    old = {k: v for k, v in flat.items() if k not in old_not_training | {"atol", "int8_max_drop", "tta_flip"}}
+    assert old == config.identity(config.make(), "checkpoint")

@@ -9,12 +9,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.flags"))
+# Study rows and grids in subfolders: deltas on a base flagfile, run through python -m mtl_keras.experiments.
+ALL_CONFIGS = sorted((REPO / "configs").rglob("*.flags"))
 
 
-def _parse(path: Path):
+def _parse(path: Path, *extra: str):
     from mtl_keras import flags as mtl_flags
 
-    return mtl_flags.config_from_args([f"--flagfile={path}"])
+    return mtl_flags.config_from_args([f"--flagfile={path}", *extra])
+
+
+def _comments(path: Path) -> str:
+    """The comment lines of a flagfile and of the flagfiles it nests."""
+    lines = path.read_text().splitlines()
+    nested = [REPO / line.split("=", 1)[1] for line in lines if line.startswith("--flagfile=")]
+    return "\n".join([line for line in lines if line.startswith("#")] + [_comments(p) for p in nested])
 
 
 def _info_and_shape(name: str):
@@ -53,15 +62,20 @@ def test_flagfile_opens_with_purpose_and_command(path):
     assert all(line.startswith(("#", "--")) for line in lines if line.strip())
 
 
-@pytest.mark.parametrize("path", [_param(p) for p in CONFIGS])
-def test_flagfile_parses_and_builds_its_model(path):
+@pytest.mark.parametrize("path", [_param(p) for p in ALL_CONFIGS])
+def test_flagfile_parses_and_builds_its_model(path, monkeypatch):
     from mtl_keras.modeling import build_and_compile
     from mtl_keras.models import ADAPTED_NORM
 
+    monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the repository root
     config = _parse(path)
+    if config.data.dataset == "folder":  # every folder config here is a CIFAR-10 tree, and runs on tfds CIFAR-10 too
+        assert config.data.data_dir == "data/cifar10" and "cifar10_tree.py" in _comments(path)
+        config = _parse(path, "--dataset=cifar10")
     info, shape = _info_and_shape(config.data.dataset)
     stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model.model in ADAPTED_NORM else None
-    model = build_and_compile(config.model, config.optim, info.num_classes, shape, steps_per_epoch=10, norm_stats=stats)
+    model = build_and_compile(config.model, config.optim, info.num_classes, shape, steps_per_epoch=10,
+                              norm_stats=stats)
     expected = {h for h in ("fine", "coarse") if config.model.task in ("mtl", h)}
     assert set(model.output_names) == expected
     if config.data.dataset == "cifar100" and "fine" in expected:

@@ -164,3 +164,33 @@ def test_cli_sets_seed_and_workdir_per_run(tmp_path):
     proc = run_module("mtl_keras.experiments", f"--grid={GRID}", f"--results_dir={tmp_path}", "--seed=1")
     assert proc.returncode == 1 and "--seed is set per run; use --seeds" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_confidence_interval_uses_student_t():
+    from mtl_keras.experiments.tables import ci95
+
+    values = [0.01, 0.02, 0.06]
+    mean, half = ci95(values)
+    # t(0.975, df=2) = 4.303: a 3-seed interval is 4.303 / sqrt(3) sample standard deviations wide on each side.
+    assert mean == pytest.approx(0.03) and half == pytest.approx(4.303 * np.std(values, ddof=1) / np.sqrt(3))
+    assert ci95([0.5]) == (0.5, pytest.approx(float("nan"), nan_ok=True)) and ci95([]) is None
+
+
+def test_gamma_is_chosen_on_validation_never_on_test(tmp_path):
+    from mtl_keras.experiments.tables import Row, chosen_on_validation, write_markdown
+
+    def mtl(name, val, test, key="k"):
+        return Row(name, "mtl", key, {"val_fine_accuracy": {0: val, 1: val}, "val_coarse_accuracy": {0: val, 1: val},
+                                      "fine_accuracy": {0: test, 1: test}, "coarse_accuracy": {0: test, 1: test},
+                                      "hierarchy_consistency": {0: 0.9, 1: 0.9}})
+
+    best_on_val, best_on_test = mtl("g0.3", 0.80, 0.70), mtl("g0.7", 0.78, 0.75)
+    alone = mtl("other", 0.5, 0.5, key="other")
+    [(chosen, group), (single, _)] = chosen_on_validation([best_on_val, best_on_test, alone]).values()
+    assert chosen is best_on_val and group == [best_on_val, best_on_test] and single is alone
+    pair = Row("f + c", "stl pair", "k", {m: {0: 0.6, 1: 0.6} for m in
+                                          ("fine_accuracy", "coarse_accuracy", "hierarchy_consistency")})
+    write_markdown([best_on_val, best_on_test, pair], tmp_path / "r.md", "t", "cmd")
+    md = (tmp_path / "r.md").read_text()
+    assert "| g0.3 | 80.00 | 70.00 ± 0.00 | 70.00 ± 0.00 | **yes** |" in md and "| g0.7 | 78.00 | 75.00 ± 0.00" in md
+    assert "| g0.3 (chosen on validation) | f + c | 2 | +10.00 [+10.00, +10.00] |" in md

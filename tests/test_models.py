@@ -175,3 +175,37 @@ def test_resized_model_is_deterministic_outside_training():
     # keras.layers.Resizing used to switch later dropout on for plain model(x) calls; `Resize` must not.
     model = build_model("cct", (32, 32, 3), {"fine": 10}, variant="Pico/3x1", image_size=40, dropout=0.5)
     np.testing.assert_array_equal(np.asarray(model(PIXELS)["fine"]), np.asarray(model(PIXELS)["fine"]))
+
+
+def test_flip_average_is_mirror_invariant_keeps_names_and_survives_saving(tmp_path):
+    import keras
+
+    from mtl_keras.models.tta import with_flip_average
+
+    model = build_model("vit", (32, 32, 3), {"fine": 10, "coarse": 3}, variant="Pico/4")
+    tta = with_flip_average(model)
+    assert tta.inputs[0].name == "image" and set(tta.output_names) == {"fine", "coarse"}
+    out, mirrored = tta.predict(PIXELS, verbose=0), tta.predict(PIXELS[:, :, ::-1], verbose=0)
+    plain = model.predict(PIXELS, verbose=0)
+    for head in ("fine", "coarse"):
+        np.testing.assert_allclose(out[head], mirrored[head], atol=1e-6)  # the average sees both views
+        expected = (plain[head] + model.predict(PIXELS[:, :, ::-1], verbose=0)[head]) / 2
+        np.testing.assert_allclose(out[head], expected, atol=1e-6)
+        assert not np.allclose(out[head], plain[head], atol=1e-4)  # an untrained net is not mirror-symmetric
+    tta.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(PIXELS, verbose=0)["fine"], out["fine"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_flip_average_exports_to_onnx_with_parity(tmp_path):
+    from mtl_keras.models.tta import with_flip_average
+    from mtl_keras.serving import export, verify
+
+    tta = with_flip_average(build_model("vit", (32, 32, 3), {"fine": 10, "coarse": 3}, variant="Pico/4"))
+    version = export.export(tta, str(tmp_path), "tta")
+    result = verify.verify(version, version / export.ONNX_FILE, PIXELS, keras_model=tta)
+    assert result.ok, result.problems
+    for parity in result.comparisons:  # keras vs saved_model, saved_model vs onnx
+        assert {o.name for o in parity.outputs} == {"fine", "coarse"}
+        assert max(o.max_abs_diff for o in parity.outputs) < 1e-5

@@ -28,7 +28,8 @@ from mtl_keras import evaluate
 from mtl_keras.config import TrainConfig
 from mtl_keras.errors import ExperimentError, MtlError
 from mtl_keras.experiments.plots import mean_history, mtl_vs_stl_png
-from mtl_keras.experiments.tables import HEADS, METRICS, Row, markdown_table, write_csv, write_markdown
+from mtl_keras.experiments.tables import (COMPUTE, HEADS, METRICS, VAL_METRICS, Row, markdown_table, write_csv,
+                                          write_markdown)
 
 
 @dataclasses.dataclass
@@ -122,6 +123,18 @@ def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
     return failures
 
 
+def last_validation(history_csv: Path, task: str) -> dict[str, float]:
+    """Validation accuracy per head at the last epoch of history.csv: the fallback for runs whose metrics.json
+    predates train's `val_*_accuracy` entries (which hold the final weights, EMA included)."""
+    from mtl_keras import reports
+
+    if not history_csv.is_file():
+        return {}
+    history = reports.read_history(history_csv)
+    names = {h: f"val_{h}_accuracy" if task == "mtl" else "val_accuracy" for h in HEADS if task in ("mtl", h)}
+    return {f"val_{h}_accuracy": float(history[col][-1]) for h, col in names.items() if len(history.get(col, ()))}
+
+
 def test_predictions(run_dir: Path, config: TrainConfig) -> tuple[dict, dict]:
     """(true, predicted) class ids per head of a finished run: the test_predictions.npz train wrote; for a run
     of an older version, one test pass of its model.keras, saved there for the next time."""
@@ -161,7 +174,8 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
         values: dict[str, dict[int, float]] = {}
         for seed in done[exp.name]:
             metrics = json.loads((exp.run_dir(seed) / "metrics.json").read_text())
-            for key in (*METRICS, "train_seconds"):
+            metrics = {**last_validation(exp.run_dir(seed) / "history.csv", exp.task), **metrics}
+            for key in (*METRICS, *VAL_METRICS, *(k for k, _, _ in COMPUTE)):
                 if key in metrics:
                     values.setdefault(key, {})[seed] = float(metrics[key])
         rows.append(Row(exp.name, exp.task, exp.key, values))

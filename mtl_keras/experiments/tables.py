@@ -15,6 +15,13 @@ import numpy as np
 
 HEADS = ("fine", "coarse")
 METRICS = ("fine_accuracy", "coarse_accuracy", "hierarchy_consistency")
+VAL_METRICS = ("val_fine_accuracy", "val_coarse_accuracy")
+# Size and cost columns, from the runs' metrics.json (train.compute_figures): key, header, format.
+COMPUTE = (("train_seconds", "train s / run", "{:.0f}"), ("train_images_per_second", "images/s", "{:,.0f}"),
+           ("parameters", "parameters", "{:,.0f}"), ("train_gflops", "train GFLOPs", "{:,.0f}"))
+# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal 1.96).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 # Test accuracy (%) reported by the seed study, (fine, coarse) per trunk and CIFAR set; MTL at its best gamma.
 SEED_STUDY = {
     ("vit", "c10"): {"stl": (65.9, 93.3), "mtl": (67.5, 94.3)},
@@ -30,6 +37,17 @@ def mean_std(values: list[float]) -> tuple[float, float] | None:
     if not values:
         return None
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def ci95(values: list[float]) -> tuple[float, float] | None:
+    """Mean and the half-width of its two-sided 95 % Student-t confidence interval (nan for one value)."""
+    if not values:
+        return None
+    n = len(values)
+    if n == 1:
+        return float(values[0]), float("nan")
+    t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
+    return float(np.mean(values)), t * float(np.std(values, ddof=1)) / np.sqrt(n)
 
 
 @dataclasses.dataclass
@@ -68,16 +86,22 @@ def _pct(stats: tuple[float, float] | None, sign: str = "") -> str:
     return f"{100 * mean:{sign}.2f}" + (f" ± {100 * std:.2f}" if std == std else "")  # std is nan for one seed
 
 
+def _compute_cells(r: Row) -> list[str]:
+    """Mean over seeds of each COMPUTE column, formatted; – where the runs did not record it."""
+    return ["–" if r.stats(key) is None else fmt.format(r.stats(key)[0]) for key, _, fmt in COMPUTE]
+
+
 def markdown_table(rows: list[Row]) -> str:
-    """Accuracy per head and hierarchy consistency, mean ± std over seeds in %, one row per experiment / pair."""
-    lines = ["| experiment | task | seeds | fine acc % | coarse acc % | hierarchy consistency % | seed study "
-             "fine / coarse % | train s / run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """Accuracy per head and hierarchy consistency, mean ± std over seeds in %, one row per experiment / pair,
+    with the seed study's figures and the runs' size and cost."""
+    header = ["experiment", "task", "seeds", "fine acc %", "coarse acc %", "hierarchy consistency %",
+              "seed study fine / coarse %", *(h for _, h, _ in COMPUTE)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
         ref = " / ".join("–" if v is None else f"{v:.1f}" for v in seed_study(r))
-        secs = r.stats("train_seconds")
         lines.append(f"| {r.experiment} | {r.task} | {len(r.seeds)} | "
                      + " | ".join(_pct(r.stats(m)) for m in METRICS)
-                     + f" | {ref} | {'–' if secs is None else f'{secs[0]:.0f}'} |")
+                     + f" | {ref} | " + " | ".join(_compute_cells(r)) + " |")
     return "\n".join(lines)
 
 
@@ -100,34 +124,79 @@ def write_csv(rows: list[Row], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["experiment", "task", "n_seeds", "seeds",
                          *(f"{m}_{s}_pct" for m in METRICS for s in ("mean", "std")),
-                         "seed_study_fine_pct", "seed_study_coarse_pct", "train_seconds_mean"])
+                         "seed_study_fine_pct", "seed_study_coarse_pct", *(f"{k}_mean" for k, _, _ in COMPUTE)])
         for r in rows:
             cells = []
             for m in METRICS:
                 stats = r.stats(m)
                 cells += ["" if stats is None or v != v else f"{100 * v:.2f}" for v in (stats or (0, 0))]
-            secs = r.stats("train_seconds")
             reference = ["" if v is None else v for v in seed_study(r)]
+            compute = ["" if r.stats(k) is None else f"{r.stats(k)[0]:.1f}" for k, _, _ in COMPUTE]
             writer.writerow([r.experiment, r.task, len(r.seeds), " ".join(map(str, r.seeds)), *cells, *reference,
-                             "" if secs is None else f"{secs[0]:.1f}"])
+                             *compute])
+
+
+def _ci_cell(values: list[float]) -> str:
+    """Mean difference in points with its 95 % confidence interval, e.g. `+0.42 [-0.31, +1.15]`."""
+    stats = ci95(values)
+    if stats is None:
+        return "–"
+    mean, half = (100 * v for v in stats)
+    return f"{mean:+.2f}" + (f" [{mean - half:+.2f}, {mean + half:+.2f}]" if half == half else "")
+
+
+def validation_score(row: Row) -> float | None:
+    """What gamma (or a weighting) is chosen by: the mean over seeds of the two heads' mean validation accuracy."""
+    per_seed = [np.mean([row.values[m][s] for m in VAL_METRICS]) for s in row.seeds
+                if all(s in row.values.get(m, {}) for m in VAL_METRICS)]
+    return float(np.mean(per_seed)) if per_seed else None
+
+
+def chosen_on_validation(rows: list[Row]) -> dict[str, tuple[Row, list[Row]]]:
+    """Per MTL setting (rows that differ only in gamma / loss weighting): the row with the best validation score,
+    and all candidates. Test accuracy never enters the choice."""
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.task == "mtl" and validation_score(r) is not None:
+            groups.setdefault(r.key, []).append(r)
+    return {key: (max(group, key=validation_score), group) for key, group in groups.items()}
 
 
 def write_markdown(rows: list[Row], path: Path, title: str, command: str) -> None:
-    """The table, how to read it, and the MTL-minus-STL differences paired by seed."""
+    """The table, how to read it, the MTL settings chosen on validation, and the MTL-minus-STL differences
+    paired by seed with 95 % confidence intervals."""
     md = [f"# Results: {title}", "", f"Command: `{command}`", "",
           "Test split. Mean ± sample standard deviation (ddof=1) over seeds, in %. `stl pair`: the fine-only and "
           "coarse-only models of the same seed taken together; their hierarchy consistency is the share of test "
           "images whose coarse prediction is the parent of the fine prediction. Seed study: its reported CIFAR "
-          "test accuracy (MTL at its best gamma), for reference.", "", markdown_table(rows), ""]
+          "test accuracy (MTL at its best gamma), for reference. images/s: training images through `fit` per "
+          "second (validation passes and compilation included); train GFLOPs: 3 x forward FLOPs x images trained.",
+          "", markdown_table(rows), ""]
+    chosen = chosen_on_validation(rows)
+    if any(len(group) > 1 for _, group in chosen.values()):
+        md += ["## Gamma chosen on validation", "",
+               "Each MTL setting's candidates (the same run but for gamma / loss weighting), scored by the mean of "
+               "the two heads' validation accuracy (final weights, mean over seeds); test accuracy plays no part.",
+               "", "| candidate | validation score % | test fine % | test coarse % | chosen |",
+               "| --- | --- | --- | --- | --- |"]
+        for best, group in chosen.values():
+            for r in group:
+                md.append(f"| {r.experiment} | {100 * validation_score(r):.2f} | {_pct(r.stats(METRICS[0]))} | "
+                          f"{_pct(r.stats(METRICS[1]))} | {'**yes**' if r is best else ''} |")
+        md.append("")
     deltas = comparisons(rows)
     if deltas:
+        best_rows = {id(best) for best, _ in chosen.values()}
         md += ["## MTL minus STL, paired by seed (the same validation split and training subset)", "",
-               "| MTL | STL pair | seeds | Δ fine acc (points) | Δ coarse acc (points) | Δ hierarchy consistency "
-               "(points) | seeds where MTL is ahead (fine, coarse, consistency) |",
+               "Mean difference in points over seeds, with its 95 % confidence interval (Student t, n - 1 degrees of "
+               "freedom); an interval that contains 0 means no difference was shown.", "",
+               "| MTL | STL pair | seeds | Δ fine acc | Δ coarse acc | Δ hierarchy consistency "
+               "| seeds where MTL is ahead (fine, coarse, consistency) |",
                "| --- | --- | --- | --- | --- | --- | --- |"]
         for mtl, pair, d in deltas:
             wins = ", ".join(f"{sum(x > 0 for x in d[m])}/{len(d[m])}" for m in METRICS)
-            md.append(f"| {mtl.experiment} | {pair.experiment} | {len(d['fine_accuracy'])} | "
-                      + " | ".join(_pct(mean_std(d[m]), "+") for m in METRICS) + f" | {wins} |")
+            name = mtl.experiment + (" (chosen on validation)" if id(mtl) in best_rows and len(deltas) > 1 else "")
+            md.append(f"| {name} | {pair.experiment} | {len(d['fine_accuracy'])} | "
+                      + " | ".join(_ci_cell(d[m]) for m in METRICS) + f" | {wins} |")
         md.append("")
     path.write_text("\n".join(md))

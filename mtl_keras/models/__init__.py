@@ -14,7 +14,7 @@ import keras
 
 from mtl_keras import losses
 from mtl_keras.config import HEAD_KINDS, TRUNKS
-from mtl_keras.models import cct, resnet, seed_vit, vit
+from mtl_keras.models import cct, resnet, seed_vit, tta, vit  # noqa: F401  (tta: registers its layer)
 from mtl_keras.models.heads import light_head, seed_head
 from mtl_keras.models.preprocess import Resize
 from mtl_keras.models.spec import NormStats, TrunkSpec

@@ -17,6 +17,8 @@ from mtl_keras.models.transformer import AddPositionEmbedding, encoder_block, ge
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
     "Pico": (32, 2, 64, 2),  # tests and smoke runs
     "Mu": (64, 3, 128, 4),  # the quick start
+    "Mi": (96, 4, 192, 3),  # CPU-sized CIFAR steps between Mu and Ti (the CIFAR-10 scaling study)
+    "XS": (128, 6, 256, 4),
     "Ti": (192, 12, 768, 3),
     "S": (384, 12, 1536, 6),
     "B": (768, 12, 3072, 12),

@@ -1,0 +1,117 @@
+"""The CIFAR-10 recipe study's combined table and scaling view, from the experiment runner's results.csv files.
+
+    python -m mtl_keras.experiments --grid='configs/cifar10_study/a_*.flags' --seeds=0 \
+        --results_dir=results/cifar10_cpu/budget_a
+    python -m mtl_keras.experiments --grid='configs/cifar10_study/b_*.flags' --seeds=0 \
+        --results_dir=results/cifar10_cpu/budget_b
+    python benchmarks/cifar10_study.py --results=results/cifar10_cpu
+
+Writes RESULTS/study.md and study.csv (one row per flagfile, with the command that trains it) and scaling.png:
+test error against training compute for the ViT sizes and budgets, with a power-law fit err = a * C^-b over the
+ViT (conv stem, default recipe) rows. The fit's value at a larger compute is an extrapolation, printed as one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BUDGETS = {"budget_a": "A: 10k images x 5 epochs", "budget_b": "B: 40k images, 8-20 epochs"}
+# Rows that differ from the base recipe only in model size / budget: the scaling family.
+SCALING_PREFIXES = ("a_vit_pico4", "a_vit_mu4_tta", "a_vit_mi4", "a_vit_xs4", "b_vit_")
+COLUMNS = ("fine_accuracy_mean_pct", "coarse_accuracy_mean_pct", "hierarchy_consistency_mean_pct",
+           "train_seconds_mean", "train_images_per_second_mean", "parameters_mean", "train_gflops_mean")
+
+
+def read_rows(results: Path) -> list[dict]:
+    rows = []
+    for budget in BUDGETS:
+        path = results / budget / "results.csv"
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows += [{"budget": budget, **r} for r in csv.DictReader(f) if r["task"] == "mtl"]
+    return rows
+
+
+def _num(text: str) -> float | None:
+    return float(text) if text not in ("", None) else None
+
+
+def power_law(rows: list[dict]) -> tuple[float, float] | None:
+    """(a, b) of fine-head test error = a * GFLOPs^-b, least squares in log-log over the scaling rows."""
+    pts = [(_num(r["train_gflops_mean"]), 1 - _num(r["fine_accuracy_mean_pct"]) / 100) for r in rows
+           if r["experiment"].startswith(SCALING_PREFIXES) and _num(r["train_gflops_mean"])]
+    if len(pts) < 3:
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def write_table(rows: list[dict], results: Path) -> None:
+    header = ["budget", "row", "fine %", "coarse %", "consistency %", "train s", "images/s", "parameters",
+              "train GFLOPs", "command"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    with open(results / "study.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["budget", "experiment", *COLUMNS, "command"])
+        for r in rows:
+            command = f"python -m mtl_keras.train --flagfile=configs/cifar10_study/{r['experiment']}.flags"
+            writer.writerow([r["budget"], r["experiment"], *(r[c] for c in COLUMNS), command])
+            v = [_num(r[c]) for c in COLUMNS]
+            cells = [f"{x:.2f}" if x is not None else "–" for x in v[:3]]
+            cells += [f"{x:,.0f}" if x is not None else "–" for x in v[3:]]
+            lines.append(f"| {r['budget'][-1].upper()} | {r['experiment']} | " + " | ".join(cells) + f" | `{command}` |")
+    (results / "study.md").write_text("\n".join(lines) + "\n")
+
+
+def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    for r in rows:
+        gflops, acc = _num(r["train_gflops_mean"]), _num(r["fine_accuracy_mean_pct"])
+        if gflops is None or acc is None:
+            continue
+        family = r["experiment"].startswith(SCALING_PREFIXES)
+        ax.scatter(gflops, 100 - acc, color="tab:blue" if family else "tab:gray", marker="o" if family else "x")
+        ax.annotate(r["experiment"], (gflops, 100 - acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if fit:
+        xs = np.geomspace(min(_num(r["train_gflops_mean"]) or 1 for r in rows) / 2, 1e6, 50)
+        ax.plot(xs, 100 * fit[0] * xs ** -fit[1], "--", color="tab:blue",
+                label=f"fit: error = {fit[0]:.2f} x GFLOPs^-{fit[1]:.3f} (beyond the points: extrapolation)")
+        ax.legend(fontsize=7)
+    ax.set(xscale="log", yscale="log", xlabel="training compute (GFLOPs, 3 x forward x images)",
+           ylabel="fine-head test error % (CIFAR-10, 5,000 held-out images)",
+           title="CIFAR-10 on a 2-core CPU: error vs training compute")
+    ax.grid(alpha=0.3, which="both")
+    fig.savefig(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results/cifar10_cpu")
+    parser.add_argument("--at_gflops", type=float, action="append", default=[],
+                        help="print the fit's extrapolated fine-head accuracy at this training compute")
+    args = parser.parse_args()
+    results = Path(args.results)
+    rows = read_rows(results)
+    if not rows:
+        sys.exit(f"cifar10_study: error: no budget_*/results.csv under {results}; run the experiment grids first")
+    write_table(rows, results)
+    fit = power_law(rows)
+    scaling_png(rows, fit, results / "scaling.png")
+    print(f"wrote {results / 'study.md'}, study.csv, scaling.png ({len(rows)} rows)")
+    if fit:
+        print(f"fit: fine error = {fit[0]:.3f} x GFLOPs^-{fit[1]:.4f}")
+        for c in args.at_gflops:
+            print(f"extrapolation at {c:,.0f} training GFLOPs: fine accuracy {100 * (1 - fit[0] * c ** -fit[1]):.1f} %")
+
+
+if __name__ == "__main__":
+    main()
