@@ -107,3 +107,18 @@ def test_checkpoint_of_the_previous_version_still_resumes(tmp_path):
     flat = config.flat(config.make())
     old = {k: v for k, v in flat.items() if k not in old_not_training | {"atol", "int8_max_drop", "tta_flip"}}
     assert old == config.identity(config.make(), "checkpoint")
+
+
+def test_config_json_of_the_previous_version_reads_and_a_foreign_one_is_one_line(tmp_path):
+    from mtl_keras.errors import ConfigError
+
+    # config.json at f49e8fa: the same flat keys, without the settings added since (atol, int8_max_drop, tta_flip).
+    old = {k: v for k, v in config.flat(config.make(epochs=3, variant="Pico/4")).items()
+           if k not in ("atol", "int8_max_drop", "tta_flip")}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    read = config.read_json(tmp_path / "config.json")
+    assert (read.optim.epochs, read.model.variant, read.serving.atol) == (3, "Pico/4", 1e-5)
+    (tmp_path / "config.json").write_text(json.dumps({**old, "warp_drive": 9}))
+    with pytest.raises(ConfigError, match=r"holds settings this version does not know \(warp_drive\)") as err:
+        config.read_json(tmp_path / "config.json")
+    assert "\n" not in str(err.value)
