@@ -58,10 +58,11 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from mtl_keras import config as config_lib  # noqa: E402  (no TensorFlow, no Keras)
 from mtl_keras.config import TrainConfig  # noqa: E402
+from mtl_keras.data.splits import assign_splits, train_subset  # noqa: E402  (numpy only)
+from mtl_keras.data.types import DatasetInfo  # noqa: E402
 
 PROG = "gpu_cifar"
 ANIMALS = {"bird", "cat", "deer", "dog", "frog", "horse"}  # as cifar10_tree.py
-SPLIT_SEED = 0  # mtl_keras.data.sources.files.SPLIT_SEED
 POLICIES = ("flip_crop", "randaugment", "mixup", "cutmix")  # augment.AUGMENTS order
 IGNORED = ("dataset", "data_dir", "download", "fashion_mnist_dir", "folder_image_size", "folder_cache_mb",
            "export_dir", "model_name", "export", "int8", "check", "distribution", "cpu_devices", "deterministic")
@@ -191,38 +192,8 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, Options]:
 
 # ----------------------------------------------------------------------------------------------- data
 
-@dataclasses.dataclass(frozen=True)
-class PackInfo:
-    """What modeling and evaluation read from mtl_keras.data.types.DatasetInfo."""
-
-    name: str
-    fine_names: tuple[str, ...]
-    coarse_names: tuple[str, ...]
-    fine_to_coarse: tuple[int, ...]
-
-    @property
-    def num_classes(self) -> dict[str, int]:
-        return {"fine": len(self.fine_names), "coarse": len(self.coarse_names)}
-
-
-def assign_splits(split: np.ndarray, fine: np.ndarray, validation_fraction: float, test_fraction: float):
-    """mtl_keras.data.sources.files.assign_splits, verbatim: val and test carved per fine class with SPLIT_SEED."""
-    split = split.copy()
-    rng = np.random.default_rng(SPLIT_SEED)
-    carve = [(1, 0.0 if (split == 1).any() else validation_fraction),
-             (2, 0.0 if (split == 2).any() else test_fraction)]
-    for c in np.unique(fine[split == 0]):
-        members = rng.permutation(np.flatnonzero((split == 0) & (fine == c)))
-        start = 0
-        for target, fraction in carve:
-            n = min(int(round(len(members) * fraction)), len(members) - start - 1)  # keep one to train on
-            split[members[start:start + max(n, 0)]] = target
-            start += max(n, 0)
-    return split
-
-
 def carve(labels: np.ndarray, names, *, validation_fraction: float, test_fraction: float,
-          max_train_examples: int | None) -> tuple[PackInfo, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+          max_train_examples: int | None) -> tuple[DatasetInfo, dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(info, pack indices per split, fine and coarse id per pack index) as `--dataset=folder` sees the tree
     cifar10_tree.py writes: ROOT/COARSE/FINE/{index:05d}.jpg, walked in sorted coarse, fine, file name order;
     ids are the sorted names of the classes present. Split order = the folder source's (train is its subset)."""
@@ -235,9 +206,9 @@ def carve(labels: np.ndarray, names, *, validation_fraction: float, test_fractio
     fine_to_coarse = np.zeros(len(fine_names), np.int32)
     fine_to_coarse[fine] = coarse
     split = assign_splits(np.zeros(len(order), np.int8), fine[order], validation_fraction, test_fraction)
-    train = np.random.default_rng(SPLIT_SEED).permutation(np.flatnonzero(split == 0))[:max_train_examples or None]
+    train = train_subset(split, max_train_examples)
     parts = {"train": order[train], "val": order[split == 1], "test": order[split == 2]}
-    info = PackInfo("cifar10_pack", fine_names, coarse_names, tuple(fine_to_coarse.tolist()))
+    info = DatasetInfo("cifar10_pack", fine_names, coarse_names, tuple(fine_to_coarse.tolist()))
     return info, parts, fine, coarse
 
 
@@ -487,14 +458,13 @@ def epoch_callback(flops_per_image: float, peak: float | None, images_per_epoch:
 
 # ----------------------------------------------------------------------------------------------- main
 
-def evaluate(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], info: PackInfo) -> dict:
-    """Test accuracy per head and, with both heads, hierarchy consistency (as mtl_keras.evaluate.accuracy_metrics)."""
-    preds = {h: p.argmax(-1) for h, p in probs.items()}
-    metrics = {f"test_{h}_accuracy": float(np.mean(preds[h] == truth[h])) for h in preds}
-    if len(preds) == 2:
-        metrics["hierarchy_consistency"] = float(np.mean(np.asarray(info.fine_to_coarse)[preds["fine"]]
-                                                         == preds["coarse"]))
-    return metrics
+def evaluate(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], info: DatasetInfo) -> dict:
+    """mtl_keras.evaluate.accuracy_metrics (accuracy per head, top-5 for 100 classes, hierarchy consistency),
+    its accuracies named test_*."""
+    from mtl_keras.evaluate import accuracy_metrics
+
+    metrics = accuracy_metrics(truth, probs, info)
+    return {f"test_{k}" if k.endswith("accuracy") else k: v for k, v in metrics.items() if k != "test_examples"}
 
 
 def run(config: TrainConfig, options: Options) -> dict:

@@ -27,12 +27,12 @@ import numpy as np
 from absl import logging
 
 from mtl_keras.data.images import FileImages, decode_files, why_undecodable
+from mtl_keras.data.splits import assign_splits, train_subset
 from mtl_keras.data.types import DatasetInfo, Source, Split
 from mtl_keras.errors import DatasetError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLITS = ("train", "val", "test")
-SPLIT_SEED = 0  # fixed, not --seed: runs with different seeds are tested on the same images
 _KINDS = ", ".join(EXTENSIONS)
 _IGNORED = {"thumbs.db", "desktop.ini", "__macosx"}  # OS litter; dot-files are ignored too
 _NAMED_WARNINGS = 20
@@ -168,23 +168,6 @@ def _class_ids(values: list[str], source: str, head: str) -> tuple[tuple[str, ..
     return names, np.searchsorted(np.asarray(names), np.asarray(values)).astype(np.int32)
 
 
-def assign_splits(split: np.ndarray, fine: np.ndarray, validation_fraction: float,
-                  test_fraction: float) -> np.ndarray:
-    """Split ids (0 train, 1 val, 2 test) with val and test carved per fine class from train when absent."""
-    split = split.copy()
-    rng = np.random.default_rng(SPLIT_SEED)
-    carve = [(1, 0.0 if (split == 1).any() else validation_fraction),
-             (2, 0.0 if (split == 2).any() else test_fraction)]
-    for c in np.unique(fine[split == 0]):
-        members = rng.permutation(np.flatnonzero((split == 0) & (fine == c)))
-        start = 0
-        for target, fraction in carve:
-            n = min(int(round(len(members) * fraction)), len(members) - start - 1)  # keep one to train on
-            split[members[start:start + max(n, 0)]] = target
-            start += max(n, 0)
-    return split
-
-
 def load(settings) -> Source:
     """The splits of a `folder` tree or `csv` label file (`settings`: a config.DataConfig); see the module
     docstring. Its val and test splits are its own (or carved with a fixed seed), never --seed's."""
@@ -205,8 +188,7 @@ def load(settings) -> Source:
     if unseen:
         raise DatasetError(f"{source}: fine class {fine_names[unseen[0]]!r} has val/test images but none to "
                            f"train on")
-    # Training order is a seeded shuffle, so --max_train_examples takes a random subset, not the first classes.
-    train = np.random.default_rng(SPLIT_SEED).permutation(np.flatnonzero(split == 0))[:max_train_examples or None]
+    train = train_subset(split, max_train_examples)
     keep = np.concatenate([train, np.flatnonzero(split == 1), np.flatnonzero(split == 2)])
     in_memory = len(keep) * image_size * image_size * 3 <= cache_mb * 2 ** 20
     images, ok = decode_files(paths[keep], image_size if in_memory else None)
