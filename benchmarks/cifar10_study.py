@@ -74,8 +74,9 @@ def write_table(rows: list[dict], results: Path) -> None:
     (results / "study.md").write_text("\n".join(lines) + "\n")
 
 
-def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path) -> None:
+def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path, at: list[float]) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     fig = Figure(figsize=(7, 5), dpi=110, layout="constrained")
     ax = fig.subplots()
@@ -87,13 +88,19 @@ def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path) ->
         ax.scatter(gflops, 100 - acc, color="tab:blue" if family else "tab:gray", marker="o" if family else "x")
         ax.annotate(r["experiment"], (gflops, 100 - acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if fit:
-        xs = np.geomspace(min(_num(r["train_gflops_mean"]) or 1 for r in rows) / 2, 1e6, 50)
+        xs = np.geomspace(min(_num(r["train_gflops_mean"]) or 1 for r in rows) / 2, max([1e5, *at]) * 1.5, 50)
         ax.plot(xs, 100 * fit[0] * xs ** -fit[1], "--", color="tab:blue",
                 label=f"fit: error = {fit[0]:.2f} x GFLOPs^-{fit[1]:.3f} (beyond the points: extrapolation)")
+        for c in at:
+            ax.scatter(c, 100 * fit[0] * c ** -fit[1], facecolors="none", edgecolors="tab:red", s=60)
+            ax.annotate(f"extrapolated: {100 * (1 - fit[0] * c ** -fit[1]):.1f} % at {c:,.0f} GFLOPs", (c, 100 * fit[0] * c ** -fit[1]),
+                        fontsize=7, color="tab:red", xytext=(-150, 10), textcoords="offset points")
         ax.legend(fontsize=7)
     ax.set(xscale="log", yscale="log", xlabel="training compute (GFLOPs, 3 x forward x images)",
            ylabel="fine-head test error % (CIFAR-10, 5,000 held-out images)",
            title="CIFAR-10 on a 2-core CPU: error vs training compute")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.grid(alpha=0.3, which="both")
     fig.savefig(out)
 
@@ -110,7 +117,7 @@ def main() -> None:
         sys.exit(f"cifar10_study: error: no budget_*/results.csv under {results}; run the experiment grids first")
     write_table(rows, results)
     fit = power_law(rows)
-    scaling_png(rows, fit, results / "scaling.png")
+    scaling_png(rows, fit, results / "scaling.png", args.at_gflops)
     print(f"wrote {results / 'study.md'}, study.csv, scaling.png ({len(rows)} rows)")
     if fit:
         print(f"fit: fine error = {fit[0]:.3f} x GFLOPs^-{fit[1]:.4f}")
