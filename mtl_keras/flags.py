@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 
 from absl import flags
@@ -34,6 +35,14 @@ class _Definer:
     def __getattr__(self, kind: str):
         fn = getattr(flags, f"DEFINE_{kind}", None) or getattr(flags, f"register_{kind}")
         return functools.partial(fn, flag_values=self.fv)
+
+    def float(self, name: str, default, help_text: str, **bounds) -> None:
+        """DEFINE_float; a bounded flag also refuses nan and inf, which absl's bounds let through (every
+        comparison with NaN is False, and inf passes a lower bound)."""
+        flags.DEFINE_float(name, default, help_text, flag_values=self.fv, **bounds)
+        if bounds:
+            flags.register_validator(name, lambda v: v is None or math.isfinite(v),
+                                     f"--{name} must be a finite number", flag_values=self.fv)
 
 
 def _valid_augment(spec: str) -> bool:

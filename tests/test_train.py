@@ -39,6 +39,7 @@ def test_resolved_flags_reproduce_the_run(trained_run):
     ("--flagfile=configs/no_such.flags", "no_such.flags"),
     ("--mixed_precision=int8", "--mixed_precision"),
     ("--distribution=tpu", "--distribution"),
+    ("--validation_fraction=nan", "--validation_fraction"),
 ])
 def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, expected):
     proc = run_module("mtl_keras.train", flag, f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}")
@@ -93,6 +94,21 @@ def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expe
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert expected in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
+
+
+QUICK = ["--flagfile=configs/quickstart.flags", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256",
+         "--noexport"]
+
+
+def test_run_without_validation_finishes_and_reruns(tmp_path):
+    # CSVLogger fills the val_* columns of such a run with NA; reading them used to crash after training.
+    work = tmp_path / "w"
+    for attempt in ("train", "rerun"):  # the rerun skips training and re-evaluates
+        proc = run_module("mtl_keras.train", *QUICK, "--validation_fraction=0", f"--workdir={work}")
+        assert proc.returncode == 0, f"{attempt}: {proc.stderr[-2000:]}"
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert "fine_accuracy" in metrics and not any(k.startswith("val_") for k in metrics)
+    assert (work / "model.keras").is_file() and (work / "learning_curves.png").is_file()
 
 
 def test_evaluate_top5_and_hierarchy_consistency():
