@@ -124,6 +124,7 @@ def run(config: TrainConfig) -> dict:
     import keras
 
     from mtl_keras import distribute, reports
+    from mtl_keras.callbacks import Checkpoint
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
     from mtl_keras.models import ADAPTED_NORM
@@ -145,6 +146,7 @@ def run(config: TrainConfig) -> dict:
     info, train = splits.info, splits.train
     if len(train) < optim.batch_size:
         raise RunError(f"--batch_size={optim.batch_size} exceeds the {len(train)} training examples")
+    Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint")).check()  # another run's?
 
     workdir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(workdir / "flags.txt", flagfile_text(config))

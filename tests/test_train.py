@@ -111,6 +111,16 @@ def test_run_without_validation_finishes_and_reruns(tmp_path):
     assert (work / "model.keras").is_file() and (work / "learning_curves.png").is_file()
 
 
+def test_refused_rerun_leaves_the_records_alone(tmp_path):
+    work = tmp_path / "w"
+    assert run_module("mtl_keras.train", *QUICK, f"--workdir={work}").returncode == 0
+    records = {name: (work / name).read_bytes() for name in ("flags.txt", "config.json", "classes.json")}
+    proc = run_module("mtl_keras.train", *QUICK, "--learning_rate=0.01", f"--workdir={work}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert _last_line(proc).startswith("train: error: ") and "other flags (learning_rate)" in _last_line(proc)
+    assert {name: (work / name).read_bytes() for name in records} == records  # flags.txt still reproduces the run
+
+
 def test_evaluate_top5_and_hierarchy_consistency():
     import numpy as np
 
