@@ -121,6 +121,26 @@ def test_refused_rerun_leaves_the_records_alone(tmp_path):
     assert {name: (work / name).read_bytes() for name in records} == records  # flags.txt still reproduces the run
 
 
+def test_a_held_workdir_is_refused_naming_its_holder(tmp_path):
+    import os
+    import socket
+
+    from mtl_keras.locks import workdir_lock
+
+    work = tmp_path / "w"
+    work.mkdir()
+    with workdir_lock(work, "--workdir=held"):  # stands in for a training running on `work`
+        proc = run_module("mtl_keras.train", *QUICK, f"--workdir={work}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = _last_line(proc)
+    assert line.startswith(f"train: error: --workdir={work} is in use by pid {os.getpid()} on {socket.gethostname()} "
+                           "(started "), line
+    assert line.endswith("; wait for it or use another --workdir")
+    assert sorted(p.name for p in work.iterdir()) == [".lock"]  # nothing of the refused run
+    with workdir_lock(work, "--workdir=again"):  # released when its holder let go
+        pass
+
+
 def test_evaluate_top5_and_hierarchy_consistency():
     import numpy as np
 
