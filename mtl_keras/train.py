@@ -247,4 +247,4 @@ if __name__ == "__main__":
 
     mtl_flags.define_train_flags(flags.FLAGS)
     flags.adopt_module_key_flags(mtl_flags)  # --help lists these (only train's are defined in this process)
-    app.run(main)
+    app.run(main, flags_parser=mtl_flags.parser_exiting_in_one_line("train"))
