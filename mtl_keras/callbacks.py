@@ -28,23 +28,35 @@ class Checkpoint(keras.callbacks.Callback):
         self.run_config = dict(run_config)
         self.state_path = self.directory / "state.json"
 
-    def restore(self, model: keras.Model) -> int:
-        """Loads the newest checkpoint into `model` (and its optimizer); returns its epoch (0: none)."""
+    def check(self) -> tuple[int, Path | None]:
+        """The newest checkpoint's (epoch, weights file), (0, None) when none; raises CheckpointError when it
+        cannot be used. Needs no model, so a run is refused before it writes any record."""
         if not self.state_path.is_file():
-            return 0
-        hint = f"delete {self.directory} to start the run over"
+            return 0, None
         try:
             state = json.loads(self.state_path.read_text())
             epoch, weights = int(state["epoch"]), self.directory / state["weights"]
         except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {self.state_path} is corrupt ({e}); {hint}") from None
+            raise CheckpointError(f"checkpoint {self.state_path} is corrupt ({e}); {self._hint}") from None
         saved = state.get("config", {})
         changed = sorted(k for k in set(saved) | set(self.run_config) if saved.get(k) != self.run_config.get(k))
         if changed:
             raise CheckpointError(f"{self.directory} holds a checkpoint of a run with other flags "
-                                  f"({', '.join(changed)}); use another --workdir or {hint}")
+                                  f"({', '.join(changed)}); use another --workdir or {self._hint}")
         if not weights.is_file():
-            raise CheckpointError(f"checkpoint {weights} is missing; {hint}")
+            raise CheckpointError(f"checkpoint {weights} is missing; {self._hint}")
+        return epoch, weights
+
+    @property
+    def _hint(self) -> str:
+        return f"delete {self.directory} to start the run over"
+
+    def restore(self, model: keras.Model) -> int:
+        """Loads the newest checkpoint into `model` (and its optimizer); returns its epoch (0: none)."""
+        epoch, weights = self.check()
+        if not epoch:
+            return 0
+        hint = self._hint
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:

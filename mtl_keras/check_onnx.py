@@ -72,4 +72,4 @@ if __name__ == "__main__":
     mtl_flags.define_check_flags(flags.FLAGS)
     flags.adopt_module_key_flags(mtl_flags)
     flags.mark_flags_as_required(["saved_model", "onnx"])
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=mtl_flags.parser_exiting_in_one_line("check_onnx"))

@@ -2,6 +2,8 @@
 
 Every user-facing error derives from `MtlError` and carries one line that names the flag or file and what
 to do; every CLI prints it as `PROG: error: LINE` (exit status 1) through `report`, never as a traceback.
+A bad flag value never gets this far: `flags.parser_exiting_in_one_line` prints the same kind of line
+with exit status 2 (a usage error), before anything runs.
 """
 
 from __future__ import annotations

@@ -53,4 +53,4 @@ if __name__ == "__main__":
     mtl_flags.define_export_flags(flags.FLAGS)
     flags.adopt_module_key_flags(mtl_flags)
 
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=mtl_flags.parser_exiting_in_one_line("export"))

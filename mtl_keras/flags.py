@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import re
+import sys
 import types
 
 from absl import flags
@@ -34,6 +37,14 @@ class _Definer:
     def __getattr__(self, kind: str):
         fn = getattr(flags, f"DEFINE_{kind}", None) or getattr(flags, f"register_{kind}")
         return functools.partial(fn, flag_values=self.fv)
+
+    def float(self, name: str, default, help_text: str, **bounds) -> None:
+        """DEFINE_float; a bounded flag also refuses nan and inf, which absl's bounds let through (every
+        comparison with NaN is False, and inf passes a lower bound)."""
+        flags.DEFINE_float(name, default, help_text, flag_values=self.fv, **bounds)
+        if bounds:
+            flags.register_validator(name, lambda v: v is None or math.isfinite(v),
+                                     f"--{name} must be a finite number", flag_values=self.fv)
 
 
 def _valid_augment(spec: str) -> bool:
@@ -272,3 +283,26 @@ def config_from_args(args: list[str]) -> TrainConfig:
     define_train_flags(fv)
     fv(["train", *args])
     return to_config(fv)
+
+
+def error_line(error: flags.Error) -> str:
+    """absl's message for a bad flag as one line that starts with the flag: `--gamma=1.5: 1.5 is not ...`."""
+    line = (str(error).splitlines() or [type(error).__name__])[0]
+    if isinstance(error, flags.UnrecognizedFlagError):
+        return f"--{error.flagname} is not a flag of this program (see --help)"
+    if isinstance(error, flags.CantOpenFlagFileError):
+        return "--flagfile: " + line.removeprefix("ERROR:: ")
+    own = re.match(r"flags? .*?: (--\w.*)", line)  # a validator's own message already names its flag
+    return own.group(1) if own else line.removeprefix("flag ")
+
+
+def parser_exiting_in_one_line(prog: str, fv: flags.FlagValues = flags.FLAGS):
+    """A `flags_parser` for absl's `app.run`: a bad flag, on the command line or in a flagfile, ends in the one
+    line `PROG: error: --NAME...` with exit status 2 (absl prints `FATAL Flags parsing error` and a usage hint)."""
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return fv(argv)
+        except flags.Error as e:
+            print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
+            sys.exit(2)
+    return parse

@@ -21,6 +21,7 @@ import numpy as np
 from mtl_keras.evaluate import TOP_CONFUSIONS, confusion_matrix, top_confusions
 
 HEADS = ("fine", "coarse")  # the model's output keys, in the order panels are drawn
+_MISSING = ("", "NA")  # how CSVLogger writes a value an epoch did not log
 ANNOTATE_MAX = 30  # classes up to which every cell shows its count; above, a top-confusions list instead
 
 
@@ -31,12 +32,17 @@ def _figure(width: float, height: float):
 
 
 def read_history(history_csv: str | Path) -> dict[str, np.ndarray]:
-    """Columns of a Keras CSVLogger file as float arrays; a resumed run's repeated epochs keep the last row."""
+    """Columns of a Keras CSVLogger file as float arrays; a resumed run's repeated epochs keep the last row.
+
+    CSVLogger adds val_* columns filled with `NA` to a run without validation (--validation_fraction=0):
+    `NA` or empty reads as NaN, and a column with no value at all is left out, so such a run has no val_*."""
     with open(history_csv, newline="") as f:
         rows = {int(r["epoch"]): r for r in csv.DictReader(f) if r.get("epoch", "").strip()}
     epochs = sorted(rows)
     columns = rows[epochs[0]].keys() if epochs else []
-    return {k: np.asarray([float(rows[e][k] or "nan") for e in epochs]) for k in columns}
+    cells = {k: [(rows[e][k] or "").strip() for e in epochs] for k in columns}
+    return {k: np.asarray([float(v) if v not in _MISSING else np.nan for v in values])
+            for k, values in cells.items() if any(v not in _MISSING for v in values)}
 
 
 def learning_curves_png(history_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:

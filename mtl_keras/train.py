@@ -121,14 +121,9 @@ def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
 
 def run(config: TrainConfig) -> dict:
     """Runs training (resuming from WORKDIR/checkpoints), evaluation, export and checks; returns metrics."""
-    import keras
-
-    from mtl_keras import distribute, reports
-    from mtl_keras.flags import flagfile_text
-    from mtl_keras.modeling import build_and_compile, plain_copy
-    from mtl_keras.models import ADAPTED_NORM
-    from mtl_keras.models.preprocess import channel_stats
-    from mtl_keras.models.tta import with_flip_average
+    from mtl_keras import distribute
+    from mtl_keras.callbacks import Checkpoint
+    from mtl_keras.locks import workdir_lock
 
     # Everything that can reject the run happens before anything is written.
     data, optim, seed = config.data, config.optim, config.run.seed
@@ -142,11 +137,29 @@ def run(config: TrainConfig) -> dict:
         raise RunError(f"--batch_size={optim.batch_size} does not divide by the {replicas} replicas of "
                        f"--distribution={optim.distribution}")
     splits = datasets.prepare(data, seed)
-    info, train = splits.info, splits.train
+    train = splits.train
     if len(train) < optim.batch_size:
         raise RunError(f"--batch_size={optim.batch_size} exceeds the {len(train)} training examples")
+    Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint")).check()  # another run's?
 
     workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir, f"--workdir={config.run.workdir}"):  # released however the run ends
+        return _run_locked(config, workdir, splits, scope, replicas)
+
+
+def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int) -> dict:
+    """`run` once its checks passed and it holds the workdir: records, fit, evaluate, save, export."""
+    import keras
+
+    from mtl_keras import reports
+    from mtl_keras.flags import flagfile_text
+    from mtl_keras.modeling import build_and_compile, plain_copy
+    from mtl_keras.models import ADAPTED_NORM
+    from mtl_keras.models.preprocess import channel_stats
+    from mtl_keras.models.tta import with_flip_average
+
+    data, optim, seed = config.data, config.optim, config.run.seed
+    info, train = splits.info, splits.train
     atomic.write_text(workdir / "flags.txt", flagfile_text(config))
     atomic.write_text(workdir / "config.json", json.dumps(config_lib.flat(config), indent=1) + "\n")
     class_names = {"fine": list(info.fine_names), "coarse": list(info.coarse_names),
@@ -234,4 +247,4 @@ if __name__ == "__main__":
 
     mtl_flags.define_train_flags(flags.FLAGS)
     flags.adopt_module_key_flags(mtl_flags)  # --help lists these (only train's are defined in this process)
-    app.run(main)
+    app.run(main, flags_parser=mtl_flags.parser_exiting_in_one_line("train"))

@@ -41,6 +41,14 @@ def test_learning_curves_single_head(tmp_path):
         reports.learning_curves_png(tmp_path / "empty.csv", tmp_path / "e.png")
 
 
+def test_history_without_validation_reads_and_plots(tmp_path):
+    # What CSVLogger writes for --validation_fraction=0: val_* columns of NA.
+    (tmp_path / "h.csv").write_text("epoch,fine_loss,loss,val_fine_loss,val_loss\n0,2.5,2.4,NA,NA\n1,2.1,2.0,NA,NA\n")
+    history = reports.read_history(tmp_path / "h.csv")
+    assert sorted(history) == ["epoch", "fine_loss", "loss"] and history["loss"].tolist() == [2.4, 2.0]
+    assert png_size(reports.learning_curves_png(tmp_path / "h.csv", tmp_path / "c.png"))[1] == 300
+
+
 def test_confusions_and_per_class_accuracy():
     names = ["cat", "dog", "car", "bus"]
     y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])

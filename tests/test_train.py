@@ -39,6 +39,7 @@ def test_resolved_flags_reproduce_the_run(trained_run):
     ("--flagfile=configs/no_such.flags", "no_such.flags"),
     ("--mixed_precision=int8", "--mixed_precision"),
     ("--distribution=tpu", "--distribution"),
+    ("--validation_fraction=nan", "--validation_fraction"),
 ])
 def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, expected):
     proc = run_module("mtl_keras.train", flag, f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}")
@@ -93,6 +94,51 @@ def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expe
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert expected in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
+
+
+QUICK = ["--flagfile=configs/quickstart.flags", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256",
+         "--noexport"]
+
+
+def test_run_without_validation_finishes_and_reruns(tmp_path):
+    # CSVLogger fills the val_* columns of such a run with NA; reading them used to crash after training.
+    work = tmp_path / "w"
+    for attempt in ("train", "rerun"):  # the rerun skips training and re-evaluates
+        proc = run_module("mtl_keras.train", *QUICK, "--validation_fraction=0", f"--workdir={work}")
+        assert proc.returncode == 0, f"{attempt}: {proc.stderr[-2000:]}"
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert "fine_accuracy" in metrics and not any(k.startswith("val_") for k in metrics)
+    assert (work / "model.keras").is_file() and (work / "learning_curves.png").is_file()
+
+
+def test_refused_rerun_leaves_the_records_alone(tmp_path):
+    work = tmp_path / "w"
+    assert run_module("mtl_keras.train", *QUICK, f"--workdir={work}").returncode == 0
+    records = {name: (work / name).read_bytes() for name in ("flags.txt", "config.json", "classes.json")}
+    proc = run_module("mtl_keras.train", *QUICK, "--learning_rate=0.01", f"--workdir={work}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert _last_line(proc).startswith("train: error: ") and "other flags (learning_rate)" in _last_line(proc)
+    assert {name: (work / name).read_bytes() for name in records} == records  # flags.txt still reproduces the run
+
+
+def test_a_held_workdir_is_refused_naming_its_holder(tmp_path):
+    import os
+    import socket
+
+    from mtl_keras.locks import workdir_lock
+
+    work = tmp_path / "w"
+    work.mkdir()
+    with workdir_lock(work, "--workdir=held"):  # stands in for a training running on `work`
+        proc = run_module("mtl_keras.train", *QUICK, f"--workdir={work}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = _last_line(proc)
+    assert line.startswith(f"train: error: --workdir={work} is in use by pid {os.getpid()} on {socket.gethostname()} "
+                           "(started "), line
+    assert line.endswith("; wait for it or use another --workdir")
+    assert sorted(p.name for p in work.iterdir()) == [".lock"]  # nothing of the refused run
+    with workdir_lock(work, "--workdir=again"):  # released when its holder let go
+        pass
 
 
 def test_evaluate_top5_and_hierarchy_consistency():

@@ -36,4 +36,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     mtl_flags.define_experiments_flags(flags.FLAGS)
     flags.adopt_module_key_flags(mtl_flags)
-    app.run(main)
+    app.run(main, flags_parser=mtl_flags.parser_exiting_in_one_line("experiments"))

@@ -43,7 +43,7 @@ def main() -> int:
     from absl import flags
 
     from mtl_keras.errors import report
-    from mtl_keras.flags import define_predict_flags
+    from mtl_keras.flags import define_predict_flags, error_line
     from mtl_keras.serving import runtime
 
     FLAGS = flags.FlagValues()  # its own: a --model path here is not train's trunk
@@ -54,7 +54,7 @@ def main() -> int:
     try:
         files = FLAGS(sys.argv)[1:]
     except flags.Error as e:
-        print(f"predict: error: {e}", file=sys.stderr)
+        print(f"predict: error: {error_line(e)}", file=sys.stderr)
         return 2
     if not FLAGS.model or not files:
         print("predict: error: usage: python -m mtl_keras.predict --model=PATH IMAGE [IMAGE ...]", file=sys.stderr)

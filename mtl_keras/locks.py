@@ -1,0 +1,47 @@
+"""One training run per workdir: an exclusive `flock` on WORKDIR/.lock, held for the whole run.
+
+Two runs on one workdir would interleave checkpoints, history.csv and model.keras. The kernel drops a flock
+when its holder exits, even on `kill -9`, so a crashed run never leaves a stale lock; the file itself stays
+and records the last holder (pid, host, start) only to name it in the refusal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from mtl_keras.errors import RunError
+
+LOCK_NAME = ".lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text())
+        return f"pid {h['pid']} on {h['host']} (started {h['started']})"
+    except (OSError, ValueError, KeyError, TypeError):  # the holder is between taking the lock and writing it
+        return "another process"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path, flag: str):
+    """Holds WORKDIR/.lock for the `with` block; raises RunError naming the holder (and `flag`, e.g.
+    --workdir=W) when another process holds it."""
+    path = Path(workdir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{flag} is in use by {_holder(path)}; wait for it or use another --workdir") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock

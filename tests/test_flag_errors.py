@@ -1,0 +1,48 @@
+"""Every CLI ends a bad flag value, from the command line or a flagfile, in one `PROG: error: --NAME...` line."""
+
+import re
+
+import pytest
+
+from conftest import run_module
+
+# TensorFlow's C++ startup lines reach fd 2 while Keras is imported (the --variant check), before any Python
+# code could stop them; they are not the program's output.
+TF_STARTUP = re.compile(r"WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} ")
+
+
+def _error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip() and not TF_STARTUP.match(line)]
+
+
+@pytest.mark.parametrize("flag", ["--gamma=1.5", "--learning_rate=nan", "--gamma=nan", "--warmup_epochs=inf",
+                                  "--dropout=nan", "--grad_clip_norm=nan", "--validation_fraction=nan",
+                                  "--dataset=mnist", "--epochs=0", "--loss_weighting=dwa --task=fine"])
+def test_train_bad_flag_is_one_line(tmp_path, flag):
+    proc = run_module("mtl_keras.train", *flag.split(), f"--workdir={tmp_path / 'w'}")
+    name = flag.split("=")[0]
+    assert proc.returncode == 2 and _error_lines(proc)[0].startswith(f"train: error: {name}"), proc.stderr
+    assert len(_error_lines(proc)) == 1, proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_bad_flag_in_a_flagfile_is_one_line(tmp_path):
+    (tmp_path / "bad.flags").write_text("--epochs=1\n--learning_rate=nan\n")
+    proc = run_module("mtl_keras.train", f"--flagfile={tmp_path / 'bad.flags'}", f"--workdir={tmp_path / 'w'}")
+    assert proc.returncode == 2 and _error_lines(proc) == [
+        "train: error: --learning_rate must be a finite number"], proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("module,args,line", [
+    ("mtl_keras.export", ["--atol=nan"], "export: error: --atol"),
+    ("mtl_keras.check_onnx", ["--saved_model=s", "--onnx=o", "--int8_max_drop=-1"], "check_onnx: error: --int8_max_drop"),
+    ("mtl_keras.predict", ["--top_k=0", "image.png"], "predict: error: --top_k"),
+    ("mtl_keras.experiments", ["--grid=configs/quickstart.flags", "--gamma=nan"], "experiments: error: --gamma"),
+])
+def test_every_cli_bad_flag_is_one_line(tmp_path, module, args, line):
+    proc = run_module(module, *args, f"--workdir={tmp_path / 'w'}" if module == "mtl_keras.export" else
+                      f"--results_dir={tmp_path / 'w'}" if module == "mtl_keras.experiments" else "--json")
+    lines = _error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), proc.stderr
+    assert not (tmp_path / "w").exists()
