@@ -126,6 +126,7 @@ class ServingConfig:
     check: bool = _field(True, PLACE)
     atol: float = _field(1e-5, PLACE)
     int8_max_drop: float = _field(1.0, PLACE)
+    top_k: int = _field(5, PLACE)  # serving_bytes: class names and scores per head in each response
 
 
 @dataclasses.dataclass

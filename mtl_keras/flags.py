@@ -102,6 +102,9 @@ def _serving_flags(d: _Definer) -> None:
             "and check_onnx).", lower_bound=0.0)
     d.float("int8_max_drop", _D.int8_max_drop, "Most test-accuracy points the int8 model may lose per "
             "head (train, export and check_onnx).", lower_bound=0.0)
+    d.integer("top_k", _D.top_k, "SavedModel signature serving_bytes: class names and scores returned per head "
+              "and image, best first (a head with fewer classes returns all of them).", lower_bound=1,
+              upper_bound=1000)
 
 
 def _verify_flags(d: _Definer) -> None:

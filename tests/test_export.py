@@ -65,7 +65,8 @@ def test_checker_passes_on_good_export_three_ways(trained_run):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is True
-    assert [c["pair"] for c in report["comparisons"]] == ["keras vs saved_model", "saved_model vs onnx"]
+    assert [c["pair"] for c in report["comparisons"]] == ["keras vs saved_model", "saved_model vs onnx",
+                                                         "serving_default vs serving_bytes"]
     for comparison in report["comparisons"]:
         assert comparison["num_inputs"] == 96
         assert {o["name"] for o in comparison["outputs"]} == {"fine", "coarse"}
@@ -174,10 +175,16 @@ def test_warmup_records_are_prediction_logs(trained_run):
 
     path = _version_dir(trained_run) / "assets.extra" / "tf_serving_warmup_requests"
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
-    assert len(logs) == 2
-    request = logs[1].predict_log.request
-    assert request.model_spec.name == "tiny" and request.model_spec.signature_name == "serving_default"
-    assert tf.make_ndarray(request.inputs["image"]).shape == (8, 32, 32, 3)
+    requests = [log.predict_log.request for log in logs]
+    assert [(r.model_spec.name, r.model_spec.signature_name) for r in requests] == [
+        ("tiny", "serving_default")] * 2 + [("tiny", "serving_bytes")] * 2
+    assert tf.make_ndarray(requests[1].inputs["image"]).shape == (8, 32, 32, 3)
+    encoded = tf.make_ndarray(requests[3].inputs["image_bytes"])
+    assert encoded.shape == (8,) and encoded[0].startswith(b"\x89PNG")
+    # Each record must run on its signature, as TF Serving replays it at load.
+    loaded = tf.saved_model.load(str(_version_dir(trained_run)))
+    out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
+    assert out["fine_classes"].shape == (8, 5)
 
 
 def test_saved_model_cli_show_and_run(trained_run, tmp_path):
@@ -249,3 +256,131 @@ def test_failed_export_leaves_no_version_folder(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         export.export(model, str(tmp_path), "m")
     assert list((tmp_path / "m").iterdir()) == []
+
+
+# serving_bytes: encoded images in, probabilities and top-k class names out (issue 14).
+
+def _image_files(folder):
+    """Five shapes images as files of every kind the folder dataset reads, at sizes that take each decode path:
+    PNG and BMP at the model's 32 px, an 80 px JPEG (DCT-scaled decode + antialiased resize), a 40 px GIF
+    (palette) and a grey PNG."""
+    from PIL import Image
+
+    from mtl_keras.data.sources import shapes
+
+    images, _, _ = shapes.generate(5, seed=7)
+    folder.mkdir()
+    kinds = [("a.png", 32, "RGB"), ("b.jpg", 80, "RGB"), ("c.bmp", 32, "RGB"), ("d.gif", 40, "P"), ("e.png", 32, "L")]
+    paths = []
+    for image, (name, size, mode) in zip(images, kinds):
+        Image.fromarray(image).resize((size, size), Image.BILINEAR).convert(mode).save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+def test_bytes_signature_sees_the_folder_datasets_pixels(trained_run, tmp_path):
+    import tensorflow as tf
+
+    from mtl_keras.data import images as images_lib
+    from mtl_keras.serving import signatures
+
+    paths = _image_files(tmp_path / "imgs")
+    pixels, ok = images_lib.decode_files([str(p) for p in paths], 32)  # what --dataset=folder decodes
+    assert ok.all()
+    encoded = [p.read_bytes() for p in paths]
+    np.testing.assert_array_equal(signatures.decode_batch(tf.constant(encoded), (32, 32, 3)).numpy(), pixels)
+    loaded = tf.saved_model.load(str(_version_dir(trained_run)))
+    out = signatures.run_bytes(loaded, encoded)
+    reference = loaded.signatures["serving_default"](image=tf.constant(pixels, tf.float32))
+    names = json.loads((_version_dir(trained_run) / "assets.extra" / "classes.json").read_text())
+    for head, k in (("fine", 5), ("coarse", 3)):  # --top_k 5 by default; coarse has 3 classes
+        np.testing.assert_allclose(out[head], reference[head].numpy(), atol=1e-5)
+        assert out[f"{head}_classes"].shape == out[f"{head}_scores"].shape == (5, k)
+        best = reference[head].numpy().argmax(-1)
+        assert [c.decode() for c in out[f"{head}_classes"][:, 0]] == [names[head][i] for i in best]
+        np.testing.assert_allclose(out[f"{head}_scores"], -np.sort(-reference[head].numpy())[:, :k], atol=1e-5)
+
+
+def test_undecodable_image_is_an_invalid_argument_naming_it(trained_run, tmp_path):
+    import tensorflow as tf
+
+    from mtl_keras.serving import signatures
+
+    loaded = tf.saved_model.load(str(_version_dir(trained_run)))
+    good = _image_files(tmp_path / "imgs")[0].read_bytes()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[1\] is not a JPEG, PNG, BMP or GIF"):
+        signatures.run_bytes(loaded, [good, b"<html>not found</html>", good])
+    with pytest.raises(tf.errors.InvalidArgumentError):  # a PNG cut short: the decoder's own InvalidArgument
+        signatures.run_bytes(loaded, [good[:60]])
+    assert signatures.run_bytes(loaded, [good])["fine"].shape == (1, 10)  # and the model still serves
+
+
+def _tf_serving_rest_inputs(body: str) -> tuple[str, dict[str, list]]:
+    """What TF Serving's REST layer makes of a row-format request: the signature name, and per input name the
+    instances' values batched along a new first axis, each {"b64": "..."} object base64-decoded to bytes."""
+    import base64
+
+    request = json.loads(body)
+
+    def value(v):
+        return base64.b64decode(v["b64"]) if isinstance(v, dict) and list(v) == ["b64"] else v
+
+    rows = request["instances"]
+    return request.get("signature_name", "serving_default"), {name: [value(r[name]) for r in rows] for name in rows[0]}
+
+
+def test_rest_b64_request_through_the_bytes_signature(trained_run, tmp_path):
+    import base64
+
+    import tensorflow as tf
+
+    from mtl_keras.data import images as images_lib
+
+    paths = _image_files(tmp_path / "imgs")[:2]
+    body = json.dumps({"signature_name": "serving_bytes", "instances": [
+        {"image_bytes": {"b64": base64.b64encode(p.read_bytes()).decode()}} for p in paths]})
+    name, inputs = _tf_serving_rest_inputs(body)
+    loaded = tf.saved_model.load(str(_version_dir(trained_run)))
+    out = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+    # Row-format response: one object per instance; string outputs come back as JSON strings.
+    predictions = [{k: [x.decode() if isinstance(x, bytes) else x for x in v[i].numpy().tolist()]
+                    for k, v in out.items()} for i in range(len(paths))]
+    assert set(predictions[0]) == {"fine", "coarse", "fine_classes", "fine_scores", "coarse_classes", "coarse_scores"}
+    pixels, _ = images_lib.decode_files([str(p) for p in paths], 32)
+    reference = loaded.signatures["serving_default"](image=tf.constant(pixels, tf.float32))
+    names = json.loads((_version_dir(trained_run) / "assets.extra" / "classes.json").read_text())
+    for i, p in enumerate(predictions):
+        fine = reference["fine"].numpy()[i]
+        np.testing.assert_allclose(p["fine"], fine, atol=1e-5)
+        assert p["fine_classes"][0] == names["fine"][fine.argmax()] and len(p["fine_classes"]) == 5
+        assert p["fine_scores"][0] == pytest.approx(fine.max(), abs=1e-5)
+        assert p["coarse_classes"][0] in names["coarse"] and len(p["coarse_classes"]) == 3
+
+
+def test_top_k_sets_the_classes_per_head(tmp_path):
+    import tensorflow as tf
+
+    from mtl_keras.models import build_model
+    from mtl_keras.serving import export, signatures
+
+    model = build_model("vit", (16, 16, 3), {"fine": 4, "coarse": 2}, variant="Pico/4")
+    version = export.export(model, str(tmp_path), "m", onnx=False, top_k=3)  # no class names: ids as names
+    loaded = tf.saved_model.load(str(version))
+    image = signatures.encode_png(np.full((1, 16, 16, 3), 128, np.uint8))
+    out = signatures.run_bytes(loaded, image)
+    assert out["fine_classes"].shape == (1, 3) and out["coarse_classes"].shape == (1, 2)  # 2 < 3: all of them
+    assert {c.decode() for c in out["fine_classes"][0]} <= {"0", "1", "2", "3"}
+
+
+def test_checker_fails_when_the_bytes_signature_disagrees(trained_run):
+    import dataclasses
+
+    from mtl_keras.serving import runtime, verify
+
+    saved = runtime.load(_version_dir(trained_run))
+    images = verify.random_pixels(saved.shape, 4)
+    assert verify.bytes_parity(saved, images, 1e-5).ok
+    shifted = dataclasses.replace(saved, run_batch=lambda x: {k: np.roll(v, 1, -1) for k, v in saved.run_batch(x).items()})
+    problems = verify.bytes_parity(shifted, images, 1e-5).problems
+    assert any(p.startswith("fine: max |diff|") for p in problems)
+    assert "fine_classes: first name is not the most probable class" in problems

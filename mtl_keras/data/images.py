@@ -35,8 +35,12 @@ def fit_images(images, shape: tuple[int, int, int]):
 
 def decode(path: tf.Tensor, size: int) -> tf.Tensor:
     """One image file as uint8 [size, size, 3]: any of the formats, grey/RGBA/palette/CMYK, any size."""
-    contents = tf.io.read_file(path)
+    return decode_bytes(tf.io.read_file(path), size)
 
+
+def decode_bytes(contents: tf.Tensor, size: int) -> tf.Tensor:
+    """One encoded JPEG / PNG / BMP / GIF string as uint8 [size, size, 3], exactly as `decode` reads a file (the
+    SavedModel's serving_bytes signature runs this too, so a served image gets the pixels training saw)."""
     def jpeg() -> tf.Tensor:
         # libjpeg can decode at 1/2, 1/4 or 1/8 scale (DCT scaling): a phone photo bound for 32 px decodes
         # many times faster at 1/8 than in full, and the resize below still starts from >= `size` pixels.
@@ -48,8 +52,11 @@ def decode(path: tf.Tensor, size: int) -> tf.Tensor:
                     lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
     same = tf.reduce_all(tf.shape(image)[:2] == size)
     # Antialiased resize: a plain bilinear downscale of a large photo to 32 px aliases badly.
-    return tf.cond(same, lambda: tf.ensure_shape(image, (size, size, 3)), lambda: tf.cast(tf.clip_by_value(
+    image = tf.cond(same, lambda: tf.identity(image), lambda: tf.cast(tf.clip_by_value(
         tf.round(tf.image.resize(image, (size, size), antialias=True)), 0, 255), tf.uint8))
+    # The static shape after the cond, not inside its true branch: in a SavedModel's map_fn the runtime ran that
+    # branch's EnsureShape on a 40 px GIF bound for the resize branch and failed the request.
+    return tf.ensure_shape(image, (size, size, 3))
 
 
 def decode_files(paths, size: int | None) -> tuple[np.ndarray | None, np.ndarray]:

@@ -2,9 +2,10 @@
 
 Layout (EXPORT_DIR/MODEL_NAME is a TF Serving model base path):
 
-    EXPORT_DIR/MODEL_NAME/VERSION/saved_model.pb, variables/   signature serving_default: image -> fine, coarse
+    EXPORT_DIR/MODEL_NAME/VERSION/saved_model.pb, variables/   signatures serving_default: image -> fine, coarse
+                                                                and serving_bytes: image_bytes -> probabilities + top k
     EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/classes.json     class names of both heads
-    EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/tf_serving_warmup_requests   PredictionLog records
+    EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/tf_serving_warmup_requests   PredictionLog records, both signatures
     EXPORT_DIR/MODEL_NAME/VERSION/model.onnx                    opset 17, dynamic batch, same names
     EXPORT_DIR/MODEL_NAME/VERSION/model.int8.onnx               onnxruntime static int8 (QDQ)
 
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl_keras.config import ServingConfig
 from mtl_keras.errors import ExportError
+from mtl_keras.serving import signatures
 
 ONNX_OPSET = 17
 ONNX_FILE = "model.onnx"
@@ -34,13 +37,6 @@ def next_version(model_dir: Path) -> int:
     """The next free integer version under `model_dir` (1 when there is none)."""
     versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
-
-
-def input_spec(model):
-    """The serving input: float32 raw pixels (0-255), any batch size, named `image`."""
-    import tensorflow as tf
-
-    return tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")
 
 
 def write_onnx(saved_model_dir: Path, path: Path, metadata: dict[str, str]) -> None:
@@ -81,27 +77,14 @@ def write_int8(onnx_path: Path, path: Path, calibration_images: np.ndarray) -> N
                           extra_options={"CalibPercentile": 99.99})
 
 
-def write_warmup(path: Path, model_name: str, images: np.ndarray) -> None:
-    """TF Serving warmup: a few PredictionLog records that load the model's kernels before traffic."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for batch in (images[:1], images[:8]):
-            request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
-            request.inputs["image"].CopyFrom(tf.make_tensor_proto(batch.astype(np.float32)))
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
-
-
 def export(model, export_dir: str, model_name: str, *, class_names: dict | None = None,
            flags_text: str = "", version: int | None = None, onnx: bool = True,
-           calibration_images: np.ndarray | None = None, warmup_images: np.ndarray | None = None) -> Path:
+           calibration_images: np.ndarray | None = None, warmup_images: np.ndarray | None = None,
+           top_k: int = ServingConfig.top_k) -> Path:
     """Writes EXPORT_DIR/MODEL_NAME/VERSION atomically and returns it.
 
     int8 ONNX is written when `calibration_images` are given (with `onnx`); the warmup file when
-    `warmup_images` are.
+    `warmup_images` are (records for both signatures); serving_bytes answers the `top_k` classes per head.
     """
     model_dir = Path(export_dir) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -111,13 +94,13 @@ def export(model, export_dir: str, model_name: str, *, class_names: dict | None 
         raise ExportError(f"export version {final} exists; pick another --version or remove it")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
     try:
-        model.export(str(tmp), format="tf_saved_model", input_signature=[input_spec(model)], verbose=False)
+        signatures.write_saved_model(model, tmp, class_names, top_k)
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
         if class_names:
             (extra / "classes.json").write_text(json.dumps(class_names, indent=1))
         if warmup_images is not None:
-            write_warmup(extra / WARMUP_FILE, model_name, warmup_images)
+            signatures.write_warmup(extra / WARMUP_FILE, model_name, warmup_images)
         if onnx:
             metadata = {"model_name": model_name, "training_flags": flags_text}
             metadata |= {f"{head}_classes": json.dumps(names) for head, names in (class_names or {}).items()}

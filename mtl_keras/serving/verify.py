@@ -2,7 +2,8 @@
 
 `verify` is the one check every entry point runs (train on either backend, `python -m mtl_keras.export`,
 `python -m mtl_keras.check_onnx`): per pair of runtimes and per output the max and mean absolute difference
-and the argmax agreement on the same inputs (random pixels, plus real test images when given), and, with
+and the argmax agreement on the same inputs (random pixels, plus real test images when given; the SavedModel's
+serving_bytes signature gets them PNG-encoded and is compared with serving_default on the same pixels), and, with
 labelled test batches and an int8 model, the test-accuracy drop per head. It passes only when every output
 is within `atol`, every argmax agrees and int8 loses at most `int8_max_drop` points.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl_keras.serving import runtime
+from mtl_keras.serving import runtime, signatures
 
 
 @dataclasses.dataclass
@@ -115,6 +116,27 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
     return ParityResult(pair, outputs, atol, n, problems)
 
 
+def bytes_parity(saved: runtime.Runtime, images: np.ndarray, atol: float) -> ParityResult:
+    """serving_bytes on `images` (rounded to uint8) sent as PNG strings against serving_default on the same
+    pixels; its top-k scores must be the largest probabilities and its first class name the argmax's."""
+    pixels = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    out = signatures.run_bytes(saved.handle, signatures.encode_png(pixels))
+    reference = saved(pixels.astype(np.float32))
+    result = compare(reference, {head: out[head] for head in reference if head in out}, atol,
+                     f"serving_default vs {signatures.BYTES}")
+    for head, probabilities in reference.items():
+        scores, classes = out.get(f"{head}_scores"), out.get(f"{head}_classes")
+        if scores is None or classes is None:
+            result.problems.append(f"{head}: {signatures.BYTES} has no {head}_scores / {head}_classes")
+            continue
+        if not np.allclose(scores, -np.sort(-probabilities)[:, :scores.shape[1]], rtol=0, atol=atol):
+            result.problems.append(f"{head}_scores: not the {scores.shape[1]} largest probabilities")
+        names = np.asarray(saved.names.get(head) or [str(i) for i in range(probabilities.shape[1])])
+        if [c.decode() for c in classes[:, 0]] != names[probabilities.argmax(-1)].tolist():
+            result.problems.append(f"{head}_classes: first name is not the most probable class")
+    return result
+
+
 def int8_accuracy_drop(fp32: runtime.Runtime, int8: runtime.Runtime,
                        batches: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]) -> dict[str, dict[str, float]]:
     """Test accuracy per head of the fp32 and int8 models over labelled `batches` (streamed, so a split of
@@ -144,6 +166,8 @@ def verify(saved_model: str | Path, onnx: str | Path, images: np.ndarray, *, ker
     onnx_runtime = runtime.load(onnx, "--onnx")
     saved_out = saved(images)
     comparisons = [compare(saved_out, onnx_runtime(images), atol, "saved_model vs onnx")]
+    if signatures.BYTES in getattr(saved.handle, "signatures", {}):  # exports before issue 14 lack it
+        comparisons.append(bytes_parity(saved, images, atol))
     if keras_model is not None:
         keras_out = runtime.load(keras_model, "--keras_model")(images)
         comparisons.insert(0, compare(keras_out, saved_out, atol, "keras vs saved_model"))
