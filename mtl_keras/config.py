@@ -31,6 +31,7 @@ DYNAMIC_WEIGHTINGS = ("uncertainty", "dwa")  # learned or updated during trainin
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+ONNX_CONVERTERS = ("tf2onnx", "keras")  # serving/onnx_convert.py
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 # Roles: what a field means for a run's identity (see `identity`).
@@ -127,6 +128,7 @@ class ServingConfig:
     atol: float = _field(1e-5, PLACE)
     int8_max_drop: float = _field(1.0, PLACE)
     top_k: int = _field(5, PLACE)  # serving_bytes: class names and scores per head in each response
+    onnx_converter: str = _field("tf2onnx", PLACE)  # model.onnx from the SavedModel signature or Keras's export
 
 
 @dataclasses.dataclass

@@ -29,7 +29,8 @@ def main(argv: list[str]) -> int:
     try:
         result = export_run(FLAGS.workdir, export_dir=FLAGS.export_dir, model_name=name, version=FLAGS.version,
                             int8=FLAGS.int8, check=FLAGS.check, atol=FLAGS.atol, int8_max_drop=FLAGS.int8_max_drop,
-                            num_random=FLAGS.num_random, num_real=FLAGS.num_real, top_k=FLAGS.top_k)
+                            num_random=FLAGS.num_random, num_real=FLAGS.num_real, top_k=FLAGS.top_k,
+                            onnx_converter=FLAGS.onnx_converter)
         if FLAGS.result_json:
             atomic.write_json(FLAGS.result_json, result)
         if not result["ok"]:

@@ -105,6 +105,9 @@ def _serving_flags(d: _Definer) -> None:
     d.integer("top_k", _D.top_k, "SavedModel signature serving_bytes: class names and scores returned per head "
               "and image, best first (a head with fewer classes returns all of them).", lower_bound=1,
               upper_bound=1000)
+    d.enum("onnx_converter", _D.onnx_converter, config.ONNX_CONVERTERS, "How model.onnx is made: tf2onnx (from "
+           "the SavedModel's serving_default signature, the graph TF Serving runs) or keras (Keras's own "
+           "model.export(format='onnx')). Either file is checked against the SavedModel (--atol).")
 
 
 def _verify_flags(d: _Definer) -> None:

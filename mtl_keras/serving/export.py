@@ -6,7 +6,7 @@ Layout (EXPORT_DIR/MODEL_NAME is a TF Serving model base path):
                                                                 and serving_bytes: image_bytes -> probabilities + top k
     EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/classes.json     class names of both heads
     EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/tf_serving_warmup_requests   PredictionLog records, both signatures
-    EXPORT_DIR/MODEL_NAME/VERSION/model.onnx                    opset 17, dynamic batch, same names
+    EXPORT_DIR/MODEL_NAME/VERSION/model.onnx                    opset 17, dynamic batch, same names (--onnx_converter)
     EXPORT_DIR/MODEL_NAME/VERSION/model.int8.onnx               onnxruntime static int8 (QDQ)
 
 The version folder is built under a hidden temporary name and renamed into place, so a server polling
@@ -25,9 +25,9 @@ import numpy as np
 
 from mtl_keras.config import ServingConfig
 from mtl_keras.errors import ExportError
-from mtl_keras.serving import signatures
+from mtl_keras.serving import onnx_convert, signatures
 
-ONNX_OPSET = 17
+ONNX_OPSET = onnx_convert.ONNX_OPSET
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -39,20 +39,11 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def write_onnx(saved_model_dir: Path, path: Path, metadata: dict[str, str]) -> None:
-    """Converts the SavedModel's serving signature (exactly what TF Serving runs) to ONNX."""
-    import onnx
-    import tensorflow as tf
-    import tf2onnx
-
-    loaded = tf.saved_model.load(str(saved_model_dir))  # keep a reference: it owns the variables
-    serving = loaded.signatures["serving_default"]
-    spec = serving.structured_input_signature[1]["image"]
-    fn = tf.function(lambda image: serving(image=image))
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=ONNX_OPSET)
-    onnx.helper.set_model_props(proto, metadata)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+def write_onnx(saved_model_dir: Path, path: Path, metadata: dict[str, str], converter: str = ServingConfig.onnx_converter,
+               model=None) -> None:
+    """`path` converted by `converter` (see onnx_convert.py; tf2onnx converts the SavedModel's serving signature,
+    exactly what TF Serving runs; keras, Keras's own ONNX export of `model`)."""
+    onnx_convert.convert(converter, path, metadata, saved_model_dir=saved_model_dir, model=model)
 
 
 def write_int8(onnx_path: Path, path: Path, calibration_images: np.ndarray) -> None:
@@ -80,11 +71,12 @@ def write_int8(onnx_path: Path, path: Path, calibration_images: np.ndarray) -> N
 def export(model, export_dir: str, model_name: str, *, class_names: dict | None = None,
            flags_text: str = "", version: int | None = None, onnx: bool = True,
            calibration_images: np.ndarray | None = None, warmup_images: np.ndarray | None = None,
-           top_k: int = ServingConfig.top_k) -> Path:
+           top_k: int = ServingConfig.top_k, onnx_converter: str = ServingConfig.onnx_converter) -> Path:
     """Writes EXPORT_DIR/MODEL_NAME/VERSION atomically and returns it.
 
     int8 ONNX is written when `calibration_images` are given (with `onnx`); the warmup file when
-    `warmup_images` are (records for both signatures); serving_bytes answers the `top_k` classes per head.
+    `warmup_images` are (records for both signatures); serving_bytes answers the `top_k` classes per head;
+    model.onnx comes from `onnx_converter` (tf2onnx or keras).
     """
     model_dir = Path(export_dir) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +96,7 @@ def export(model, export_dir: str, model_name: str, *, class_names: dict | None 
         if onnx:
             metadata = {"model_name": model_name, "training_flags": flags_text}
             metadata |= {f"{head}_classes": json.dumps(names) for head, names in (class_names or {}).items()}
-            write_onnx(tmp, tmp / ONNX_FILE, metadata)
+            write_onnx(tmp, tmp / ONNX_FILE, metadata, onnx_converter, model)
             if calibration_images is not None:
                 write_int8(tmp / ONNX_FILE, tmp / INT8_FILE, calibration_images)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; servers often run as another user

@@ -44,7 +44,7 @@ def read_run(workdir: str | Path, need_model: bool = True) -> tuple[config_lib.T
 def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version: int | None = None,
                int8: bool = True, check: bool = True, atol: float = 1e-5, int8_max_drop: float = 1.0,
                num_random: int = 32, num_real: int = 256, top_k: int = config_lib.ServingConfig.top_k,
-               model=None, splits=None) -> dict:
+               onnx_converter: str = config_lib.ServingConfig.onnx_converter, model=None, splits=None) -> dict:
     """Exports the run in `workdir` (its model.keras, or `model` when given) to EXPORT_DIR/MODEL_NAME/VERSION
     and, with `check`, verifies it; returns {"artifacts": {name: path}, "metrics": {...}, "ok": bool}.
 
@@ -62,7 +62,8 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
     calibration = fit_images(splits.train.images[:CALIBRATION_IMAGES], shape) if int8 else None
     version_dir = export.export(model, export_dir, model_name, flags_text=flags_text, version=version,
                                 class_names={h: class_names[h] for h in ("fine", "coarse") if h in class_names},
-                                calibration_images=calibration, warmup_images=real[:WARMUP_IMAGES], top_k=top_k)
+                                calibration_images=calibration, warmup_images=real[:WARMUP_IMAGES], top_k=top_k,
+                                onnx_converter=onnx_converter)
     artifacts = {"saved_model": str(version_dir), "onnx": str(version_dir / export.ONNX_FILE)}
     if int8:
         artifacts["onnx_int8"] = str(version_dir / export.INT8_FILE)
