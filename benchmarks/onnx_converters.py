@@ -6,14 +6,20 @@ Each trunk is built at the size its configs train (random weights, 32x32x3 input
 the SavedModel (both signatures), then converted by each converter and checked by the package's one checker
 (`serving.verify.verify`: Keras <-> SavedModel <-> ONNX, and serving_bytes <-> serving_default) on random pixels.
 Prints per trunk and converter: conversion seconds, ONNX nodes and size, then max |diff| and argmax agreement per
-head for SavedModel vs ONNX, and whether the whole check passed.
+head for SavedModel vs ONNX, whether the whole check passed, and the process's peak resident memory so far. Each
+trunk runs in a process of its own (ResNet-152's conversions took >11 GB after seed_vit's in one process, and the
+kernel killed it on the 24 GB box).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,20 +42,30 @@ def main() -> None:
     parser.add_argument("--trunks", default=",".join(TRUNKS), help="comma-separated trunks")
     parser.add_argument("--images", type=int, default=64, help="random-pixel images each check runs")
     parser.add_argument("--atol", type=float, default=1e-5, help="the checker's tolerance")
+    parser.add_argument("--no_header", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    trunks = args.trunks.split(",")
+    if len(trunks) > 1:  # one process per trunk, so one trunk's memory is not the next one's
+        for i, trunk in enumerate(trunks):
+            subprocess.run([sys.executable, __file__, f"--trunks={trunk}", f"--images={args.images}",
+                            f"--atol={args.atol}", *(["--no_header"] if i else [])], check=False)
+        return
 
     import keras
+    import onnx
 
     from mtl_keras.config import ONNX_CONVERTERS
     from mtl_keras.models import build_model
     from mtl_keras.serving import export, verify
 
     shape = (32, 32, 3)
-    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}, keras {keras.__version__}, "
-          f"{args.images} random images, atol {args.atol:g}")
-    print(f"{'trunk':<10} {'converter':<8} {'params':>7} {'convert s':>9} {'nodes':>6} {'MB':>6} "
-          f"{'fine max|d|':>11} {'fine arg':>8} {'coarse max|d|':>13} {'coarse arg':>10}  check")
-    for trunk in args.trunks.split(","):
+    if not args.no_header:
+        print(f"# {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}, keras {keras.__version__}, "
+              f"{args.images} random images, atol {args.atol:g}")
+        print(f"{'trunk':<10} {'converter':<8} {'params':>7} {'convert s':>9} {'nodes':>6} {'MB':>6} "
+              f"{'fine max|d|':>11} {'fine arg':>8} {'coarse max|d|':>13} {'coarse arg':>10} {'peak GB':>7}  check",
+              flush=True)
+    for trunk in trunks:
         keras.utils.set_random_seed(0)
         model = build_model(trunk, shape, **TRUNKS[trunk])
         images = verify.random_pixels(shape, args.images, seed=1)
@@ -64,8 +80,6 @@ def main() -> None:
                     print(f"{trunk:<10} {converter:<8} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
                     continue
                 seconds = time.perf_counter() - start
-                import onnx
-
                 nodes = len(onnx.load(str(path)).graph.node)
                 result = verify.verify(version, path, images, keras_model=model, atol=args.atol)
                 onnx_pair = {o.name: o for o in next(r for r in result.comparisons
@@ -73,8 +87,11 @@ def main() -> None:
                 cells = [f"{onnx_pair[h].max_abs_diff:>{w}.2g} {onnx_pair[h].argmax_agreement:>{a}.1%}"
                          for h, w, a in (("fine", 11, 8), ("coarse", 13, 10))]
                 print(f"{trunk:<10} {converter:<8} {model.count_params() / 1e6:>6.2f}M {seconds:>9.1f} {nodes:>6} "
-                      f"{path.stat().st_size / 2**20:>6.1f} {' '.join(cells)}  "
+                      f"{path.stat().st_size / 2**20:>6.1f} {' '.join(cells)} "
+                      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:>7.1f}  "
                       f"{'PASS' if result.ok else 'FAIL: ' + '; '.join(result.problems)}", flush=True)
+                del result
+                gc.collect()  # the loaded SavedModel and sessions of this converter's check
         keras.backend.clear_session()
 
 

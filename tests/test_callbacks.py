@@ -105,19 +105,22 @@ def test_checkpoint_of_the_previous_version_still_resumes(tmp_path):
     old_not_training = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
                         "fashion_mnist_dir", "jit_compile"}
     flat = config.flat(config.make())
-    old = {k: v for k, v in flat.items() if k not in old_not_training | {"atol", "int8_max_drop", "tta_flip"}}
+    added_since = {"atol", "int8_max_drop", "tta_flip", "top_k", "onnx_converter"}  # none identifies a checkpoint
+    old = {k: v for k, v in flat.items() if k not in old_not_training | added_since}
     assert old == config.identity(config.make(), "checkpoint")
 
 
 def test_config_json_of_the_previous_version_reads_and_a_foreign_one_is_one_line(tmp_path):
     from mtl_keras.errors import ConfigError
 
-    # config.json at f49e8fa: the same flat keys, without the settings added since (atol, int8_max_drop, tta_flip).
+    # config.json at f49e8fa: the same flat keys, without the settings added since (atol, int8_max_drop, tta_flip;
+    # top_k and onnx_converter of issue 14).
     old = {k: v for k, v in config.flat(config.make(epochs=3, variant="Pico/4")).items()
-           if k not in ("atol", "int8_max_drop", "tta_flip")}
+           if k not in ("atol", "int8_max_drop", "tta_flip", "top_k", "onnx_converter")}
     (tmp_path / "config.json").write_text(json.dumps(old))
     read = config.read_json(tmp_path / "config.json")
     assert (read.optim.epochs, read.model.variant, read.serving.atol) == (3, "Pico/4", 1e-5)
+    assert (read.serving.top_k, read.serving.onnx_converter) == (5, "tf2onnx")
     (tmp_path / "config.json").write_text(json.dumps({**old, "warp_drive": 9}))
     with pytest.raises(ConfigError, match=r"holds settings this version does not know \(warp_drive\)") as err:
         config.read_json(tmp_path / "config.json")

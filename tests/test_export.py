@@ -384,3 +384,19 @@ def test_checker_fails_when_the_bytes_signature_disagrees(trained_run):
     problems = verify.bytes_parity(shifted, images, 1e-5).problems
     assert any(p.startswith("fine: max |diff|") for p in problems)
     assert "fine_classes: first name is not the most probable class" in problems
+
+
+def test_keras_onnx_converter_passes_the_same_checker(tmp_path):
+    from mtl_keras.models import build_model
+    from mtl_keras.serving import export, verify
+
+    model = build_model("vit", (16, 16, 3), {"fine": 4, "coarse": 2}, variant="Pico/4")
+    version = export.export(model, str(tmp_path), "m", onnx_converter="keras")
+    proto = onnx.load(version / "model.onnx")
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert sorted(o.name for o in proto.graph.output) == ["coarse", "fine"]
+    assert {p.key: p.value for p in proto.metadata_props}["onnx_converter"] == "keras"
+    result = verify.verify(version, version / "model.onnx", verify.random_pixels((16, 16, 3), 8), keras_model=model)
+    assert result.ok, result.text()
+    assert [r.pair for r in result.comparisons] == ["keras vs saved_model", "saved_model vs onnx",
+                                                    "serving_default vs serving_bytes"]
