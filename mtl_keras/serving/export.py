@@ -39,8 +39,8 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def write_onnx(saved_model_dir: Path, path: Path, metadata: dict[str, str], converter: str = ServingConfig.onnx_converter,
-               model=None) -> None:
+def write_onnx(saved_model_dir: Path, path: Path, metadata: dict[str, str],
+               converter: str = ServingConfig.onnx_converter, model=None) -> None:
     """`path` converted by `converter` (see onnx_convert.py; tf2onnx converts the SavedModel's serving signature,
     exactly what TF Serving runs; keras, Keras's own ONNX export of `model`)."""
     onnx_convert.convert(converter, path, metadata, saved_model_dir=saved_model_dir, model=model)

@@ -124,7 +124,8 @@ def write_warmup(path: Path, model_name: str, images: np.ndarray) -> None:
     pixels = np.clip(np.round(images), 0, 255).astype(np.uint8)
     encoded = np.asarray(encode_png(pixels), object)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for signature, name, batch in [(DEFAULT, IMAGE_INPUT, pixels.astype(np.float32)), (BYTES, BYTES_INPUT, encoded)]:
+        for signature, name, batch in [(DEFAULT, IMAGE_INPUT, pixels.astype(np.float32)),
+                                       (BYTES, BYTES_INPUT, encoded)]:
             for n in WARMUP_BATCHES:
                 request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name,
                                                                                     signature_name=signature))
