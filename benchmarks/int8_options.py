@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 MM = ("MatMul", "Gemm")
 MMC = ("Conv", "MatMul", "Gemm")
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--data_dir", default=None, help="override the run's --data_dir")
     parser.add_argument("--only", default="", help="comma-separated option names (default: all)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing seconds per batch size")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (0: its default)")
     args = parser.parse_args()
 
     config, _, _ = runs.read_run(args.workdir, need_model=False)
@@ -66,7 +69,8 @@ def main() -> None:
     ops = sorted({n.op_type for n in onnx.load(args.onnx).graph.node})
     all_ops = tuple(op for op in ops if op not in ("Shape", "Reshape", "Transpose", "Concat", "Gather", "Squeeze",
                                                     "Unsqueeze", "Identity", "Cast"))
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, {args.onnx}, "
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+          f"{args.threads or 'default'} thread(s), {args.onnx}, "
           f"{sum(len(b[0]) for b in labelled)} test images, ops: {' '.join(ops)}")
     print(f"{'option':<16} {'fp32 b1':>8} {'int8 b1':>8} {'ratio':>6} {'fp32 b32':>9} {'int8 b32':>9} {'ratio':>6} "
           f"{'fine drop':>9} {'coarse drop':>11} {'quant s':>7}")
@@ -81,7 +85,8 @@ def main() -> None:
             start = time.perf_counter()
             quantize.quantize(args.onnx, path, calibration, settings)
             seconds = time.perf_counter() - start
-            ms = quantize.compare_latency({"fp32": quantize.session(args.onnx), "int8": quantize.session(path)},
+            ms = quantize.compare_latency({"fp32": quantize.session(args.onnx, args.threads),
+                                           "int8": quantize.session(path, args.threads)},
                                           calibration, seconds=args.seconds)
             drop = runtime_drop(fp32, runtime.load(path), labelled)
             r1, r32 = ms["int8"][1] / ms["fp32"][1], ms["int8"][32] / ms["fp32"][32]
