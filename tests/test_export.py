@@ -65,7 +65,9 @@ def test_checker_passes_on_good_export_three_ways(trained_run, tmp_path):
     version = _version_dir(trained_run)
     # The export ships int8 only when it timed faster; the checker's int8 part gets one either way.
     shutil.copy(version / "model.onnx", tmp_path / "model.onnx")
-    calibration = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
+    from mtl_keras.data.sources import shapes
+
+    calibration = shapes.generate(256, seed=5)[0].astype(np.float32)  # training-like images, as export uses
     quantize.quantize(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", calibration)
     proc = run_module("mtl_keras.check_onnx", f"--saved_model={version}", f"--onnx={tmp_path / 'model.onnx'}",
                       f"--keras_model={root / 'work' / 'model.keras'}", "--check_dataset=shapes",
