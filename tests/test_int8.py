@@ -48,8 +48,8 @@ def _ops(path):
     return {n.op_type for n in onnx.load(path).graph.node}
 
 
-def test_default_quantizes_matmul_in_qoperator_form_and_leaves_softmax_float(mlp_onnx, tmp_path):
-    quantize.quantize(mlp_onnx, tmp_path / "q.onnx", _images())
+def test_static_quantizes_matmul_in_qoperator_form_and_leaves_softmax_float(mlp_onnx, tmp_path):
+    quantize.quantize(mlp_onnx, tmp_path / "q.onnx", _images(), quantize.Int8Settings(mode="static"))
     ops = _ops(tmp_path / "q.onnx")
     assert "QLinearMatMul" in ops and "MatMul" not in ops and "Softmax" in ops
     assert "QLinearSoftmax" not in ops and "QuantizeLinear" in ops and "DequantizeLinear" in ops
@@ -60,11 +60,16 @@ def test_default_quantizes_matmul_in_qoperator_form_and_leaves_softmax_float(mlp
         assert np.abs(fp32[head] - int8[head]).max() < 0.05, head
 
 
-def test_dynamic_mode_needs_no_calibration_and_static_does(mlp_onnx, tmp_path):
-    quantize.quantize(mlp_onnx, tmp_path / "d.onnx", None, quantize.Int8Settings(mode="dynamic"))
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} & _ops(tmp_path / "d.onnx")
+def test_default_dynamic_needs_no_calibration_and_static_does(mlp_onnx, tmp_path):
+    quantize.quantize(mlp_onnx, tmp_path / "d.onnx", None)
+    ops = _ops(tmp_path / "d.onnx")
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops and "MatMul" not in ops and "Softmax" in ops
+    from mtl_keras.serving import runtime
+
+    fp32, int8 = runtime.load(mlp_onnx)(_images()), runtime.load(tmp_path / "d.onnx")(_images())
+    assert max(np.abs(fp32[h] - int8[h]).max() for h in ("fine", "coarse")) < 0.05
     with pytest.raises(ExportError, match="static int8 needs calibration images"):
-        quantize.quantize(mlp_onnx, tmp_path / "s.onnx", None)
+        quantize.quantize(mlp_onnx, tmp_path / "s.onnx", None, quantize.Int8Settings(mode="static"))
 
 
 def test_calibration_reads_bounded_batches():
@@ -88,7 +93,7 @@ def test_int8_file_kept_only_when_faster_at_both_batch_sizes(mlp_onnx, tmp_path,
     decision = quantize.write_int8(mlp_onnx, tmp_path / "model.int8.onnx", _images())
     assert decision["kept"] is kept and (tmp_path / "model.int8.onnx").exists() is kept
     assert decision["latency_ratio"] == {"1": int8_ms[0], "32": int8_ms[1] / 20.0}
-    assert decision["settings"]["quant_format"] == "qoperator" and json.dumps(decision)
+    assert decision["settings"]["mode"] == "dynamic" and json.dumps(decision)
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [decision["summary"]]
     assert printed[0].startswith("int8: kept" if kept else "int8: not shipped")

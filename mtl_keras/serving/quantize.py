@@ -6,7 +6,7 @@ calls interleaved so a loaded machine slows both alike, and keeps `model.int8.on
 <= `max_latency_ratio` of fp32 at both batch sizes. The decision and its figures are returned and written
 beside the model (assets.extra/int8.json), so a slower int8 file is never shipped silently.
 
-Memory: MinMax calibration adds ReduceMin/ReduceMax nodes to the graph and keeps two numbers per tensor and
+Memory: the default (dynamic) needs no calibration at all. For static int8, MinMax calibration adds ReduceMin/ReduceMax nodes to the graph and keeps two numbers per tensor and
 batch; histogram methods (percentile, entropy) keep every activation of every calibration image, which for
 ResNet-152 at 224 px reached ~22 GB. Calibration runs `calibration_batch` images at a time.
 """
@@ -32,9 +32,9 @@ LATENCY_BATCHES = (1, 32)
 @dataclasses.dataclass(frozen=True)
 class Int8Settings:
     """How to quantize. Defaults: see BUILD_NOTES.md "int8" for every combination measured."""
-    mode: str = "static"  # static (calibrated activation scales) or dynamic (scales computed per call)
-    quant_format: str = "qoperator"  # qoperator: QLinearConv / QLinearMatMul kernels; qdq: Q/DQ pairs
-    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")  # softmax, LayerNorm, GELU stay float
+    mode: str = "dynamic"  # dynamic (activation scales computed per call) or static (calibrated)
+    quant_format: str = "qoperator"  # static only: qoperator (QLinearConv / QLinearMatMul) or qdq (Q/DQ pairs)
+    op_types: tuple[str, ...] = ("MatMul", "Gemm")  # softmax, LayerNorm, GELU (and Conv) stay float
     per_channel: bool = False
     reduce_range: bool = False  # 7-bit weights: only for CPUs without VNNI (this one has AVX512_VNNI)
     activation_type: str = "quint8"
