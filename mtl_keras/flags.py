@@ -95,7 +95,8 @@ def _serving_flags(d: _Definer) -> None:
     d.string("model_name", _D.model_name, "Model name under --export_dir (TF Serving model name).")
     d.validator("model_name", lambda v: bool(v) and v.replace("_", "").replace("-", "").isalnum(),
                 "--model_name must be letters, digits, '_' or '-'")
-    d.boolean("int8", _D.int8, "Also write model.int8.onnx (static int8, calibrated on training images).")
+    d.boolean("int8", _D.int8, "Also try model.int8.onnx (dynamic int8 of MatMul / Gemm), kept only when it runs "
+              "faster than fp32 here (serving/quantize.py).")
     d.boolean("check", _D.check, "Verify the export: Keras <-> SavedModel <-> ONNX parity (--atol) and the "
               "int8 accuracy drop (--int8_max_drop).")
     d.float("atol", _D.atol, "Parity tolerance: max absolute difference allowed per output (train, export "

@@ -3,6 +3,7 @@
     export.py        the version folder: SavedModel for TF Serving, ONNX, int8 ONNX, class names, warmup requests
     signatures.py    the SavedModel's signatures (serving_default: float pixels; serving_bytes: encoded images ->
                      probabilities + top-k names and scores, decoded as the folder dataset does) and warmup records
+    quantize.py      int8 ONNX: quantize, time against fp32, keep only when faster (the decision in int8.json)
     onnx_convert.py  the two ONNX converters (--onnx_converter): tf2onnx on the SavedModel's serving_default, or
                      Keras's model.export(format="onnx"); both give input image, outputs fine / coarse, metadata
     runtime.py       `load(path)`: one loader for .keras, a SavedModel folder or .onnx -> images in, probabilities out

@@ -7,7 +7,8 @@ Layout (EXPORT_DIR/MODEL_NAME is a TF Serving model base path):
     EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/classes.json     class names of both heads
     EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/tf_serving_warmup_requests   PredictionLog records, both signatures
     EXPORT_DIR/MODEL_NAME/VERSION/model.onnx                    opset 17, dynamic batch, same names (--onnx_converter)
-    EXPORT_DIR/MODEL_NAME/VERSION/model.int8.onnx               onnxruntime static int8 (QDQ)
+    EXPORT_DIR/MODEL_NAME/VERSION/model.int8.onnx               int8 (quantize.py), only when faster than fp32
+    EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/int8.json        the int8 decision: latencies, settings, kept
 
 The version folder is built under a hidden temporary name and renamed into place, so a server polling
 the base path never sees a half-written model, and an existing version is never overwritten.
@@ -25,11 +26,12 @@ import numpy as np
 
 from mtl_keras.config import ServingConfig
 from mtl_keras.errors import ExportError
-from mtl_keras.serving import onnx_convert, signatures
+from mtl_keras.serving import onnx_convert, quantize, signatures
 
 ONNX_OPSET = onnx_convert.ONNX_OPSET
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+INT8_REPORT = "int8.json"  # in assets.extra: quantize.write_int8's decision and figures
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
@@ -46,37 +48,19 @@ def write_onnx(saved_model_dir: Path, path: Path, metadata: dict[str, str],
     onnx_convert.convert(converter, path, metadata, saved_model_dir=saved_model_dir, model=model)
 
 
-def write_int8(onnx_path: Path, path: Path, calibration_images: np.ndarray) -> None:
-    """Static int8 quantization (QDQ, per-channel weights) calibrated on `calibration_images`."""
-    from onnxruntime import quantization as q
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(np.array_split(calibration_images.astype(np.float32),
-                                               max(1, len(calibration_images) // 32)))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"image": batch}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        q.quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-        q.quantize_static(str(prepared), str(path), Reader(), quant_format=q.QuantFormat.QDQ,
-                          per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                          calibrate_method=q.CalibrationMethod.Percentile,
-                          extra_options={"CalibPercentile": 99.99})
 
 
 def export(model, export_dir: str, model_name: str, *, class_names: dict | None = None,
            flags_text: str = "", version: int | None = None, onnx: bool = True,
            calibration_images: np.ndarray | None = None, warmup_images: np.ndarray | None = None,
-           top_k: int = ServingConfig.top_k, onnx_converter: str = ServingConfig.onnx_converter) -> Path:
+           top_k: int = ServingConfig.top_k, onnx_converter: str = ServingConfig.onnx_converter,
+           int8_settings: quantize.Int8Settings = quantize.Int8Settings()) -> Path:
     """Writes EXPORT_DIR/MODEL_NAME/VERSION atomically and returns it.
 
-    int8 ONNX is written when `calibration_images` are given (with `onnx`); the warmup file when
-    `warmup_images` are (records for both signatures); serving_bytes answers the `top_k` classes per head;
-    model.onnx comes from `onnx_converter` (tf2onnx or keras).
+    int8 ONNX is tried when `calibration_images` are given (with `onnx`) and kept only when faster
+    (quantize.write_int8; its decision in assets.extra/int8.json); the warmup file when `warmup_images` are
+    (records for both signatures); serving_bytes answers the `top_k` classes per head; model.onnx comes from
+    `onnx_converter` (tf2onnx or keras).
     """
     model_dir = Path(export_dir) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +82,8 @@ def export(model, export_dir: str, model_name: str, *, class_names: dict | None 
             metadata |= {f"{head}_classes": json.dumps(names) for head, names in (class_names or {}).items()}
             write_onnx(tmp, tmp / ONNX_FILE, metadata, onnx_converter, model)
             if calibration_images is not None:
-                write_int8(tmp / ONNX_FILE, tmp / INT8_FILE, calibration_images)
+                decision = quantize.write_int8(tmp / ONNX_FILE, tmp / INT8_FILE, calibration_images, int8_settings)
+                (extra / INT8_REPORT).write_text(json.dumps(decision, indent=1))
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; servers often run as another user
         os.rename(tmp, final)  # atomic on one filesystem; fails rather than replace an existing version
     except BaseException:

@@ -18,7 +18,7 @@ from mtl_keras import config as config_lib
 from mtl_keras.data import datasets, pipeline
 from mtl_keras.data.images import fit_images
 from mtl_keras.errors import ExportError
-from mtl_keras.serving import export, runtime, verify
+from mtl_keras.serving import export, quantize, runtime, verify
 
 CALIBRATION_IMAGES = 256  # training images the int8 calibration sees
 WARMUP_IMAGES = 8  # test images in the TF Serving warmup file
@@ -44,12 +44,14 @@ def read_run(workdir: str | Path, need_model: bool = True) -> tuple[config_lib.T
 def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version: int | None = None,
                int8: bool = True, check: bool = True, atol: float = 1e-5, int8_max_drop: float = 1.0,
                num_random: int = 32, num_real: int = 256, top_k: int = config_lib.ServingConfig.top_k,
-               onnx_converter: str = config_lib.ServingConfig.onnx_converter, model=None, splits=None) -> dict:
+               onnx_converter: str = config_lib.ServingConfig.onnx_converter, model=None, splits=None,
+               int8_settings: quantize.Int8Settings = quantize.Int8Settings()) -> dict:
     """Exports the run in `workdir` (its model.keras, or `model` when given) to EXPORT_DIR/MODEL_NAME/VERSION
     and, with `check`, verifies it; returns {"artifacts": {name: path}, "metrics": {...}, "ok": bool}.
 
     Test and calibration images are the first N of their splits (`splits`, or the run's dataset read from
-    its config.json without downloading): a split of image files decodes only those.
+    its config.json without downloading): a split of image files decodes only those. int8 is kept only when
+    faster than fp32 (quantize.write_int8); its decision is metrics["int8_export"].
     """
     config, class_names, flags_text = read_run(workdir, need_model=model is None)
     if model is None:
@@ -63,17 +65,20 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
     version_dir = export.export(model, export_dir, model_name, flags_text=flags_text, version=version,
                                 class_names={h: class_names[h] for h in ("fine", "coarse") if h in class_names},
                                 calibration_images=calibration, warmup_images=real[:WARMUP_IMAGES], top_k=top_k,
-                                onnx_converter=onnx_converter)
+                                onnx_converter=onnx_converter, int8_settings=int8_settings)
     artifacts = {"saved_model": str(version_dir), "onnx": str(version_dir / export.ONNX_FILE)}
-    if int8:
-        artifacts["onnx_int8"] = str(version_dir / export.INT8_FILE)
-    result = {"artifacts": artifacts, "metrics": {}, "ok": True}
+    int8_path = version_dir / export.INT8_FILE
+    if int8_path.is_file():
+        artifacts["onnx_int8"] = str(int8_path)
+    decision_file = version_dir / "assets.extra" / export.INT8_REPORT
+    decision = json.loads(decision_file.read_text()) if int8 and decision_file.is_file() else None
+    result = {"artifacts": artifacts, "metrics": {"int8_export": decision} if decision else {}, "ok": True}
     if check:
         images = np.concatenate([verify.random_pixels(shape, num_random, config.run.seed), real[:num_real]])
         verification = verify.verify(
             version_dir, version_dir / export.ONNX_FILE, images, keras_model=model, atol=atol,
-            int8=version_dir / export.INT8_FILE if int8 else None, int8_max_drop=int8_max_drop,
+            int8=int8_path if int8_path.is_file() else None, int8_max_drop=int8_max_drop,
             labelled_batches=labelled_batches(splits.test, splits.info, shape))
         print(verification.text())
-        result |= {"metrics": verification.metrics(), "ok": verification.ok}
+        result |= {"metrics": result["metrics"] | verification.metrics(), "ok": verification.ok}
     return result
