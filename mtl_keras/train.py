@@ -69,16 +69,19 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     import keras
 
     from mtl_keras import losses
-    from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars
+    from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars, trim_history
 
     checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
     initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
+        trim_history(workdir / "history.csv", initial_epoch)  # rows logged after the checkpoint go
     guard = NanGuard()
     start = time.time()
     epochs = config.optim.epochs
     if initial_epoch < epochs:
+        # In this order: the epoch's row is written before its checkpoint, so no checkpointed epoch lacks a row
+        # (a kill between the two leaves a row that the resumed run trims, see trim_history).
         callbacks = [guard, *losses.weighting_callbacks(model, config.optim.loss_weighting),
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
                      TensorBoardScalars(workdir / "tensorboard"),
