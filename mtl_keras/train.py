@@ -64,6 +64,18 @@ def _setup_runtime(optim: OptimConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def pipelines(config: TrainConfig, splits):
+    """The run's (training, validation or None) tf.data pipelines: the data section's augmentation settings
+    reach the training pipeline here and only here."""
+    data, optim = config.data, config.optim
+    common = dict(task=config.model.task, batch_size=optim.batch_size)
+    train_ds = pipeline.pipeline(splits.train, splits.info, training=True, augment=data.augment, seed=config.run.seed,
+                                 randaugment_ops=data.randaugment_ops, randaugment_magnitude=data.randaugment_magnitude,
+                                 mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha, **common)
+    val_ds = pipeline.pipeline(splits.val, splits.info, **common) if len(splits.val) else None
+    return train_ds, val_ds
+
+
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> tuple[float, int]:
     """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit and epochs run."""
     import keras
@@ -170,11 +182,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     atomic.write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
     keras.utils.set_random_seed(seed)
     steps = len(train) // optim.batch_size
-    common = dict(task=config.model.task, batch_size=optim.batch_size)
-    train_ds = pipeline.pipeline(train, info, training=True, augment=data.augment, seed=seed,
-                                 randaugment_ops=data.randaugment_ops, randaugment_magnitude=data.randaugment_magnitude,
-                                 mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha, **common)
-    val_ds = pipeline.pipeline(splits.val, info, **common) if len(splits.val) else None
+    train_ds, val_ds = pipelines(config, splits)
 
     input_shape = train.images.shape[1:]
     norm_stats = channel_stats(train.images) if config.model.model in ADAPTED_NORM else None
