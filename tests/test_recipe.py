@@ -100,6 +100,31 @@ def test_stochastic_depth_sets_the_drop_path_rates_of_cct():
     assert sorted(set(rates(model))) == pytest.approx([0.0, 0.4])  # linear from 0 to the flag's rate, 2 blocks
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_computes_in_half_and_keeps_float32_weights_and_outputs(precision):
+    import keras
+
+    model = _compiled(f"--mixed_precision={precision}")
+    trunk = model.get_layer("vit_Pico_4")
+    for layer in [model.get_layer("fine_logits"), *(layer for layer in trunk.layers if layer.weights)]:
+        assert (layer.compute_dtype, layer.variable_dtype) == (precision, "float32"), layer.name
+    assert {t.dtype for t in model.outputs} == {"float32"}  # float32 softmax: probabilities keep parity
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "float16")
+    assert keras.config.dtype_policy().name == "float32"  # the policy applied to this model only
+
+
+@pytest.mark.slow
+def test_float16_training_finishes_with_a_finite_loss():
+    model = _compiled("--mixed_precision=float16", "--lr_schedule=constant", "--nojit_compile")  # XLA: 50 s
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32")
+    y = {h: np.eye(k, dtype="float32")[rng.integers(0, k, 32)] for h, k in NUM_CLASSES.items()}
+    loss = model.fit(x, y, batch_size=16, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(loss)) and loss[-1] < loss[0], loss
+    assert int(model.optimizer.iterations) == 4  # the inner optimizer's: no step skipped by the loss scale
+
+
 # --- data flags: through the CLI parser into the config, checked on the training pipeline train.run builds ----
 
 def _batches(args: list[str], n: int = 1, *, splits):
@@ -110,9 +135,8 @@ def _batches(args: list[str], n: int = 1, *, splits):
 
 
 @pytest.fixture(scope="module")
-def shapes_small():
-    cfg = mtl_flags.config_from_args(["--max_train_examples=256", "--seed=0"])
-    return datasets.prepare(cfg.data, cfg.run.seed)
+def shapes_small(shapes_splits):
+    return shapes_splits  # the default data settings at --seed=0 (conftest's session fixture, shared)
 
 
 @pytest.mark.parametrize("policy", ["mixup", "cutmix"])

@@ -78,8 +78,9 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
 def test_bfloat16_training_exports_float32(tmp_path):
     proc = run_module("mtl_keras.train", *QUICK, "--mixed_precision=bfloat16", f"--workdir={tmp_path / 'w'}",
                       f"--export_dir={tmp_path / 'e'}", "--model_name=bf16", "--noint8")
+    # (What bfloat16 changes in the model, compute dtype bfloat16 with float32 weights, and a float16 run
+    # training to a finite loss: tests/test_recipe.py. Here: the run's exports are float32 all the same.)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "bfloat16" in proc.stdout
     metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert metrics["onnx_parity_ok"] is True
     import onnx
@@ -91,8 +92,9 @@ def test_bfloat16_training_exports_float32(tmp_path):
 
 def test_mirrored_on_two_logical_cpus(tmp_path):
     common = [*QUICK, "--epochs=3", "--noexport", "--seed=5"]
+    # mirrored prefers GPUs: hide them, or a one-GPU machine trains one replica.
     two = run_module("mtl_keras.train", *common, "--cpu_devices=2", "--distribution=mirrored",
-                     f"--workdir={tmp_path / 'two'}")
+                     f"--workdir={tmp_path / 'two'}", env=subprocess_env(CUDA_VISIBLE_DEVICES=""))
     assert two.returncode == 0, two.stderr[-2000:]
     assert "2 replica(s)" in two.stdout
     one = run_module("mtl_keras.train", *common, "--distribution=none", f"--workdir={tmp_path / 'one'}")

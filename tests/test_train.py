@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import TINY_FLAGS, run_module
+from conftest import TINY_FLAGS, run_module, subprocess_env
 
 
 @pytest.mark.slow
@@ -89,8 +89,9 @@ def test_read_only_workdir_is_named(tmp_path, monkeypatch):
     (["--batch_size=4096", "--max_train_examples=100"], "--batch_size=4096 exceeds the 100 training examples"),
 ])
 def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expected):
+    # GPUs hidden: mirrored prefers them, and on a one-GPU machine --cpu_devices=2 would give one replica.
     proc = run_module("mtl_keras.train", "--variant=Pico/4", *flags, f"--workdir={tmp_path / 'w'}",
-                      f"--export_dir={tmp_path / 'e'}")
+                      f"--export_dir={tmp_path / 'e'}", env=subprocess_env(CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert expected in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
