@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import TINY_FLAGS, run_module, subprocess_env
+from conftest import REPO, TINY_FLAGS, run_module, subprocess_env
 
 
 @pytest.mark.slow
@@ -48,13 +48,34 @@ def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, expected):
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
 
 
-def test_offline_cifar_fails_within_seconds(tmp_path):
+# A machine without network, for one subprocess: DNS fails and no socket connects (tfds's own download too).
+OFFLINE = """
+import errno, socket
+
+def _no_dns(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (offline test)")
+
+def _no_route(*args, **kwargs):
+    raise OSError(errno.ENETUNREACH, "Network is unreachable (offline test)")
+
+socket.getaddrinfo = _no_dns
+socket.socket.connect = _no_route
+"""
+
+
+def test_offline_cifar_download_fails_within_seconds_in_one_line(tmp_path):
+    # The real path of a first run offline: not prepared, --download on (the default), no network.
+    (tmp_path / "offline").mkdir()
+    (tmp_path / "offline" / "sitecustomize.py").write_text(OFFLINE)
+    env = subprocess_env(PYTHONPATH=f"{tmp_path / 'offline'}:{REPO}")
     start = time.time()
-    proc = run_module("mtl_keras.train", "--flagfile=configs/mtl_vit_c10.flags", f"--data_dir={tmp_path}",
-                      "--nodownload", f"--workdir={tmp_path / 'w'}")
-    assert proc.returncode == 1
-    assert "train: error: dataset cifar10 not found" in proc.stderr and "Traceback" not in proc.stderr
-    assert time.time() - start < 60
+    proc = run_module("mtl_keras.train", "--flagfile=configs/mtl_vit_c10.flags", f"--data_dir={tmp_path / 'tfds'}",
+                      f"--workdir={tmp_path / 'w'}", env=env, timeout=90)  # tfds alone retries for minutes
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _last_line(proc).startswith(f"train: error: dataset cifar10 not found in --data_dir={tmp_path / 'tfds'} "
+                                       "and www.cs.toronto.edu is unreachable ("), _last_line(proc)
+    assert "tfds build cifar10" in _last_line(proc)
+    assert time.time() - start < 60 and not (tmp_path / "w").exists()
 
 
 def _last_line(proc) -> str:
