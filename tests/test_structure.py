@@ -146,3 +146,25 @@ def test_subprocess_tests_scrub_the_environment_and_optional_modules_fail_under_
         text = path.read_text()
         if path.name not in ("conftest.py", "test_structure.py"):
             assert "**os.environ" not in text and "importorskip(" not in text, path.name
+
+
+def test_ci_fails_a_run_with_a_skip_whose_reason_is_not_allowed(tmp_path):
+    import shutil
+
+    (tmp_path / "tests").mkdir()
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "tests" / "conftest.py")
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import pytest\n\ndef test_runs():\n    pass\n\n"
+        "def test_skips():\n    pytest.skip('dataset not installed')\n")
+
+    def pytest_exit(ci: bool) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in subprocess_env().items() if k != "CI"} | ({"CI": "true"} if ci else {})
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    assert pytest_exit(ci=False).returncode == 0  # a developer's machine: a skip is a skip
+    proc = pytest_exit(ci=True)
+    assert proc.returncode == 1 and "tests/test_x.py::test_skips: dataset not installed" in proc.stdout, proc.stdout
+    (tmp_path / ".ci" / "allowed_skips").write_text("# comment\nnot installed$\n")
+    assert pytest_exit(ci=True).returncode == 0
