@@ -100,12 +100,16 @@ def _data_place_flags(d: _Definer) -> None:
             lower_bound=0.0)
 
 
+def valid_model_name(name: str | None) -> bool:
+    """A model name is one folder under --export_dir: letters, digits, '_' or '-' (never '..' or a path)."""
+    return bool(name) and name.replace("_", "").replace("-", "").isalnum()
+
+
 def _serving_flags(d: _Definer) -> None:
     d.string("export_dir", _D.export_dir, "Export root (TF Serving base path): EXPORT_DIR/MODEL_NAME/N/.")
     d.validator("export_dir", bool, "--export_dir must not be empty")
     d.string("model_name", _D.model_name, "Model name under --export_dir (TF Serving model name).")
-    d.validator("model_name", lambda v: bool(v) and v.replace("_", "").replace("-", "").isalnum(),
-                "--model_name must be letters, digits, '_' or '-'")
+    d.validator("model_name", valid_model_name, "--model_name must be letters, digits, '_' or '-'")
     d.boolean("int8", _D.int8, "Also write model.int8.onnx (static int8, calibrated on training images).")
     d.boolean("check", _D.check, "Verify the export: Keras <-> SavedModel <-> ONNX parity (--atol) and the "
               "int8 accuracy drop (--int8_max_drop).")
