@@ -12,9 +12,11 @@ from conftest import REPO, TINY_FLAGS, run_module, subprocess_env
 def test_tiny_run_learns_well_above_chance(trained_run):
     root, proc = trained_run
     metrics = json.loads((root / "work" / "metrics.json").read_text())
-    # Chance: 10 % fine, 40 % coarse (majority family). Measured 2026-11-25: see BUILD_NOTES.md.
-    assert metrics["fine_accuracy"] > 0.35, metrics
-    assert metrics["coarse_accuracy"] > 0.55, metrics
+    # Chance: 10 % fine, 40 % coarse (majority family). Measured 2026-11-25 (BUILD_NOTES.md, "Measured figures"):
+    # 61.50 % / 71.55 % at this seed (twice, same digits), 59.85 % / 69.35 % at seed 2. The bounds sit 11.5 and
+    # 9.5 points below, about 5x the seed-to-seed difference: a run that learns half as well fails.
+    assert metrics["fine_accuracy"] > 0.50, metrics
+    assert metrics["coarse_accuracy"] > 0.62, metrics
     assert 0.0 <= metrics["hierarchy_consistency"] <= 1.0
     assert metrics["onnx_parity_ok"] is True
     assert metrics["onnx_parity"]["fine"]["argmax_agreement"] == 1.0
