@@ -23,15 +23,16 @@ from mtl_keras.config import OptimConfig, ServingConfig, TrainConfig
 from mtl_keras.errors import MtlError, RunError, report
 
 
-def check_workdir(workdir: str) -> Path:
-    """Raises RunError unless `workdir` is, or can be created as, a writable folder; creates nothing."""
+def check_workdir(workdir: str, flag: str = "workdir") -> Path:
+    """Raises RunError unless `workdir` (the value of --`flag`) is, or can be created as, a writable folder;
+    creates nothing."""
     path = Path(workdir).expanduser()
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
-        raise RunError(f"--workdir={workdir} cannot be used: {existing} {why}")
+        raise RunError(f"--{flag}={workdir} cannot be used: {existing} {why}")
     return path
 
 
@@ -144,6 +145,8 @@ def run(config: TrainConfig) -> dict:
     data, optim, seed = config.data, config.optim, config.run.seed
     _setup_runtime(optim)
     workdir = check_workdir(config.run.workdir)
+    if config.serving.export:  # found only after training, it lost the run's metrics.json
+        check_workdir(config.serving.export_dir, "export_dir")
     try:
         scope, replicas = distribute.strategy_scope(optim.distribution)
     except ValueError as e:

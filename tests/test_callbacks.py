@@ -136,3 +136,17 @@ def test_resume_trims_history_rows_logged_after_the_checkpoint(tmp_path):
     assert path.read_bytes() == b"epoch,loss\r\n0,2.5\r\n"
     trim_history(tmp_path / "none.csv", 1)  # no history yet
     assert not (tmp_path / "none.csv").exists()
+
+
+def test_records_written_atomically_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from mtl_keras import atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_json(tmp_path / "state.json", {"epoch": 1})  # mkstemp alone gives 0600
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o644

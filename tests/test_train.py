@@ -92,6 +92,17 @@ def test_workdir_under_a_file_is_one_line(tmp_path):
     assert _last_line(proc) == f"train: error: --workdir={blocker / 'sub'} cannot be used: {blocker} is not a folder"
 
 
+def test_export_dir_under_a_file_fails_before_anything_is_written(tmp_path):
+    from mtl_keras import config, train
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = config.make(workdir=str(tmp_path / "w"), export_dir=str(blocker / "e"), variant="Pico/4")
+    with pytest.raises(train.RunError, match=f"^--export_dir={blocker / 'e'} cannot be used: {blocker} is not a folder$"):
+        train.run(cfg)  # it used to fail after training, with a traceback and no metrics.json
+    assert not (tmp_path / "w").exists()
+
+
 def test_read_only_workdir_is_named(tmp_path, monkeypatch):
     import os
 
