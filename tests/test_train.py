@@ -97,7 +97,8 @@ def test_export_dir_under_a_file_fails_before_anything_is_written(tmp_path):
 
     blocker = tmp_path / "file"
     blocker.write_text("")
-    cfg = config.make(workdir=str(tmp_path / "w"), export_dir=str(blocker / "e"), variant="Pico/4")
+    cfg = config.make(workdir=str(tmp_path / "w"), export_dir=str(blocker / "e"), variant="Pico/4", epochs=1,
+                      batch_size=32, max_train_examples=64)  # small, should the check ever let it train
     with pytest.raises(train.RunError, match=f"^--export_dir={blocker / 'e'} cannot be used: {blocker} is not a folder$"):
         train.run(cfg)  # it used to fail after training, with a traceback and no metrics.json
     assert not (tmp_path / "w").exists()
