@@ -8,11 +8,23 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process's umask: read from /proc on Linux; elsewhere set and restored (a moment other threads see)."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Writes `text` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the run's records from other users
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

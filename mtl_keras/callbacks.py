@@ -80,6 +80,28 @@ class Checkpoint(keras.callbacks.Callback):
                 old.unlink()
 
 
+def trim_history(path: str | Path, epochs: int) -> None:
+    """Keeps the header of CSVLogger's file and its complete rows of the first `epochs` epochs, each once.
+
+    CSVLogger writes an epoch's row before Checkpoint saves that epoch (so a checkpointed epoch always has its
+    row); a kill between the two resumes from the epoch before, which trains and logs the epoch again. Called
+    before a resumed fit appends, this drops such rows (and a row cut by the kill) instead of repeating them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        lines = f.readlines()
+    kept, seen = lines[:1], set()
+    for line in lines[1:]:
+        epoch = line.split(",", 1)[0]
+        if line.endswith("\n") and epoch.isdigit() and int(epoch) < epochs and epoch not in seen:
+            seen.add(epoch)
+            kept.append(line)
+    if kept != lines:
+        atomic.write_text(path, "".join(kept))
+
+
 class NanGuard(keras.callbacks.Callback):
     """Stops training at the first non-finite loss and remembers where (1-based epoch and step)."""
 

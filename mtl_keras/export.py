@@ -13,6 +13,19 @@ import sys
 from pathlib import Path
 
 
+def default_model_name(workdir: str) -> str:
+    """--model_name's default: the run folder's own name, resolved (RUN/checkpoints/.. is RUN, not '..', which
+    put the version outside --export_dir) and held to --model_name's rule."""
+    from mtl_keras.errors import ExportError
+    from mtl_keras.flags import valid_model_name
+
+    name = Path(workdir).expanduser().resolve().name
+    if not valid_model_name(name):
+        raise ExportError(f"--workdir={workdir}: its folder name {name!r} cannot name the model; pass "
+                          "--model_name=NAME (letters, digits, '_' or '-')")
+    return name
+
+
 def main(argv: list[str]) -> int:
     from absl import logging
 
@@ -21,12 +34,12 @@ def main(argv: list[str]) -> int:
     from absl import flags
 
     FLAGS = flags.FLAGS
-    from mtl_keras.serving.runs import export_run
-
     del argv
     logging.set_verbosity(logging.WARNING)
-    name = FLAGS.model_name if FLAGS["model_name"].present else Path(FLAGS.workdir).name
     try:
+        name = FLAGS.model_name if FLAGS["model_name"].present else default_model_name(FLAGS.workdir)
+        from mtl_keras.serving.runs import export_run
+
         result = export_run(FLAGS.workdir, export_dir=FLAGS.export_dir, model_name=name, version=FLAGS.version,
                             int8=FLAGS.int8, check=FLAGS.check, atol=FLAGS.atol, int8_max_drop=FLAGS.int8_max_drop,
                             num_random=FLAGS.num_random, num_real=FLAGS.num_real, top_k=FLAGS.top_k,

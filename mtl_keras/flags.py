@@ -26,6 +26,10 @@ from mtl_keras import config
 from mtl_keras.config import DataConfig, TrainConfig
 
 _D = types.SimpleNamespace(**config.flat(TrainConfig()))  # every default, by flag name
+# numpy's global seed (keras.utils.set_random_seed) takes 0 .. 2**32 - 1; TensorFlow's int32 seed ops less.
+MAX_SEED = 2 ** 31 - 1
+# 1024 px: beyond any trunk here (ViT /4 at 1024 px is 65,536 tokens); larger sizes ran out of memory.
+MAX_IMAGE_SIZE = 1024
 
 
 class _Definer:
@@ -45,6 +49,13 @@ class _Definer:
         if bounds:
             flags.register_validator(name, lambda v: v is None or math.isfinite(v),
                                      f"--{name} must be a finite number", flag_values=self.fv)
+
+    def string(self, name: str, default, help_text: str, **kwargs) -> None:
+        """DEFINE_string that refuses a newline: flags.txt holds one flag per line, so a value with a newline
+        would replay as extra flags (`--workdir=$'w\\n--epochs=1'`)."""
+        flags.DEFINE_string(name, default, help_text, flag_values=self.fv, **kwargs)
+        flags.register_validator(name, lambda v: v is None or not any(c in v for c in "\r\n"),
+                                 f"--{name} must be one line (it holds a line break)", flag_values=self.fv)
 
 
 def _valid_augment(spec: str) -> bool:
@@ -81,7 +92,7 @@ def _data_place_flags(d: _Definer) -> None:
              "Folder with the Fashion-MNIST idx files (*-ubyte.gz), as `apt-get install "
              "dataset-fashion-mnist` installs them.")
     d.integer("folder_image_size", _D.folder_image_size, "folder / csv: images are decoded and resized "
-              "to this square size (3 channels).", lower_bound=8)
+              f"to this square size (3 channels, at most {MAX_IMAGE_SIZE}).", lower_bound=8, upper_bound=MAX_IMAGE_SIZE)
     d.float("folder_test_fraction", _D.folder_test_fraction, "folder / csv without a test split: share of "
             "each fine class held out (fixed seed) for testing.", lower_bound=0.0, upper_bound=0.5)
     d.float("folder_cache_mb", _D.folder_cache_mb, "folder / csv: decode all images once into memory when "
@@ -89,12 +100,16 @@ def _data_place_flags(d: _Definer) -> None:
             lower_bound=0.0)
 
 
+def valid_model_name(name: str | None) -> bool:
+    """A model name is one folder under --export_dir: letters, digits, '_' or '-' (never '..' or a path)."""
+    return bool(name) and name.replace("_", "").replace("-", "").isalnum()
+
+
 def _serving_flags(d: _Definer) -> None:
     d.string("export_dir", _D.export_dir, "Export root (TF Serving base path): EXPORT_DIR/MODEL_NAME/N/.")
     d.validator("export_dir", bool, "--export_dir must not be empty")
     d.string("model_name", _D.model_name, "Model name under --export_dir (TF Serving model name).")
-    d.validator("model_name", lambda v: bool(v) and v.replace("_", "").replace("-", "").isalnum(),
-                "--model_name must be letters, digits, '_' or '-'")
+    d.validator("model_name", valid_model_name, "--model_name must be letters, digits, '_' or '-'")
     d.boolean("int8", _D.int8, "Also try model.int8.onnx (dynamic int8 of MatMul / Gemm), kept only when it runs "
               "faster than fp32 here (serving/quantize.py).")
     d.boolean("check", _D.check, "Verify the export: Keras <-> SavedModel <-> ONNX parity (--atol) and the "
@@ -150,8 +165,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.string("variant", _D.variant, "Trunk size: vit NAME/PATCH, e.g. Mu/4 (models/vit.py); cct LAYERS/KxN, e.g. "
              "7/3x1 (models/cct.py). Ignored by seed_vit and resnet152.")
     d.enum("stem", _D.stem, config.STEMS, "ViT tokenizer: conv (convolutional stem) or patch (linear).")
-    d.integer("image_size", _D.image_size, "Resize inputs to this size inside the model (unset: native).",
-              lower_bound=8)
+    d.integer("image_size", _D.image_size, f"Resize inputs to this size inside the model (unset: native; at most "
+              f"{MAX_IMAGE_SIZE}).", lower_bound=8, upper_bound=MAX_IMAGE_SIZE)
     d.float("dropout", _D.dropout, "Dropout rate in the trunk (seed_vit: after Flatten).", lower_bound=0.0,
             upper_bound=0.9)
     d.float("stochastic_depth", _D.stochastic_depth, "cct: drop-path rate of the last block (linear from 0).",
@@ -198,7 +213,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.boolean("deterministic", _D.deterministic, "Enable TensorFlow's deterministic ops: the same --seed "
               "gives the same metrics (slower; RandAugment stays non-deterministic).")
     # run
-    d.integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.")
+    d.integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.",
+              lower_bound=0, upper_bound=MAX_SEED)
     d.string("workdir", _D.workdir, "Run directory: metrics.json, flags.txt, model.keras.")
     d.validator("workdir", bool, "--workdir must not be empty")
     d.boolean("export", _D.export, "Export SavedModel + ONNX after training.")
@@ -230,7 +246,8 @@ def define_check_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.float("int8_max_drop", _D.int8_max_drop, "Most test-accuracy points the int8 model may lose per head.",
             lower_bound=0.0)
     _verify_flags(d)
-    d.integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.")
+    d.integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.",
+              lower_bound=0, upper_bound=MAX_SEED)
     _data_place_flags(d)
 
 
@@ -299,7 +316,8 @@ def error_line(error: flags.Error) -> str:
         return f"--{error.flagname} is not a flag of this program (see --help)"
     if isinstance(error, flags.CantOpenFlagFileError):
         return "--flagfile: " + line.removeprefix("ERROR:: ")
-    own = re.match(r"flags? .*?: (--\w.*)", line)  # a validator's own message already names its flag
+    # A validator's own message already names its flag (after a value that may hold a newline, see `string`).
+    own = re.match(r"flags? .*?: (--\w.*)", line) or re.match(r"flags? .*?: (--\w[^\n]*)", str(error), re.S)
     return own.group(1) if own else line.removeprefix("flag ")
 
 

@@ -23,15 +23,16 @@ from mtl_keras.config import OptimConfig, ServingConfig, TrainConfig
 from mtl_keras.errors import MtlError, RunError, report
 
 
-def check_workdir(workdir: str) -> Path:
-    """Raises RunError unless `workdir` is, or can be created as, a writable folder; creates nothing."""
+def check_workdir(workdir: str, flag: str = "workdir") -> Path:
+    """Raises RunError unless `workdir` (the value of --`flag`) is, or can be created as, a writable folder;
+    creates nothing."""
     path = Path(workdir).expanduser()
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
-        raise RunError(f"--workdir={workdir} cannot be used: {existing} {why}")
+        raise RunError(f"--{flag}={workdir} cannot be used: {existing} {why}")
     return path
 
 
@@ -64,21 +65,36 @@ def _setup_runtime(optim: OptimConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def pipelines(config: TrainConfig, splits):
+    """The run's (training, validation or None) tf.data pipelines: the data section's augmentation settings
+    reach the training pipeline here and only here."""
+    data, optim = config.data, config.optim
+    common = dict(task=config.model.task, batch_size=optim.batch_size)
+    train_ds = pipeline.pipeline(splits.train, splits.info, training=True, augment=data.augment, seed=config.run.seed,
+                                 randaugment_ops=data.randaugment_ops, randaugment_magnitude=data.randaugment_magnitude,
+                                 mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha, **common)
+    val_ds = pipeline.pipeline(splits.val, splits.info, **common) if len(splits.val) else None
+    return train_ds, val_ds
+
+
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> tuple[float, int]:
     """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit and epochs run."""
     import keras
 
     from mtl_keras import losses
-    from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars
+    from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars, trim_history
 
     checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
     initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
+        trim_history(workdir / "history.csv", initial_epoch)  # rows logged after the checkpoint go
     guard = NanGuard()
     start = time.time()
     epochs = config.optim.epochs
     if initial_epoch < epochs:
+        # In this order: the epoch's row is written before its checkpoint, so no checkpointed epoch lacks a row
+        # (a kill between the two leaves a row that the resumed run trims, see trim_history).
         callbacks = [guard, *losses.weighting_callbacks(model, config.optim.loss_weighting),
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
                      TensorBoardScalars(workdir / "tensorboard"),
@@ -129,6 +145,8 @@ def run(config: TrainConfig) -> dict:
     data, optim, seed = config.data, config.optim, config.run.seed
     _setup_runtime(optim)
     workdir = check_workdir(config.run.workdir)
+    if config.serving.export:  # found only after training, it lost the run's metrics.json
+        check_workdir(config.serving.export_dir, "export_dir")
     try:
         scope, replicas = distribute.strategy_scope(optim.distribution)
     except ValueError as e:
@@ -167,11 +185,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     atomic.write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
     keras.utils.set_random_seed(seed)
     steps = len(train) // optim.batch_size
-    common = dict(task=config.model.task, batch_size=optim.batch_size)
-    train_ds = pipeline.pipeline(train, info, training=True, augment=data.augment, seed=seed,
-                                 randaugment_ops=data.randaugment_ops, randaugment_magnitude=data.randaugment_magnitude,
-                                 mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha, **common)
-    val_ds = pipeline.pipeline(splits.val, info, **common) if len(splits.val) else None
+    train_ds, val_ds = pipelines(config, splits)
 
     input_shape = train.images.shape[1:]
     norm_stats = channel_stats(train.images) if config.model.model in ADAPTED_NORM else None

@@ -1,8 +1,11 @@
-"""Shared fixtures: small `shapes` splits and one tiny trained + exported run used by several tests."""
+"""Shared fixtures and helpers: small `shapes` splits, one tiny trained + exported run used by several tests,
+the environment of subprocess tests, and optional modules that must not silently skip under CI."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +20,44 @@ TINY_FLAGS = ["--dataset=shapes", "--variant=Mu/4", "--epochs=8", "--batch_size=
               "--learning_rate=2e-3", "--seed=1"]
 
 
-def run_module(module: str, *args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Runs `python -m module args` and returns the finished process (stdout and stderr as text)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+# Settings a developer's shell may hold that change what a subprocess runs: its Keras backend, a tf.distribute
+# cluster, JAX's devices. A subprocess test starts from none of them and sets what it needs.
+SCRUBBED_ENV = ("KERAS_BACKEND", "TF_CONFIG", "JAX_PLATFORMS", "XLA_FLAGS")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess test: this one without SCRUBBED_ENV, the repository on PYTHONPATH,
+    then `extra` (e.g. KERAS_BACKEND="jax")."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
+
+
+def run_module(module: str, *args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` (environment: `subprocess_env()` unless given) and returns the finished
+    process (stdout and stderr as text)."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env or subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def require(module: str):
+    """`pytest.importorskip(module)`, except under CI (env CI set), where a missing module is a failure: the
+    package declares Pillow and its test extra jax, so a skip there would hide a broken install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} cannot be imported under CI ({e}); pip install -e '.[test]'", pytrace=False)
+        pytest.skip(f"{module} is not installed ({e})", allow_module_level=True)
+
+
+def dwa_weights(history: dict) -> list[float]:
+    """DWA's (fine, coarse) weights for epoch 3 from the per-head losses fit logged in epochs 1-2 (weighted 1):
+    2 * softmax(r / T), r = L(2) / L(1), T = 2 (Liu et al. 2019)."""
+    import numpy as np
+
+    r = np.array([history[f"{h}_loss"][1] / history[f"{h}_loss"][0] for h in ("fine", "coarse")])
+    return list(2 * np.exp(r / 2) / np.exp(r / 2).sum())
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +75,34 @@ def trained_run(tmp_path_factory):
                       f"--export_dir={root / 'export'}", "--model_name=tiny")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
+
+
+# Under CI every test should run: a skip is allowed only when its reason matches a line of .ci/allowed_skips
+# (regular expressions; none today). Anything else, e.g. a missing dataset or module, fails the run.
+ALLOWED_SKIPS_FILE = REPO / ".ci" / "allowed_skips"
+
+
+def unexpected_skips(reports, allowed: list[str]) -> list[str]:
+    """'NODEID: reason' of each skipped test report whose reason matches no pattern in `allowed`."""
+    out = []
+    for report in reports:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if not any(re.search(pattern, reason) for pattern in allowed):
+            out.append(f"{report.nodeid}: {reason}")
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not os.environ.get("CI") or exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = ALLOWED_SKIPS_FILE.read_text().splitlines() if ALLOWED_SKIPS_FILE.is_file() else []
+    allowed = [line for line in lines if line.strip() and not line.startswith("#")]
+    unexpected = unexpected_skips(reporter.stats.get("skipped", []) if reporter else [], allowed)
+    if unexpected:
+        reporter.write_line(f"CI: {len(unexpected)} test(s) skipped without a reason in {ALLOWED_SKIPS_FILE}; "
+                            "a skip here is a failure:", red=True)
+        for line in unexpected:
+            reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

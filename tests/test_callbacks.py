@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mtl_keras import config
-from mtl_keras.callbacks import Checkpoint, CheckpointError, NanGuard
+from mtl_keras.callbacks import Checkpoint, CheckpointError, NanGuard, trim_history
 
 SETTINGS = {"dataset": "shapes", "epochs": 3, "learning_rate": 1e-3, "workdir": "a"}
 
@@ -125,3 +125,31 @@ def test_config_json_of_the_previous_version_reads_and_a_foreign_one_is_one_line
     with pytest.raises(ConfigError, match=r"holds settings this version does not know \(warp_drive\)") as err:
         config.read_json(tmp_path / "config.json")
     assert "\n" not in str(err.value)
+
+
+def test_resume_trims_history_rows_logged_after_the_checkpoint(tmp_path):
+    # CSVLogger's rows (\r\n) of a run killed after epoch 2's row (epoch 1, 0-based) but before its checkpoint,
+    # and a row cut by a kill mid-write: resuming from epoch 1 keeps epoch 0 only (tests/test_robustness.py
+    # kills a real run at that moment).
+    path = tmp_path / "history.csv"
+    path.write_bytes(b"epoch,loss\r\n0,2.5\r\n1,2.0\r\n1,1.9\r\n2,1.")
+    trim_history(path, 1)
+    assert path.read_bytes() == b"epoch,loss\r\n0,2.5\r\n"
+    trim_history(path, 3)  # nothing beyond the checkpoint: unchanged
+    assert path.read_bytes() == b"epoch,loss\r\n0,2.5\r\n"
+    trim_history(tmp_path / "none.csv", 1)  # no history yet
+    assert not (tmp_path / "none.csv").exists()
+
+
+def test_records_written_atomically_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from mtl_keras import atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_json(tmp_path / "state.json", {"epoch": 1})  # mkstemp alone gives 0600
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o644

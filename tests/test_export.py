@@ -249,16 +249,23 @@ def test_rest_style_json_body_through_the_signature(trained_run):
 
 def test_export_cli_from_workdir_adds_a_version(trained_run, tmp_path):
     root, _ = trained_run
-    proc = run_module("mtl_keras.export", f"--workdir={root / 'work'}", f"--export_dir={tmp_path}",
-                      "--model_name=again", "--noint8")
+    # No --model_name: the run folder's name, resolved, so WORK/checkpoints/.. names the model "work" (its
+    # unresolved name '..' put the version outside --export_dir).
+    export = tmp_path / "e"
+    proc = run_module("mtl_keras.export", f"--workdir={root / 'work' / 'checkpoints' / '..'}", f"--export_dir={export}",
+                      "--noint8")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "again" / "1" / "saved_model.pb").is_file()
-    assert not (tmp_path / "again" / "1" / "model.int8.onnx").exists()
-    clash = run_module("mtl_keras.export", f"--workdir={root / 'work'}", f"--export_dir={tmp_path}",
-                       "--model_name=again", "--version=1", "--noint8")
+    assert (export / "work" / "1" / "saved_model.pb").is_file() and sorted(tmp_path.iterdir()) == [export]
+    assert not (export / "work" / "1" / "model.int8.onnx").exists()
+    clash = run_module("mtl_keras.export", f"--workdir={root / 'work'}", f"--export_dir={export}",
+                       "--model_name=work", "--version=1", "--noint8")
     assert clash.returncode == 1 and "exists" in clash.stderr.strip().splitlines()[-1]
     missing = run_module("mtl_keras.export", f"--workdir={tmp_path / 'nowhere'}")
     assert missing.returncode == 1 and "has no model.keras" in missing.stderr.strip().splitlines()[-1]
+    odd = run_module("mtl_keras.export", f"--workdir={tmp_path / 'run 1'}", f"--export_dir={export}")
+    assert odd.returncode == 1 and odd.stderr.strip().splitlines()[-1] == (
+        f"export: error: --workdir={tmp_path / 'run 1'}: its folder name 'run 1' cannot name the model; pass "
+        "--model_name=NAME (letters, digits, '_' or '-')")
 
 
 def test_failed_export_leaves_no_version_folder(tmp_path, monkeypatch):

@@ -48,3 +48,34 @@ def test_every_cli_bad_flag_is_one_line(tmp_path, module, args, line):
     lines = _error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("args,line", [
+    # A newline in a value would replay from flags.txt as extra flags.
+    (["--workdir=w\n--epochs=1"], "--workdir must be one line (it holds a line break)"),
+    (["--data_dir=d\r--learning_rate=9"], "--data_dir must be one line (it holds a line break)"),
+    # numpy's global seed refuses -1 and 2**32 with a traceback; sizes beyond 1024 px ran out of memory.
+    (["--seed=-1"], "--seed=-1: -1 is not an integer in the range [0, 2147483647]"),
+    (["--seed=1099511627776"], "--seed=1099511627776: 1099511627776 is not an integer in the range [0, 2147483647]"),
+    (["--image_size=100000"], "--image_size=100000: 100000 is not an integer in the range [8, 1024]"),
+    (["--folder_image_size=4096"], "--folder_image_size=4096: 4096 is not an integer in the range [8, 1024]"),
+])
+def test_out_of_range_and_multiline_values_are_one_line_errors(args, line):
+    # In-process (the CLI's one-line plumbing is tested above): the parse train runs, and the line it prints.
+    from absl import flags
+
+    from mtl_keras import flags as mtl_flags
+
+    with pytest.raises(flags.IllegalFlagValueError) as err:
+        mtl_flags.config_from_args(args)
+    assert mtl_flags.error_line(err.value) == line
+
+
+def test_flags_txt_replays_to_the_same_config(tmp_path):
+    # What the newline check protects: flags.txt, one flag per line, gives back the run's config.
+    from mtl_keras import config
+    from mtl_keras import flags as mtl_flags
+
+    cfg = mtl_flags.config_from_args(["--workdir=a b/c", "--seed=2147483647", "--augment=flip_crop,mixup"])
+    (tmp_path / "flags.txt").write_text(mtl_flags.flagfile_text(cfg))
+    assert config.flat(mtl_flags.config_from_args([f"--flagfile={tmp_path / 'flags.txt'}"])) == config.flat(cfg)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_module
+from conftest import require, run_module
 from mtl_keras.data import datasets, pipeline, types
 from mtl_keras.data import images as images_lib
 from mtl_keras.data.sources import fashion_mnist
 from mtl_keras.errors import DatasetError
 
-PIL = pytest.importorskip("PIL.Image")  # matplotlib depends on Pillow, so it is always there
+PIL = require("PIL.Image")  # declared in setup.cfg (and matplotlib depends on it): a skip under CI is a failure
 TREE = {"animal": ("cat", "dog"), "vehicle": ("car",)}  # sorted fine: car, cat, dog; coarse: animal, vehicle
 
 
@@ -258,7 +258,9 @@ def test_train_on_fashion_mnist_folder_and_predict_names(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "skipped 1 image files that could not be decoded" in proc.stdout and "broken.png" in proc.stderr
     metrics = json.loads((work / "metrics.json").read_text())
-    assert metrics["fine_accuracy"] > 0.4 and metrics["coarse_accuracy"] > 0.7  # chance: 0.1 and 0.4
+    # Chance 10 % / 40 %. Measured 2026-11-25 (BUILD_NOTES.md, "Measured figures"): 57.9 % fine / 88.2 % coarse
+    # (about 63 / 90 when issue 9 wrote this test); the bounds sit 7.9 and 8.2 points below the latest run.
+    assert metrics["fine_accuracy"] > 0.5 and metrics["coarse_accuracy"] > 0.8, metrics
     assert metrics["skipped_files"] == 1 and metrics["accuracy_per_class"]["fine"]["sandal"]["examples"] > 0
     for png in ("learning_curves.png", "confusion_fine.png", "confusion_coarse.png"):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"

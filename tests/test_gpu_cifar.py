@@ -18,8 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_cifar  # noqa: E402
+from conftest import require, subprocess_env  # noqa: E402
 
-Image = pytest.importorskip("PIL.Image")
+Image = require("PIL.Image")
 TREE_SCRIPT = REPO.parent / "shared" / "data" / "cifar10_tree.py"
 # CIFAR-10's names, stored out of alphabetical order so the pack's label ids differ from the sorted ids.
 NAMES = np.array(["truck", "cat", "airplane", "frog", "ship", "dog", "automobile", "horse", "deer", "bird"])
@@ -277,8 +278,7 @@ def test_runner_trains_on_cpu_without_tensorflow(tmp_path):
     pack = synthetic_pack(tmp_path / "pack.npz", counts, seed=1)
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_TF)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": f"{tmp_path / 'block'}:{REPO}",
-           "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(KERAS_BACKEND="jax", PYTHONPATH=f"{tmp_path / 'block'}:{REPO}", JAX_PLATFORMS="cpu")
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_cifar.py"), f"--flagfile={REPO / 'configs/quickstart.flags'}",
            f"--npz={pack}", "--variant=Pico/4", "--epochs=3", "--batch_size=64", "--learning_rate=3e-3",
            "--warmup_epochs=0.5", "--validation_fraction=0.1", "--augment=flip_crop,mixup",

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from conftest import dwa_weights
 from mtl_keras import losses
 from mtl_keras.models import build_model
 
@@ -53,7 +54,8 @@ def test_uncertainty_log_variances_learn_and_outputs_keep_their_names():
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
                         callbacks=losses.weighting_callbacks(model, "uncertainty"))
     log_var = np.asarray(model.get_layer(losses.LAYER_NAME).log_var)
-    assert np.all(log_var != 0.0)  # gradients reached the weighting layer
+    assert np.all(np.abs(log_var) > 1e-3), log_var  # gradients reached the weighting layer
+    assert history.history["coarse_weight"][-1] == pytest.approx(np.exp(-log_var[1]))  # and the logs follow
     assert {"fine_loss", "coarse_loss", "fine_accuracy", "coarse_weight"} <= set(history.history)
     assert set(model(x)) == {"fine", "coarse"}
 
@@ -77,16 +79,24 @@ def test_dwa_weights_follow_the_loss_ratio():
     np.testing.assert_allclose(cb.history[-1], [1.6, 0.4], rtol=1e-5)
 
 
-def test_dwa_trains_through_fit():
+def test_dwa_weights_move_inside_fit_and_weigh_the_loss():
     import keras
 
     model = _model("dwa")
     loss, _ = losses.compile_losses(model, ["fine", "coarse"], "dwa")
-    model.compile(keras.optimizers.Adam(1e-3), loss=loss)
+    model.compile(keras.optimizers.Adam(1e-2), loss=loss)
     x, y = _batch(32)
-    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=losses.weighting_callbacks(model, "dwa"))
-    assert history.history["fine_weight"][:2] == [1.0, 1.0]
-    assert history.history["fine_weight"][2] + history.history["coarse_weight"][2] == pytest.approx(2.0)
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False,
+                        callbacks=losses.weighting_callbacks(model, "dwa")).history
+    assert history["fine_weight"][:2] == [1.0, 1.0]  # equal weights until two epochs' losses are known
+    # Epoch 3 trained with the weights DWA derived from the losses fit logged (without DWACallback they stay 1).
+    third = [history["fine_weight"][2], history["coarse_weight"][2]]
+    np.testing.assert_allclose(third, dwa_weights(history), rtol=1e-5)
+    assert abs(third[0] - 1.0) > 1e-4, third
+    # The compiled loss reads the moved weight: evaluate's fine loss is the weight times the cross-entropy.
+    fine = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)["fine_loss"]
+    ce = float(keras.losses.CategoricalCrossentropy()(y["fine"], model.predict(x, verbose=0)["fine"]))
+    assert fine == pytest.approx(third[0] * ce, rel=1e-4)
 
 
 def test_dynamic_weighting_needs_two_heads_and_its_layer():

@@ -31,7 +31,9 @@ def test_colour_alone_does_not_give_the_class():
     train, test = slice(0, 3000), slice(3000, None)
     centroids = np.stack([feats[train][fine[train] == k].mean(0) for k in range(10)])
     pred = np.argmin(((feats[test][:, None] - centroids[None]) ** 2).sum(-1), axis=1)
-    assert np.mean(pred == fine[test]) < 0.25
+    # Measured 2026-11-25: 11.1 % here (seed 0), 9.6-12.5 % over seeds 0-3; chance 10 %. A colour or brightness
+    # shortcut would lift it well above; the bound sits 5 points (5 binomial SDs on 1,000 images) above 11.1 %.
+    assert np.mean(pred == fine[test]) < 0.16
 
 
 def test_negative_count_is_an_error():

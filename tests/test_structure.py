@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from conftest import SCRUBBED_ENV, require, subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mtl_keras"
 
@@ -116,9 +120,51 @@ print("JSON:" + json.dumps({"failed": failed, "tensorflow": sorted(m for m in sy
 
 
 def test_settings_choice_lists_and_models_import_no_tensorflow():
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", BLOCKER, json.dumps(TENSORFLOW_FREE)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.split("JSON:")[-1])
     assert report == {"failed": {}, "tensorflow": []}
+
+
+def test_subprocess_tests_scrub_the_environment_and_optional_modules_fail_under_ci(monkeypatch):
+    # A developer's KERAS_BACKEND=jax or TF_CONFIG must not change what a subprocess test runs.
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
+    env = subprocess_env(JAX_PLATFORMS="cpu")
+    assert not (set(SCRUBBED_ENV) - {"JAX_PLATFORMS"}) & set(env) and env["JAX_PLATFORMS"] == "cpu"
+    assert env["PYTHONPATH"] == str(REPO)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no_such_module_xyz cannot be imported under CI"):
+        require("no_such_module_xyz")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require("no_such_module_xyz")
+    # Every test goes through those helpers: no hand-built environment, no importorskip that CI would not see.
+    for path in sorted((REPO / "tests").glob("*.py")):
+        text = path.read_text()
+        if path.name not in ("conftest.py", "test_structure.py"):
+            assert "**os.environ" not in text and "importorskip(" not in text, path.name
+
+
+def test_ci_fails_a_run_with_a_skip_whose_reason_is_not_allowed(tmp_path):
+    import shutil
+
+    (tmp_path / "tests").mkdir()
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "tests" / "conftest.py")
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import pytest\n\ndef test_runs():\n    pass\n\n"
+        "def test_skips():\n    pytest.skip('dataset not installed')\n")
+
+    def pytest_exit(ci: bool) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in subprocess_env().items() if k != "CI"} | ({"CI": "true"} if ci else {})
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    assert pytest_exit(ci=False).returncode == 0  # a developer's machine: a skip is a skip
+    proc = pytest_exit(ci=True)
+    assert proc.returncode == 1 and "tests/test_x.py::test_skips: dataset not installed" in proc.stdout, proc.stdout
+    (tmp_path / ".ci" / "allowed_skips").write_text("# comment\nnot installed$\n")
+    assert pytest_exit(ci=True).returncode == 0

@@ -5,16 +5,18 @@ import time
 
 import pytest
 
-from conftest import TINY_FLAGS, run_module
+from conftest import REPO, TINY_FLAGS, run_module, subprocess_env
 
 
 @pytest.mark.slow
 def test_tiny_run_learns_well_above_chance(trained_run):
     root, proc = trained_run
     metrics = json.loads((root / "work" / "metrics.json").read_text())
-    # Chance: 10 % fine, 40 % coarse (majority family). Measured 2026-11-25: see BUILD_NOTES.md.
-    assert metrics["fine_accuracy"] > 0.35, metrics
-    assert metrics["coarse_accuracy"] > 0.55, metrics
+    # Chance: 10 % fine, 40 % coarse (majority family). Measured 2026-11-25 (BUILD_NOTES.md, "Measured figures"):
+    # 61.50 % / 71.55 % at this seed (twice, same digits), 59.85 % / 69.35 % at seed 2. The bounds sit 11.5 and
+    # 9.5 points below, about 5x the seed-to-seed difference: a run that learns half as well fails.
+    assert metrics["fine_accuracy"] > 0.50, metrics
+    assert metrics["coarse_accuracy"] > 0.62, metrics
     assert 0.0 <= metrics["hierarchy_consistency"] <= 1.0
     assert metrics["onnx_parity_ok"] is True
     assert metrics["onnx_parity"]["fine"]["argmax_agreement"] == 1.0
@@ -48,13 +50,34 @@ def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, expected):
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
 
 
-def test_offline_cifar_fails_within_seconds(tmp_path):
+# A machine without network, for one subprocess: DNS fails and no socket connects (tfds's own download too).
+OFFLINE = """
+import errno, socket
+
+def _no_dns(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (offline test)")
+
+def _no_route(*args, **kwargs):
+    raise OSError(errno.ENETUNREACH, "Network is unreachable (offline test)")
+
+socket.getaddrinfo = _no_dns
+socket.socket.connect = _no_route
+"""
+
+
+def test_offline_cifar_download_fails_within_seconds_in_one_line(tmp_path):
+    # The real path of a first run offline: not prepared, --download on (the default), no network.
+    (tmp_path / "offline").mkdir()
+    (tmp_path / "offline" / "sitecustomize.py").write_text(OFFLINE)
+    env = subprocess_env(PYTHONPATH=f"{tmp_path / 'offline'}:{REPO}")
     start = time.time()
-    proc = run_module("mtl_keras.train", "--flagfile=configs/mtl_vit_c10.flags", f"--data_dir={tmp_path}",
-                      "--nodownload", f"--workdir={tmp_path / 'w'}")
-    assert proc.returncode == 1
-    assert "train: error: dataset cifar10 not found" in proc.stderr and "Traceback" not in proc.stderr
-    assert time.time() - start < 60
+    proc = run_module("mtl_keras.train", "--flagfile=configs/mtl_vit_c10.flags", f"--data_dir={tmp_path / 'tfds'}",
+                      f"--workdir={tmp_path / 'w'}", env=env, timeout=90)  # tfds alone retries for minutes
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _last_line(proc).startswith(f"train: error: dataset cifar10 not found in --data_dir={tmp_path / 'tfds'} "
+                                       "and www.cs.toronto.edu is unreachable ("), _last_line(proc)
+    assert "tfds build cifar10" in _last_line(proc)
+    assert time.time() - start < 60 and not (tmp_path / "w").exists()
 
 
 def _last_line(proc) -> str:
@@ -67,6 +90,18 @@ def test_workdir_under_a_file_is_one_line(tmp_path):
     proc = run_module("mtl_keras.train", *TINY_FLAGS, f"--workdir={blocker / 'sub'}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert _last_line(proc) == f"train: error: --workdir={blocker / 'sub'} cannot be used: {blocker} is not a folder"
+
+
+def test_export_dir_under_a_file_fails_before_anything_is_written(tmp_path):
+    from mtl_keras import config, train
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = config.make(workdir=str(tmp_path / "w"), export_dir=str(blocker / "e"), variant="Pico/4", epochs=1,
+                      batch_size=32, max_train_examples=64)  # small, should the check ever let it train
+    with pytest.raises(train.RunError, match=f"^--export_dir={blocker / 'e'} cannot be used: {blocker} is not a folder$"):
+        train.run(cfg)  # it used to fail after training, with a traceback and no metrics.json
+    assert not (tmp_path / "w").exists()
 
 
 def test_read_only_workdir_is_named(tmp_path, monkeypatch):
@@ -89,8 +124,9 @@ def test_read_only_workdir_is_named(tmp_path, monkeypatch):
     (["--batch_size=4096", "--max_train_examples=100"], "--batch_size=4096 exceeds the 100 training examples"),
 ])
 def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expected):
+    # GPUs hidden: mirrored prefers them, and on a one-GPU machine --cpu_devices=2 would give one replica.
     proc = run_module("mtl_keras.train", "--variant=Pico/4", *flags, f"--workdir={tmp_path / 'w'}",
-                      f"--export_dir={tmp_path / 'e'}")
+                      f"--export_dir={tmp_path / 'e'}", env=subprocess_env(CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert expected in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()

@@ -1,5 +1,6 @@
-"""Run under KERAS_BACKEND=jax (tests/test_robustness.py): builds, trains one epoch and predicts every
-light trunk and loss weighting on numpy input, then data-parallel over 2 host devices; prints JSON."""
+"""Run under KERAS_BACKEND=jax (tests/test_robustness.py): builds, trains (one epoch; DWA three, so its weights
+move) and predicts every light trunk and loss weighting on numpy input, then data-parallel over 2 host devices;
+prints JSON, with the per-epoch losses and task weights fit logged and the learned log-variances."""
 
 import json
 import os
@@ -24,13 +25,19 @@ report = {"backend": keras.backend.backend(), "runs": []}
 cases = [("vit", "Pico/4", "fixed"), ("vit", "Pico/4", "uncertainty"), ("vit", "Pico/4", "dwa"),
          ("cct", "Pico/3x1", "fixed"), ("seed_vit", "Mu/4", "fixed")]
 for trunk, variant, weighting in cases:
-    config = config_lib.make(model=trunk, variant=variant, loss_weighting=weighting, epochs=1, batch_size=8)
+    epochs = 3 if weighting == "dwa" else 1
+    config = config_lib.make(model=trunk, variant=variant, loss_weighting=weighting, epochs=epochs, batch_size=8,
+                             learning_rate=1e-2, lr_schedule="constant")
     model = build_and_compile(config.model, config.optim, num_classes, (32, 32, 3), steps_per_epoch=2, norm_stats=stats)
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+    history = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, shuffle=False,
                         callbacks=losses.weighting_callbacks(model, weighting))
     out = model.predict(x[:3], verbose=0)
-    report["runs"].append({"trunk": trunk, "weighting": weighting, "loss": float(history.history["loss"][-1]),
-                           "outputs": {k: list(v.shape) for k, v in out.items()}})
+    logged = {k: [float(v) for v in vs] for k, vs in history.history.items() if k.endswith(("_loss", "_weight"))}
+    run = {"trunk": trunk, "weighting": weighting, "loss": float(history.history["loss"][-1]),
+           "outputs": {k: list(v.shape) for k, v in out.items()}, "history": logged}
+    if weighting == "uncertainty":
+        run["log_var"] = [float(v) for v in keras.ops.convert_to_numpy(model.get_layer(losses.LAYER_NAME).log_var)]
+    report["runs"].append(run)
 
 # Data parallel: keras.distribution.DataParallel over the host devices XLA_FLAGS made.
 _, replicas = distribute.strategy_scope("mirrored")
