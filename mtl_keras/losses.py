@@ -86,11 +86,11 @@ class TaskWeights(layers.Layer):
         i = self.tasks.index(task)
         mine = ops.arange(len(self.tasks)) == i
         level = ops.cast(ops.stop_gradient(ops.mean(ce)), "float32") + FAMO_EPSILON
-        last = ops.where(mine, level, self.famo_last)
-        fresh = ops.where(mine, 1.0, self.famo_fresh)
+        last = ops.where(mine, level, self.famo_last.value)
+        fresh = ops.where(mine, 1.0, self.famo_fresh.value)
         self.famo_last.assign(last)
         # Before the first step the other tasks have no loss yet (0): weigh by z alone until they do.
-        inverse = ops.softmax(self.famo_logits) / ops.where(last > 0, last, 1.0)
+        inverse = ops.softmax(self.famo_logits.value) / ops.where(last > 0, last, 1.0)
         weight = ops.cast(ops.stop_gradient(inverse[i] / ops.sum(inverse)), ce.dtype)
         self.famo_update(last, ops.all(fresh > 0))
         self.famo_fresh.assign(ops.where(ops.all(fresh > 0), 0.0, fresh))
@@ -99,20 +99,20 @@ class TaskWeights(layers.Layer):
     def famo_update(self, losses, ready):
         """When `ready`, one FAMO step of the task logits from the losses at the last update to `losses`
         (Adam with L2 decay, as the reference code); the first one only records the losses."""
-        steps = self.famo_steps
+        steps = self.famo_steps.value
         started = ops.logical_and(ready, steps > 0)
-        xi = self.famo_logits
+        xi = self.famo_logits.value
         z = ops.softmax(xi)
-        delta = ops.log(self.famo_prev + FAMO_EPSILON) - ops.log(losses + FAMO_EPSILON)
+        delta = ops.log(self.famo_prev.value + FAMO_EPSILON) - ops.log(losses + FAMO_EPSILON)
         grad = z * (delta - ops.sum(z * delta)) + self.famo_decay * xi  # J_softmax^T delta + L2
-        m = 0.9 * self.famo_m + 0.1 * grad
-        v = 0.999 * self.famo_v + 0.001 * grad * grad
+        m = 0.9 * self.famo_m.value + 0.1 * grad
+        v = 0.999 * self.famo_v.value + 0.001 * grad * grad
         t = ops.maximum(steps, 1.0)
         step = self.famo_lr * (m / (1.0 - 0.9 ** t)) / (ops.sqrt(v / (1.0 - 0.999 ** t)) + 1e-8)
         self.famo_logits.assign(ops.where(started, xi - step, xi))
-        self.famo_m.assign(ops.where(started, m, self.famo_m))
-        self.famo_v.assign(ops.where(started, v, self.famo_v))
-        self.famo_prev.assign(ops.where(ready, losses, self.famo_prev))
+        self.famo_m.assign(ops.where(started, m, self.famo_m.value))
+        self.famo_v.assign(ops.where(started, v, self.famo_v.value))
+        self.famo_prev.assign(ops.where(ready, losses, self.famo_prev.value))
         self.famo_steps.assign(ops.where(ready, steps + 1.0, steps))
 
     def current(self) -> dict[str, float]:

@@ -8,6 +8,7 @@ from conftest import run_module
 from mtl_keras import config, evaluate, losses, modeling
 from mtl_keras.data import pipeline, types
 from mtl_keras.models import build_model
+from mtl_keras.models.flops import forward_flops
 from mtl_keras.models.hierarchy import consistent_pair, membership
 
 TREE = (0, 0, 0, 1, 1, 1)  # six fine classes, two superclasses
@@ -40,6 +41,7 @@ def test_both_predicts_one_joint_distribution_and_trains_a_consistency_loss():
     fine, coarse = raw.predict(x, verbose=0)
     joint = fine * coarse[:, list(TREE)]
     np.testing.assert_allclose(out["fine"], joint / joint.sum(-1, keepdims=True), atol=1e-5)
+    assert forward_flops(model) > 0  # the FLOP count walks a layer with two outputs
     model(x, training=True)
     assert len(model.losses) == 1 and float(model.losses[0]) > 0  # symmetric KL, > 0 for untrained heads
 
@@ -188,3 +190,64 @@ def test_learns_fine_classes_with_half_the_fine_labels_missing(shapes_splits):
     # Measured 2026-11-25: MEASURED; chance is 10 % fine, 33 % coarse.
     print(f"half the fine labels: fine {metrics['fine_accuracy']:.2%}, coarse {metrics['coarse_accuracy']:.2%}")
     assert metrics["fine_accuracy"] > 0.35 and metrics["coarse_accuracy"] > 0.6
+
+
+def test_famo_and_hierarchy_heads_on_jax_backend():
+    """The same FAMO rule and the same head outputs under KERAS_BACKEND=jax (state updated inside the loss must
+    survive JAX's stateless train step)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    pytest.importorskip("jax")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "XLA_FLAGS")}
+    env |= {"PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "jax_hierarchy.py")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.split("JSON:")[-1])
+    assert report["backend"] == "jax" and report["tensorflow_imported"] is False
+    expected = famo_reference(np.array(report["famo"]["losses"]), 0.1, 0.01)
+    np.testing.assert_allclose(report["famo"]["logits"], expected, rtol=1e-3, atol=1e-5)
+    assert abs(expected[0] - expected[1]) > 0.05
+    for head in ("marginal", "both"):
+        fine, coarse = np.array(report[head]["fine"]), np.array(report[head]["coarse"])
+        np.testing.assert_allclose(coarse, fine @ membership(TREE), atol=1e-5)
+        assert report[head]["loss"] == report[head]["loss"]  # not NaN
+
+
+@pytest.mark.parametrize("coarse_head", ["marginal", "both"])
+def test_hierarchy_heads_export_with_parity(tmp_path, coarse_head):
+    """Keras <-> SavedModel <-> ONNX on the exported model: outputs named fine / coarse, within 1e-5."""
+    from mtl_keras.serving import export, runtime, verify
+
+    model = _model(coarse_head)
+    version = export.export(model, str(tmp_path), "m")
+    x = verify.random_pixels((16, 16, 3), 16)
+    keras_out = runtime.load(model)(x)
+    for artifact in (version, version / "model.onnx"):
+        result = verify.compare(keras_out, runtime.load(artifact)(x), 1e-5, f"keras vs {artifact.name}")
+        assert result.ok, result.problems
+    np.testing.assert_allclose(keras_out["coarse"], keras_out["fine"] @ membership(TREE), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_train_cli_with_both_heads_and_famo(tmp_path):
+    """One short run through the CLI: consistent pairs (consistency 1.0), FAMO weights logged, export parity."""
+    import csv
+    import json
+
+    proc = run_module("mtl_keras.train", "--dataset=shapes", "--variant=Pico/4", "--epochs=2", "--batch_size=64",
+                      "--max_train_examples=512", "--coarse_head=both", "--loss_weighting=famo", "--noint8",
+                      f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert metrics["hierarchy_consistency"] == 1.0 and metrics["onnx_parity_ok"] is True
+    assert metrics["both_wrong"] <= 1 - metrics["coarse_accuracy"]
+    rows = list(csv.DictReader(open(tmp_path / "w" / "history.csv")))
+    weights = [float(r["fine_weight"]) + float(r["coarse_weight"]) for r in rows]
+    assert len(rows) == 2 and weights == pytest.approx([1.0, 1.0])
+    assert rows[-1]["fine_weight"] != "0.5"  # FAMO moved the weights
