@@ -458,12 +458,13 @@ def epoch_callback(flops_per_image: float, peak: float | None, images_per_epoch:
 
 # ----------------------------------------------------------------------------------------------- main
 
-def evaluate(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], info: DatasetInfo) -> dict:
+def evaluate(probs: dict[str, np.ndarray], truth: dict[str, np.ndarray], info: DatasetInfo,
+             consistent: bool = False) -> dict:
     """mtl_keras.evaluate.accuracy_metrics (accuracy per head, top-5 for 100 classes, hierarchy consistency),
     its accuracies named test_*."""
     from mtl_keras.evaluate import accuracy_metrics
 
-    metrics = accuracy_metrics(truth, probs, info)
+    metrics = accuracy_metrics(truth, probs, info, consistent)
     return {f"test_{k}" if k.endswith("accuracy") else k: v for k, v in metrics.items() if k != "test_examples"}
 
 
@@ -495,7 +496,8 @@ def run(config: TrainConfig, options: Options) -> dict:
     keras.utils.set_random_seed(config.run.seed)
     steps = len(parts["train"]) // config.optim.batch_size
     try:
-        model = build_and_compile(config.model, config.optim, info.num_classes, (32, 32, 3), steps)
+        model = build_and_compile(config.model, config.optim, info.num_classes, (32, 32, 3), steps,
+                                  fine_to_coarse=info.fine_to_coarse)
     except ValueError as e:  # unknown model / variant / head, weighting without two heads
         fail(str(e))
     heads = {h: n for h, n in info.num_classes.items() if config.model.task in ("mtl", h)}  # modeling.heads_for
@@ -533,7 +535,7 @@ def run(config: TrainConfig, options: Options) -> dict:
 
         model = with_flip_average(model)
     probs = model.predict(x["test"].astype(np.float32), batch_size=config.optim.batch_size, verbose=0)
-    metrics = evaluate({h: np.asarray(probs[h]) for h in heads}, truth["test"], info)
+    metrics = evaluate({h: np.asarray(probs[h]) for h in heads}, truth["test"], info, config.model.coarse_head != "learned")
 
     # Steady state: epoch 1 includes XLA compilation, so it counts only when it is the only epoch.
     rates = [e["images_per_s"] for e in timer.epochs[1:]] or [timer.epochs[0]["images_per_s"]]

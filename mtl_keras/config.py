@@ -25,9 +25,10 @@ TASKS = ("mtl", "fine", "coarse")
 AUGMENTS = ("none", "flip_crop", "randaugment", "mixup", "cutmix")  # policies apply in this order
 TRUNKS = ("vit", "seed_vit", "resnet152", "cct")
 HEAD_KINDS = ("light", "seed")
+COARSE_HEADS = ("learned", "marginal", "both")  # models/hierarchy.py
 STEMS = ("conv", "patch")
-WEIGHTINGS = ("fixed", "uncertainty", "dwa")
-DYNAMIC_WEIGHTINGS = ("uncertainty", "dwa")  # learned or updated during training
+WEIGHTINGS = ("fixed", "uncertainty", "dwa", "famo")
+DYNAMIC_WEIGHTINGS = ("uncertainty", "dwa", "famo")  # learned or updated during training
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
@@ -87,6 +88,8 @@ class ModelConfig:
     stochastic_depth: float = _field(0.1)
     head: str = _field("light")
     head_dropout: float = _field(0.0, TASK)
+    coarse_head: str = _field("learned", TASK)  # how the coarse output relates to the fine one (models/hierarchy.py)
+    consistency_weight: float = _field(1.0, TASK)  # coarse_head=both: weight of the consistency loss
     tta_flip: bool = _field(False, EVALUATION)  # average over the image and its mirror, inside the exported model
 
 
@@ -100,6 +103,8 @@ class OptimConfig:
     label_smoothing: float = _field(0.0)
     gamma: float = _field(0.5, TASK)
     loss_weighting: str = _field("fixed", TASK)
+    famo_lr: float = _field(0.025, TASK)  # loss_weighting=famo: step size of the task logits (Liu et al. 2023)
+    famo_decay: float = _field(0.01, TASK)  # loss_weighting=famo: weight decay of the task logits
     optimizer: str = _field("adamw")
     lr_schedule: str = _field("cosine")
     grad_clip_norm: float = _field(0.0)

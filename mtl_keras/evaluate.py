@@ -1,8 +1,11 @@
 """The test-set pass and every metric computed from it, for train and the experiment runner.
 
 `predict_split` is the one pass over a test split (streamed through the data pipeline, so labels stay aligned
-with predictions); `test_metrics` turns its labels and probabilities into metrics.json's entries: accuracy
-per head, top-5 for 100-class heads, hierarchy consistency, per-class accuracy and top confusions.
+with predictions; an image without a label for a head gets -1 there); `test_metrics` turns its labels and
+probabilities into metrics.json's entries: accuracy per head over the images labelled for it, top-5 for
+100-class heads, hierarchy consistency, the share wrong at both levels, per-class accuracy and top confusions.
+Predicted classes are each head's argmax, or with `consistent=True` (hierarchy-aware heads, `--coarse_head`
+marginal / both) the pair of models.hierarchy.consistent_pair, which never contradicts the hierarchy.
 `save_predictions` / `load_predictions` keep the predicted and true classes in WORKDIR/test_predictions.npz,
 so experiments compare runs without predicting again.
 """
@@ -23,11 +26,12 @@ def predict_split(model, split, info, batch_size: int = 256) -> tuple[dict, dict
 
     truth: dict[str, list] = {}
     probs: dict[str, list] = {}
-    for images, labels in pipeline(split, info, batch_size=batch_size):
+    for images, labels, *_ in pipeline(split, info, batch_size=batch_size):  # *_: partial labels' weights
         outputs = model.predict_on_batch(np.asarray(images))  # numpy: any Keras backend takes it
         for head, p in outputs.items():
             probs.setdefault(head, []).append(np.asarray(p))
-            truth.setdefault(head, []).append(labels[head].numpy().argmax(-1))
+            onehot = labels[head].numpy()
+            truth.setdefault(head, []).append(np.where(onehot.max(-1) > 0, onehot.argmax(-1), -1))
     return ({h: np.concatenate(v) for h, v in truth.items()}, {h: np.concatenate(v) for h, v in probs.items()})
 
 
@@ -65,37 +69,64 @@ def hierarchy_consistency(fine_pred, coarse_pred, fine_to_coarse) -> float:
     return float(np.mean(np.asarray(fine_to_coarse)[np.asarray(fine_pred)] == np.asarray(coarse_pred)))
 
 
-def accuracy_metrics(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info) -> dict:
-    """Accuracy per head, top-5 for 100-class heads, hierarchy consistency for two heads, test_examples."""
-    preds = {name: p.argmax(-1) for name, p in probs.items()}
-    metrics = {f"{name}_accuracy": float(np.mean(pred == truth[name])) for name, pred in preds.items()}
+def predicted_classes(probs: dict[str, np.ndarray], info, consistent: bool = False) -> dict[str, np.ndarray]:
+    """Class ids per head: each head's argmax, or the hierarchy-consistent pair (`consistent`, two heads)."""
+    if consistent and set(probs) == {"fine", "coarse"}:
+        from mtl_keras.models.hierarchy import consistent_pair  # numpy only at call time; no TF
+
+        fine, coarse = consistent_pair(probs["fine"], probs["coarse"], info.fine_to_coarse)
+        return {"fine": fine, "coarse": coarse}
+    return {name: p.argmax(-1) for name, p in probs.items()}
+
+
+def _mean_where(hit: np.ndarray, labelled: np.ndarray) -> float | None:
+    return float(np.mean(hit[labelled])) if labelled.any() else None
+
+
+def accuracy_metrics(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info,
+                     consistent: bool = False) -> dict:
+    """Accuracy per head over the images labelled for it, top-5 for 100-class heads; for two heads hierarchy
+    consistency and `both_wrong` (share of fully labelled images wrong at both levels); test_examples and,
+    when some images lack a head's label, `labelled_<head>`."""
+    preds = predicted_classes(probs, info, consistent)
+    labelled = {name: truth[name] >= 0 for name in preds}
+    metrics = {f"{name}_accuracy": _mean_where(pred == truth[name], labelled[name]) for name, pred in preds.items()}
     for name, p in probs.items():
         if p.shape[-1] >= 100:  # top-5 where top-1 is a hard target (CIFAR-100's fine head)
             top5 = np.argsort(-p, axis=-1)[:, :5]
-            metrics[f"{name}_top5_accuracy"] = float(np.mean((top5 == truth[name][:, None]).any(-1)))
+            metrics[f"{name}_top5_accuracy"] = _mean_where((top5 == truth[name][:, None]).any(-1), labelled[name])
     if len(preds) == 2:
         metrics["hierarchy_consistency"] = hierarchy_consistency(preds["fine"], preds["coarse"], info.fine_to_coarse)
+        both = labelled["fine"] & labelled["coarse"]
+        wrong = (preds["fine"] != truth["fine"]) & (preds["coarse"] != truth["coarse"])
+        metrics["both_wrong"] = _mean_where(wrong, both)
     metrics["test_examples"] = len(next(iter(truth.values())))
+    for name, mask in labelled.items():
+        if not mask.all():
+            metrics[f"labelled_{name}"] = int(mask.sum())
     return metrics
 
 
-def test_metrics(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info) -> dict:
+def test_metrics(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info, consistent: bool = False) -> dict:
     """Every metrics.json entry of the test pass: `accuracy_metrics`, per-class accuracy, top confusions and
     the count of skipped (undecodable) files."""
-    metrics = accuracy_metrics(truth, probs, info)
-    preds = {head: p.argmax(-1) for head, p in probs.items()}
+    metrics = accuracy_metrics(truth, probs, info, consistent)
+    preds = predicted_classes(probs, info, consistent)
     names = info.class_names
-    metrics["accuracy_per_class"] = {h: per_class_accuracy(truth[h], preds[h], names[h]) for h in preds}
-    metrics["top_confusions"] = {h: top_confusions(truth[h], preds[h], names[h]) for h in preds}
+    keep = {h: truth[h] >= 0 for h in preds}
+    metrics["accuracy_per_class"] = {h: per_class_accuracy(truth[h][keep[h]], preds[h][keep[h]], names[h])
+                                     for h in preds}
+    metrics["top_confusions"] = {h: top_confusions(truth[h][keep[h]], preds[h][keep[h]], names[h]) for h in preds}
     metrics["skipped_files"] = len(info.skipped_files)
     return metrics
 
 
-def save_predictions(workdir: str | Path, truth: dict, probs: dict) -> Path:
-    """WORKDIR/test_predictions.npz: predicted and true class ids per head (int32)."""
+def save_predictions(workdir: str | Path, truth: dict, probs: dict, info=None, consistent: bool = False) -> Path:
+    """WORKDIR/test_predictions.npz: predicted (see `predicted_classes`) and true class ids per head (int32;
+    -1: not labelled)."""
     path = Path(workdir) / PREDICTIONS_FILE
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **{h: p.argmax(-1).astype(np.int32) for h, p in probs.items()},
+    np.savez(tmp, **{h: p.astype(np.int32) for h, p in predicted_classes(probs, info, consistent).items()},
              **{f"true_{h}": np.asarray(t, np.int32) for h, t in truth.items()})
     tmp.replace(path)
     return path

@@ -76,6 +76,14 @@ def _valid_variant(values: dict) -> bool:
     return True
 
 
+def _valid_coarse_head(values: dict) -> bool:
+    """--coarse_head other than learned ties the coarse output to the fine head: it needs both heads."""
+    if values["coarse_head"] != "learned" and values["task"] != "mtl":
+        raise flags.ValidationError(f"--coarse_head={values['coarse_head']} needs --task=mtl (got "
+                                    f"--task={values['task']}); use --coarse_head=learned")
+    return True
+
+
 def _valid_loss_weighting(values: dict) -> bool:
     # A dynamic weighting balances two task losses; a single-task run has one.
     if values["loss_weighting"] in config.DYNAMIC_WEIGHTINGS and values["task"] != "mtl":
@@ -175,6 +183,12 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
            "MLPs).")
     d.float("head_dropout", _D.head_dropout, "Dropout in the heads (seed: after each Dense).", lower_bound=0.0,
             upper_bound=0.9)
+    d.enum("coarse_head", _D.coarse_head, config.COARSE_HEADS, "How the coarse output relates to the fine one "
+           "(--task=mtl): learned (its own softmax head), marginal (the sum of its fine classes' probabilities: "
+           "the two never disagree), both (a learned head pulled towards that sum by --consistency_weight; "
+           "predictions combine the two over consistent pairs). See models/hierarchy.py.")
+    d.float("consistency_weight", _D.consistency_weight, "--coarse_head=both: weight of the symmetric KL between "
+            "the coarse head and the fine head's superclass sums.", lower_bound=0.0, upper_bound=100.0)
     d.boolean("tta_flip", _D.tta_flip, "Evaluate and export the average of the model on each image and on its mirror "
               "image (deterministic, inside the exported model; 2x inference cost, no training change).")
     # optimisation
@@ -190,7 +204,12 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.float("gamma", _D.gamma, "MTL weight of the fine loss; coarse gets 1 - gamma.",
             lower_bound=0.0, upper_bound=1.0)
     d.enum("loss_weighting", _D.loss_weighting, config.WEIGHTINGS, "MTL loss weighting: fixed (--gamma), "
-           "uncertainty (Kendall et al. 2018, learned) or dwa (Dynamic Weight Average, Liu et al. 2019).")
+           "uncertainty (Kendall et al. 2018, learned), dwa (Dynamic Weight Average, Liu et al. 2019) or famo "
+           "(Fast Adaptive Multitask Optimization, Liu et al. 2023; see --famo_lr, --famo_decay).")
+    d.float("famo_lr", _D.famo_lr, "--loss_weighting=famo: Adam step size of the task logits (paper: 0.025).",
+            lower_bound=0.0, upper_bound=1.0)
+    d.float("famo_decay", _D.famo_decay, "--loss_weighting=famo: L2 decay of the task logits (paper code: 0.01).",
+            lower_bound=0.0, upper_bound=1.0)
     d.enum("optimizer", _D.optimizer, config.OPTIMIZERS, "adamw (decoupled --weight_decay) or adam (the "
            "seed study; no weight decay).")
     d.enum("lr_schedule", _D.lr_schedule, config.LR_SCHEDULES, "cosine: linear warmup then cosine "
@@ -220,6 +239,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.boolean("export", _D.export, "Export SavedModel + ONNX after training.")
     _serving_flags(d)
     d.multi_flags_validator(["task", "loss_weighting"], _valid_loss_weighting)
+    d.multi_flags_validator(["task", "coarse_head"], _valid_coarse_head)
     d.multi_flags_validator(["model", "variant"], _valid_variant)
 
 

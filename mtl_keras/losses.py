@@ -5,6 +5,14 @@
                  (their classification form, 1/sigma^2 * L + log sigma).
     dwa          Dynamic Weight Average, Liu, Johns & Davison 2019 (MTAN): w_k = K * softmax_k(r_k / T),
                  r_k = L_k(epoch - 1) / L_k(epoch - 2), T = 2; w_k = 1 for the first two epochs.
+    famo         Fast Adaptive Multitask Optimization, Liu et al. (NeurIPS 2023): task logits xi, z = softmax(xi);
+                 the model descends sum_k z_k log L_k, normalised (task k's gradient weight is
+                 (z_k / L_k) / sum_j (z_j / L_j), so the weights sum to 1 like gamma / 1 - gamma); after each step
+                 xi takes one Adam step (lr famo_lr, L2 famo_decay) along J_softmax(xi)^T delta, delta_k =
+                 log L_k(before) - log L_k(after): a task whose loss fell faster than the others' loses weight.
+                 O(1) per step and no second forward pass: "before" and "after" are consecutive batches' losses
+                 (the reference code recomputes the loss of the same batch after the step), so delta carries
+                 batch noise that Adam's moments average out.
 
 The weighting state (log-variances or DWA weights) lives in a pass-through `TaskWeights` layer inside the
 model, not in the loss: a model's variables are what every backend's train step differentiates and carries
@@ -25,23 +33,37 @@ from mtl_keras.config import DYNAMIC_WEIGHTINGS as DYNAMIC
 from mtl_keras.config import WEIGHTINGS
 
 LAYER_NAME = "loss_weighting"
+FAMO_EPSILON = 1e-8
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
 class TaskWeights(layers.Layer):
     """Holds per-task loss-weighting variables; passes its input through unchanged (identity at serving)."""
 
-    def __init__(self, tasks: Sequence[str] = ("fine", "coarse"), method: str = "uncertainty", **kwargs):
+    def __init__(self, tasks: Sequence[str] = ("fine", "coarse"), method: str = "uncertainty",
+                 famo_lr: float = 0.025, famo_decay: float = 0.01, **kwargs):
         super().__init__(**kwargs)
         if method not in DYNAMIC:
             raise ValueError(f"TaskWeights method must be one of {DYNAMIC}, got {method!r}")
         self.tasks = list(tasks)
         self.method = method
+        self.famo_lr = float(famo_lr)
+        self.famo_decay = float(famo_decay)
 
     def build(self, input_shape):
         n = len(self.tasks)
         if self.method == "uncertainty":  # s_k = log sigma_k^2 = 0: equal weights to start
             self.log_var = self.add_weight(name="log_var", shape=(n,), initializer="zeros", trainable=True)
+        elif self.method == "famo":
+            def state(name, shape=(n,)):
+                return self.add_weight(name=name, shape=shape, initializer="zeros", trainable=False,
+                                       autocast=False, aggregation="mean")
+            self.famo_logits = state("famo_logits")  # xi: equal weights to start
+            self.famo_m, self.famo_v = state("famo_adam_m"), state("famo_adam_v")
+            self.famo_last = state("famo_last_loss")  # each task's latest batch loss
+            self.famo_prev = state("famo_prev_loss")  # the losses when xi was last updated
+            self.famo_fresh = state("famo_fresh")  # 1 for the tasks whose loss this step has recorded
+            self.famo_steps = state("famo_steps", ())  # xi updates so far (+1: the first step only records)
         else:
             self.task_weight = self.add_weight(name="task_weight", shape=(n,), initializer="ones",
                                                trainable=False)
@@ -57,14 +79,54 @@ class TaskWeights(layers.Layer):
             return ops.exp(-s), 0.5 * s
         return self.task_weight[i], 0.0
 
+    def famo_loss(self, task: str, ce):
+        """FAMO: per-example loss of `task` whose value is `ce` and whose gradient is w_task * grad(ce). Records
+        the task's batch loss; the call that completes a step's set of losses (whichever task Keras computes
+        last) updates xi."""
+        i = self.tasks.index(task)
+        mine = ops.arange(len(self.tasks)) == i
+        level = ops.cast(ops.stop_gradient(ops.mean(ce)), "float32") + FAMO_EPSILON
+        last = ops.where(mine, level, self.famo_last.value)
+        fresh = ops.where(mine, 1.0, self.famo_fresh.value)
+        self.famo_last.assign(last)
+        # Before the first step the other tasks have no loss yet (0): weigh by z alone until they do.
+        inverse = ops.softmax(self.famo_logits.value) / ops.where(last > 0, last, 1.0)
+        weight = ops.cast(ops.stop_gradient(inverse[i] / ops.sum(inverse)), ce.dtype)
+        self.famo_update(last, ops.all(fresh > 0))
+        self.famo_fresh.assign(ops.where(ops.all(fresh > 0), 0.0, fresh))
+        return ce * weight + ops.stop_gradient(ce - ce * weight)  # logs the plain loss, descends the weighted
+
+    def famo_update(self, losses, ready):
+        """When `ready`, one FAMO step of the task logits from the losses at the last update to `losses`
+        (Adam with L2 decay, as the reference code); the first one only records the losses."""
+        steps = self.famo_steps.value
+        started = ops.logical_and(ready, steps > 0)
+        xi = self.famo_logits.value
+        z = ops.softmax(xi)
+        delta = ops.log(self.famo_prev.value + FAMO_EPSILON) - ops.log(losses + FAMO_EPSILON)
+        grad = z * (delta - ops.sum(z * delta)) + self.famo_decay * xi  # J_softmax^T delta + L2
+        m = 0.9 * self.famo_m.value + 0.1 * grad
+        v = 0.999 * self.famo_v.value + 0.001 * grad * grad
+        t = ops.maximum(steps, 1.0)
+        step = self.famo_lr * (m / (1.0 - 0.9 ** t)) / (ops.sqrt(v / (1.0 - 0.999 ** t)) + 1e-8)
+        self.famo_logits.assign(ops.where(started, xi - step, xi))
+        self.famo_m.assign(ops.where(started, m, self.famo_m.value))
+        self.famo_v.assign(ops.where(started, v, self.famo_v.value))
+        self.famo_prev.assign(ops.where(ready, losses, self.famo_prev.value))
+        self.famo_steps.assign(ops.where(ready, steps + 1.0, steps))
+
     def current(self) -> dict[str, float]:
-        """The loss multiplier of each task now, as floats (for logs)."""
+        """The loss multiplier of each task now, as floats (for logs); FAMO's z = softmax(xi)."""
         if self.method == "uncertainty":
             return {t: float(np.exp(-v)) for t, v in zip(self.tasks, ops.convert_to_numpy(self.log_var))}
+        if self.method == "famo":
+            z = ops.convert_to_numpy(ops.softmax(self.famo_logits))
+            return {t: float(v) for t, v in zip(self.tasks, z)}
         return {t: float(v) for t, v in zip(self.tasks, ops.convert_to_numpy(self.task_weight))}
 
     def get_config(self):
-        return {**super().get_config(), "tasks": self.tasks, "method": self.method}
+        return {**super().get_config(), "tasks": self.tasks, "method": self.method, "famo_lr": self.famo_lr,
+                "famo_decay": self.famo_decay}
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
@@ -87,6 +149,8 @@ class TaskLoss(keras.losses.Loss):
         ce = keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=self.label_smoothing)
         if self.weights is None:
             return ce
+        if self.weights.method == "famo":
+            return self.weights.famo_loss(self.task, ce)
         scale, offset = self.weights.scale_and_offset(self.task)
         return ce * ops.cast(scale, ce.dtype) + ops.cast(offset, ce.dtype)
 
@@ -150,10 +214,12 @@ def _weights_layer(model: keras.Model, method: str) -> TaskWeights:
 
 
 def compile_losses(model: keras.Model, heads: Sequence[str], method: str = "fixed", *, gamma: float = 0.5,
-                   label_smoothing: float = 0.0) -> tuple[dict, dict | None]:
+                   label_smoothing: float = 0.0, famo_lr: float | None = None,
+                   famo_decay: float | None = None) -> tuple[dict, dict | None]:
     """Returns (loss dict, loss_weights dict or None) for `model.compile`, keyed by head name.
 
-    A dynamic method needs the model built with `loss_weighting=method` (it owns the `TaskWeights` layer).
+    A dynamic method needs the model built with `loss_weighting=method` (it owns the `TaskWeights` layer);
+    `famo_lr` / `famo_decay`, when given, set FAMO's logit step size and decay on that layer.
     """
     check_weighting(method, heads)
     if method == "fixed":
@@ -161,6 +227,10 @@ def compile_losses(model: keras.Model, heads: Sequence[str], method: str = "fixe
         weights = {"fine": gamma, "coarse": 1.0 - gamma} if len(heads) == 2 else {h: 1.0 for h in heads}
         return loss, weights
     layer = _weights_layer(model, method)
+    if famo_lr is not None:
+        layer.famo_lr = float(famo_lr)
+    if famo_decay is not None:
+        layer.famo_decay = float(famo_decay)
     return {h: TaskLoss(h, label_smoothing, layer) for h in heads}, None
 
 

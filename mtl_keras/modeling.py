@@ -25,18 +25,21 @@ def heads_for(model_config: ModelConfig, num_classes: Mapping[str, int]) -> dict
 
 
 def build(model_config: ModelConfig, num_classes: Mapping[str, int], input_shape, norm_stats=None, *,
-          loss_weighting: str = "fixed") -> keras.Model:
+          loss_weighting: str = "fixed", fine_to_coarse=None) -> keras.Model:
     """The uncompiled model (under the current Keras dtype policy). `norm_stats` = per-channel (mean,
     variance) of the training pixels, used by trunks in models.ADAPTED_NORM; a dynamic `loss_weighting`
-    (the optimisation section's) adds the layer that holds its state."""
+    (the optimisation section's) adds the layer that holds its state; `fine_to_coarse` (DatasetInfo's) is
+    needed by the hierarchy-aware coarse heads."""
     m = model_config
     return build_model(m.model, input_shape, heads_for(m, num_classes), variant=m.variant, stem=m.stem,
                        image_size=m.image_size, dropout=m.dropout, head=m.head, head_dropout=m.head_dropout,
-                       stochastic_depth=m.stochastic_depth, norm_stats=norm_stats, loss_weighting=loss_weighting)
+                       stochastic_depth=m.stochastic_depth, norm_stats=norm_stats, loss_weighting=loss_weighting,
+                       coarse_head=m.coarse_head, fine_to_coarse=fine_to_coarse,
+                       consistency_weight=m.consistency_weight)
 
 
 def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mapping[str, int], norm_stats=None, *,
-               loss_weighting: str = "fixed", force: bool = False) -> keras.Model:
+               loss_weighting: str = "fixed", fine_to_coarse=None, force: bool = False) -> keras.Model:
     """The same weights in a float32 model built outside any distribution scope (`model` itself when it
     already is one and not `force`): what is evaluated, saved and exported, whatever trained it."""
     if model.dtype_policy.name == "float32" and not force:
@@ -44,7 +47,8 @@ def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mappi
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        copy = build(model_config, num_classes, model.input_shape[1:], norm_stats, loss_weighting=loss_weighting)
+        copy = build(model_config, num_classes, model.input_shape[1:], norm_stats, loss_weighting=loss_weighting,
+                     fine_to_coarse=fine_to_coarse)
     finally:
         keras.config.set_dtype_policy(previous)
     copy.set_weights(model.get_weights())
@@ -52,7 +56,7 @@ def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mappi
 
 
 def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes: Mapping[str, int], input_shape,
-                      steps_per_epoch: int, norm_stats=None) -> keras.Model:
+                      steps_per_epoch: int, norm_stats=None, fine_to_coarse=None) -> keras.Model:
     """The model for `model_config.task`, compiled with its optimizer, LR schedule, per-head losses and metrics.
 
     Mixed precision (`optim.mixed_precision`) applies to this model only; its outputs stay float32, and
@@ -61,7 +65,8 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(PRECISION_POLICIES[optim.mixed_precision])
     try:
-        model = build(model_config, num_classes, input_shape, norm_stats, loss_weighting=optim.loss_weighting)
+        model = build(model_config, num_classes, input_shape, norm_stats, loss_weighting=optim.loss_weighting,
+                      fine_to_coarse=fine_to_coarse)
     finally:
         keras.config.set_dtype_policy(previous)
     heads = heads_for(model_config, num_classes)
@@ -78,10 +83,13 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=optim.weight_decay, **extra)
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embedding", "log_var"])
     loss, loss_weights = losses.compile_losses(model, list(heads), optim.loss_weighting, gamma=optim.gamma,
-                                               label_smoothing=optim.label_smoothing)
+                                               label_smoothing=optim.label_smoothing, famo_lr=optim.famo_lr,
+                                               famo_decay=optim.famo_decay)
     # Top-5 where top-1 is a hard target (CIFAR-100's 100 fine classes); names log as fine_top5_accuracy.
     metrics = {h: ["accuracy"] + ([keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy")] if n >= 100
                                   else []) for h, n in heads.items()}
-    model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=metrics,
+    # weighted_metrics: the same metrics, but they honour the per-head sample weights of partial labels (an image
+    # without a head's label does not count for it); without sample weights they are the plain ones.
+    model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, weighted_metrics=metrics,
                   jit_compile=optim.jit_compile)
     return model

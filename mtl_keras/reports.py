@@ -119,17 +119,19 @@ def confusion_matrix_png(y_true, y_pred, names, out_png: str | Path, title: str 
     return Path(out_png)
 
 
-def write_run_reports(truth: dict, probs: dict, info, workdir: str | Path) -> list[Path]:
-    """Draws WORKDIR/learning_curves.png and confusion_{head}.png from the test pass (`evaluate.predict_split`)
-    and lists undecodable files in skipped_files.txt (when any); returns the files written."""
+def write_run_reports(truth: dict, preds: dict, info, workdir: str | Path) -> list[Path]:
+    """Draws WORKDIR/learning_curves.png and confusion_{head}.png from the test pass's true and predicted class
+    ids (`evaluate.predict_split`, `evaluate.predicted_classes`; images without a head's label, -1, are left
+    out of its matrix) and lists undecodable files in skipped_files.txt (when any); returns the files written."""
     workdir = Path(workdir)
     written = []
     if (workdir / "history.csv").is_file():
         written.append(learning_curves_png(workdir / "history.csv", workdir / "learning_curves.png"))
     names = info.class_names
-    for head, p in probs.items():
-        written.append(confusion_matrix_png(truth[head], p.argmax(-1), names[head], workdir / f"confusion_{head}.png",
-                                            title=head))
+    for head, pred in preds.items():
+        labelled = truth[head] >= 0
+        written.append(confusion_matrix_png(truth[head][labelled], pred[labelled], names[head],
+                                            workdir / f"confusion_{head}.png", title=head))
     if info.skipped_files:
         (workdir / "skipped_files.txt").write_text("\n".join(info.skipped_files) + "\n")
         written.append(workdir / "skipped_files.txt")

@@ -195,30 +195,38 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
         print("note: XLA is off under tf.distribute with several replicas")
         compile_optim = dataclasses.replace(optim, jit_compile=False)
     with scope:
-        model = build_and_compile(config.model, compile_optim, info.num_classes, input_shape, steps, norm_stats)
+        model = build_and_compile(config.model, compile_optim, info.num_classes, input_shape, steps, norm_stats,
+                                  fine_to_coarse=info.fine_to_coarse)
+    labelled = {h: int((getattr(train, h) >= 0).sum()) for h in ("fine", "coarse")}
+    if min(labelled.values()) < len(train):  # partial labels: each head trains on its labelled images only
+        print("partial labels: " + ", ".join(f"{n} of {len(train)} training images have a {h} label"
+                                             for h, n in labelled.items()))
     print(f"{data.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
           f"model {model.name} ({config.model.variant}), {model.count_params():,} parameters, task "
           f"{config.model.task}, {replicas} replica(s), {optim.mixed_precision}")
     train_seconds, epochs_run = _fit(model, config, workdir, train_ds, val_ds, steps)
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
-                       force=replicas > 1)
+                       fine_to_coarse=info.fine_to_coarse, force=replicas > 1)
     if config.model.tta_flip:  # the flipped-view average is what is evaluated, saved and exported
         model = with_flip_average(model)
 
     truth, probs = evaluate.predict_split(model, splits.test, info, optim.batch_size)  # the one test pass
-    metrics = evaluate.test_metrics(truth, probs, info)
+    consistent = config.model.coarse_head != "learned"  # hierarchy-aware heads predict a consistent pair
+    metrics = evaluate.test_metrics(truth, probs, info, consistent)
     if len(splits.val):  # the final weights (EMA swapped in) on validation: what experiments choose gamma by
-        val = evaluate.accuracy_metrics(*evaluate.predict_split(model, splits.val, info, optim.batch_size), info)
+        val = evaluate.accuracy_metrics(*evaluate.predict_split(model, splits.val, info, optim.batch_size), info,
+                                        consistent)
         metrics |= {f"val_{k}": v for k, v in val.items() if k.endswith("_accuracy")}
-    reports.write_run_reports(truth, probs, info, workdir)
+    reports.write_run_reports(truth, evaluate.predicted_classes(probs, info, consistent), info, workdir)
+    metrics["train_labelled"] = labelled
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds)
     model_path = workdir / "model.keras"
     tmp_model = workdir / ".model.tmp.keras"
     model.save(tmp_model)
     os.replace(tmp_model, model_path)
-    evaluate.save_predictions(workdir, truth, probs)  # after model.keras: experiments check the order
+    evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
     if config.serving.export:
@@ -229,7 +237,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     artifacts["metrics"] = str(workdir / "metrics.json")
 
     accuracies = ", ".join(f"{k} {v:.2%}" for k, v in metrics.items()
-                           if k.endswith("_accuracy") and not k.startswith("val_"))
+                           if k.endswith("_accuracy") and not k.startswith("val_") and v is not None)
     print(f"\nTest: {accuracies} (trained {train_seconds:.0f} s)")
     for name, path in artifacts.items():
         print(f"  {name:<12} {path}")

@@ -75,11 +75,11 @@ def test_flagfile_parses_and_builds_its_model(path, monkeypatch):
     info, shape = _info_and_shape(config.data.dataset)
     stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model.model in ADAPTED_NORM else None
     model = build_and_compile(config.model, config.optim, info.num_classes, shape, steps_per_epoch=10,
-                              norm_stats=stats)
+                              norm_stats=stats, fine_to_coarse=info.fine_to_coarse)
     expected = {h for h in ("fine", "coarse") if config.model.task in ("mtl", h)}
     assert set(model.output_names) == expected
     if config.data.dataset == "cifar100" and "fine" in expected:
-        assert "top5_accuracy" in str(model.get_compile_config()["metrics"])
+        assert "top5_accuracy" in str(model.get_compile_config()["weighted_metrics"])
 
 
 PROGRAMS = {  # program -> (a flag it must list, a flag of another program it must not)

@@ -192,5 +192,6 @@ def test_gamma_is_chosen_on_validation_never_on_test(tmp_path):
                                           ("fine_accuracy", "coarse_accuracy", "hierarchy_consistency")})
     write_markdown([best_on_val, best_on_test, pair], tmp_path / "r.md", "t", "cmd")
     md = (tmp_path / "r.md").read_text()
-    assert "| g0.3 | 80.00 | 70.00 ± 0.00 | 70.00 ± 0.00 | **yes** |" in md and "| g0.7 | 78.00 | 75.00 ± 0.00" in md
+    assert "| g0.3 | 80.00 | – | 70.00 ± 0.00 | 70.00 ± 0.00 | **yes** |" in md
+    assert "| g0.7 | 78.00 | -2.00 [-2.00, -2.00] | 75.00 ± 0.00" in md  # seed-paired difference to the chosen
     assert "| g0.3 (chosen on validation) | f + c | 2 | +10.00 [+10.00, +10.00] |" in md

@@ -167,7 +167,7 @@ def test_streamed_split_matches_cached_and_survives_a_file_breaking(tmp_path):
      r"mixes split folders \(train\) with class folders \(a\)"),
     (lambda r: (make_tree(r, split="train"), make_tree(r, tree={"a": ("new",)}, split="test")),
      r"fine class 'new' has val/test images but none to train on"),
-    (lambda r: (make_tree(r), (r / "animal" / "x.png").write_bytes(b"")), r"animal/x\.png: files go in"),
+    (lambda r: (make_tree(r), (r / "animal" / "x.txt").write_text("")), r"animal/x\.txt: not a \.jpg"),
 ])
 def test_bad_trees_fail_with_one_line(tmp_path, make, message):
     root = tmp_path / "missing"
@@ -215,7 +215,9 @@ def test_csv_split_column(tmp_path):
     (["a.png,cat,animal", "b.png,dog,animal", "c.png,cat,pet", "d.png,cat,animal"], "path,fine,coarse",
      r"labels\.csv: fine class 'cat' maps to two coarse classes: 'animal' \(lines 2, 5\) and 'pet' \(line 4\)$"),
     (["a.png,cat"], "path,fine,coarse", r"labels\.csv:2: 2 fields, the header has 3$"),
-    (["a.png,,animal"], "path,fine,coarse", r"labels\.csv:2: empty fine$"),
+    (["a.png,,"], "path,fine,coarse", r"labels\.csv:2: empty fine and coarse; a row needs at least one label$"),
+    (["a.png,cat,", "b.png,dog,animal"], "path,fine,coarse",
+     r"labels\.csv: fine class 'cat' has no row with a coarse class, so its superclass is unknown"),
     (["a.png,cat,animal,dev"], "path,fine,coarse,split", r"labels\.csv:2: split 'dev' is not one of train, val"),
     (["a.png,cat"], "path,label", r"labels\.csv: header lacks column fine, coarse"),
     (["a.tif,cat,animal"], "path,fine,coarse", r"a\.tif: not a \.jpg"),

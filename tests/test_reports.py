@@ -112,7 +112,7 @@ def test_write_run_reports(tmp_path, small_splits, capsys):
     write_history(tmp_path / "history.csv", [{"epoch": 0, "fine_loss": 2.0, "coarse_loss": 1.0}])
     truth, probs = evaluate.predict_split(tiny_model(), small_splits.test, small_splits.info, batch_size=32)
     metrics = evaluate.test_metrics(truth, probs, small_splits.info)
-    reports.write_run_reports(truth, probs, small_splits.info, tmp_path)
+    reports.write_run_reports(truth, {h: p.argmax(-1) for h, p in probs.items()}, small_splits.info, tmp_path)
     assert set(metrics["accuracy_per_class"]) == {"fine", "coarse"}
     assert set(metrics["accuracy_per_class"]["fine"]) == set(small_splits.info.fine_names)
     assert sum(r["examples"] for r in metrics["accuracy_per_class"]["coarse"].values()) == 64

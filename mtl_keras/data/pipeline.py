@@ -1,5 +1,7 @@
 """The tf.data pipelines that feed `model.fit`: a split -> batches of `(image float32 0-255, {"fine": one-hot,
-"coarse": one-hot})`, with random augmentation (augment.py) for training.
+"coarse": one-hot})`, with random augmentation (augment.py) for training. A split with partial labels (class
+id -1 for a head) gets all-zero label vectors there and a third element, per-head sample weights
+`{"fine": 0 or 1, "coarse": 0 or 1}`, so that head has no loss and its metrics skip the image.
 
 Images keep their native shape (Fashion-MNIST: 28x28x1) and the model is built for it; a model that asks for
 another shape gets it from `images.fit_images`. In-memory splits gather whole batches by index; splits of
@@ -11,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from mtl_keras.config import TASKS
+from mtl_keras.config import TASKS, parse_policies
 from mtl_keras.data import augment as augment_lib
 from mtl_keras.data.images import FileImages, decode, fit_images
 from mtl_keras.data.types import DatasetInfo, Split
+from mtl_keras.errors import ConfigError
 
 
 def split_heads(labels: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf.Tensor]:
@@ -62,6 +65,10 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
         mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha) if training else None
     fine, coarse = tf.constant(split.fine), tf.constant(split.coarse)
     n = info.num_classes
+    partial = bool((split.fine < 0).any() or (split.coarse < 0).any())
+    if partial and augmenter is not None and {"mixup", "cutmix"} & set(parse_policies(augment)):
+        raise ConfigError(f"--augment={augment}: MixUp / CutMix would mix labelled and unlabelled heads; the data "
+                          f"has images with one label only, so drop mixup and cutmix")
 
     def prepare(x: tf.Tensor, index: tf.Tensor, step: tf.Tensor):
         # One label vector per example, so MixUp / CutMix mix both heads with the same weights.
@@ -71,6 +78,11 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
             x, labels = augmenter(x, labels, tf.stack([tf.cast(seed, tf.int64), step]))
         if image_shape is not None:
             x = fit_images(x, tuple(image_shape))
+        if partial:  # tf.one_hot(-1) is all zeros; the weight drops the head's loss and metric for the image
+            weights = {"fine": tf.cast(tf.gather(fine, index) >= 0, tf.float32),
+                       "coarse": tf.cast(tf.gather(coarse, index) >= 0, tf.float32)}
+            heads = split_heads(labels, info, task)
+            return tf.cast(x, tf.float32), heads, {h: weights[h] for h in heads}
         return tf.cast(x, tf.float32), split_heads(labels, info, task)
 
     ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed), tf.data.Dataset.counter())

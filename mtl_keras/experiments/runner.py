@@ -145,9 +145,17 @@ def test_predictions(run_dir: Path, config: TrainConfig) -> tuple[dict, dict]:
 
         model = runtime.load(run_dir / "model.keras", "--results_dir").handle
         splits = datasets.prepare(config.data, config.run.seed)
-        evaluate.save_predictions(run_dir, *evaluate.predict_split(model, splits.test, splits.info))
+        truth, probs = evaluate.predict_split(model, splits.test, splits.info)
+        evaluate.save_predictions(run_dir, truth, probs, splits.info, config.model.coarse_head != "learned")
         found = evaluate.load_predictions(run_dir)
     return found
+
+
+def both_wrong(true: dict, fine_pred: dict, coarse_pred: dict) -> float:
+    """Share of the images labelled at both levels whose fine and coarse predictions are both wrong."""
+    labelled = (true["fine"] >= 0) & (true["coarse"] >= 0)
+    wrong = (fine_pred["fine"] != true["fine"]) & (coarse_pred["coarse"] != true["coarse"])
+    return float(np.mean(wrong[labelled])) if labelled.any() else float("nan")
 
 
 def class_tree(run_dir: Path) -> dict:
@@ -175,8 +183,11 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
         for seed in done[exp.name]:
             metrics = json.loads((exp.run_dir(seed) / "metrics.json").read_text())
             metrics = {**last_validation(exp.run_dir(seed) / "history.csv", exp.task), **metrics}
+            if exp.task == "mtl" and metrics.get("both_wrong") is None:  # runs of versions before both_wrong
+                true, pred = test_predictions(exp.run_dir(seed), exp.configs[seed])
+                metrics["both_wrong"] = both_wrong(true, pred, pred)
             for key in (*METRICS, *VAL_METRICS, *(k for k, _, _ in COMPUTE)):
-                if key in metrics:
+                if metrics.get(key) is not None:
                     values.setdefault(key, {})[seed] = float(metrics[key])
         rows.append(Row(exp.name, exp.task, exp.key, values))
         if exp.task == "mtl" and done[exp.name]:
@@ -189,12 +200,13 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
         values = {m: {} for m in METRICS}
         for seed in (s for s in done[fine.name] if s in done[coarse.name]):
             (tf_, pf), (tc, pc) = (test_predictions(e.run_dir(seed), e.configs[seed]) for e in (fine, coarse))
-            values["fine_accuracy"][seed] = float(np.mean(pf["fine"] == tf_["fine"]))
-            values["coarse_accuracy"][seed] = float(np.mean(pc["coarse"] == tc["coarse"]))
+            values["fine_accuracy"][seed] = float(np.mean((pf["fine"] == tf_["fine"])[tf_["fine"] >= 0]))
+            values["coarse_accuracy"][seed] = float(np.mean((pc["coarse"] == tc["coarse"])[tc["coarse"] >= 0]))
             # Consistent where the coarse model's class is the parent of the fine model's class (the pair
             # shares its data settings, so both predicted the same test images in the same order).
             tree = class_tree(fine.run_dir(seed))["fine_to_coarse"]
             values["hierarchy_consistency"][seed] = evaluate.hierarchy_consistency(pf["fine"], pc["coarse"], tree)
+            values["both_wrong"][seed] = both_wrong({"fine": tf_["fine"], "coarse": tc["coarse"]}, pf, pc)
         if values["fine_accuracy"]:
             rows.append(Row(f"{fine.name} + {coarse.name}", "stl pair", fine.key, values, (fine.name, coarse.name)))
     return rows, confusion

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 HEADS = ("fine", "coarse")
-METRICS = ("fine_accuracy", "coarse_accuracy", "hierarchy_consistency")
+METRICS = ("fine_accuracy", "coarse_accuracy", "hierarchy_consistency", "both_wrong")
+LOWER_IS_BETTER = {"both_wrong"}
+PAIR_METRICS = METRICS[2:]  # what compares an STL pair with MTL (a pair's accuracies are its STL rows')
 VAL_METRICS = ("val_fine_accuracy", "val_coarse_accuracy")
 # Size and cost columns, from the runs' metrics.json (train.compute_figures): key, header, format.
 COMPUTE = (("train_seconds", "train s / run", "{:.0f}"), ("train_images_per_second", "images/s", "{:,.0f}"),
@@ -95,6 +97,7 @@ def markdown_table(rows: list[Row]) -> str:
     """Accuracy per head and hierarchy consistency, mean ± std over seeds in %, one row per experiment / pair,
     with the seed study's figures and the runs' size and cost."""
     header = ["experiment", "task", "seeds", "fine acc %", "coarse acc %", "hierarchy consistency %",
+              "wrong at both levels %",
               "seed study fine / coarse %", *(h for _, h, _ in COMPUTE)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
@@ -145,11 +148,22 @@ def _ci_cell(values: list[float]) -> str:
     return f"{mean:+.2f}" + (f" [{mean - half:+.2f}, {mean + half:+.2f}]" if half == half else "")
 
 
+def validation_scores(row: Row) -> dict[int, float]:
+    """Seed -> the mean of the two heads' validation accuracy (final weights)."""
+    return {s: float(np.mean([row.values[m][s] for m in VAL_METRICS])) for s in row.seeds
+            if all(s in row.values.get(m, {}) for m in VAL_METRICS)}
+
+
 def validation_score(row: Row) -> float | None:
     """What gamma (or a weighting) is chosen by: the mean over seeds of the two heads' mean validation accuracy."""
-    per_seed = [np.mean([row.values[m][s] for m in VAL_METRICS]) for s in row.seeds
-                if all(s in row.values.get(m, {}) for m in VAL_METRICS)]
+    per_seed = list(validation_scores(row).values())
     return float(np.mean(per_seed)) if per_seed else None
+
+
+def versus_chosen(row: Row, best: Row) -> list[float]:
+    """`row` minus the chosen row in validation score, paired by seed (for the selection's confidence interval)."""
+    mine, theirs = validation_scores(row), validation_scores(best)
+    return [mine[s] - theirs[s] for s in sorted(mine) if s in theirs]
 
 
 def chosen_on_validation(rows: list[Row]) -> dict[str, tuple[Row, list[Row]]]:
@@ -177,12 +191,16 @@ def write_markdown(rows: list[Row], path: Path, title: str, command: str) -> Non
         md += ["## Gamma chosen on validation", "",
                "Each MTL setting's candidates (the same run but for gamma / loss weighting), scored by the mean of "
                "the two heads' validation accuracy (final weights, mean over seeds); test accuracy plays no part.",
-               "", "| candidate | validation score % | test fine % | test coarse % | chosen |",
-               "| --- | --- | --- | --- | --- |"]
+               "Δ: the candidate minus the chosen one in validation score, paired by seed, with its 95 % confidence "
+               "interval (an interval containing 0: the choice is not clear-cut).",
+               "", "| candidate | validation score % | Δ vs chosen | test fine % | test coarse % | chosen |",
+               "| --- | --- | --- | --- | --- | --- |"]
         for best, group in chosen.values():
             for r in group:
-                md.append(f"| {r.experiment} | {100 * validation_score(r):.2f} | {_pct(r.stats(METRICS[0]))} | "
-                          f"{_pct(r.stats(METRICS[1]))} | {'**yes**' if r is best else ''} |")
+                delta = "–" if r is best else _ci_cell(versus_chosen(r, best))
+                md.append(f"| {r.experiment} | {100 * validation_score(r):.2f} | {delta} | "
+                          f"{_pct(r.stats(METRICS[0]))} | {_pct(r.stats(METRICS[1]))} | "
+                          f"{'**yes**' if r is best else ''} |")
         md.append("")
     deltas = comparisons(rows)
     if deltas:
@@ -190,11 +208,12 @@ def write_markdown(rows: list[Row], path: Path, title: str, command: str) -> Non
         md += ["## MTL minus STL, paired by seed (the same validation split and training subset)", "",
                "Mean difference in points over seeds, with its 95 % confidence interval (Student t, n - 1 degrees of "
                "freedom); an interval that contains 0 means no difference was shown.", "",
-               "| MTL | STL pair | seeds | Δ fine acc | Δ coarse acc | Δ hierarchy consistency "
-               "| seeds where MTL is ahead (fine, coarse, consistency) |",
-               "| --- | --- | --- | --- | --- | --- | --- |"]
+               "| MTL | STL pair | seeds | Δ fine acc | Δ coarse acc | Δ hierarchy consistency | Δ wrong at both "
+               "levels | seeds where MTL is ahead (fine, coarse, consistency, fewer wrong at both) |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for mtl, pair, d in deltas:
-            wins = ", ".join(f"{sum(x > 0 for x in d[m])}/{len(d[m])}" for m in METRICS)
+            wins = ", ".join(f"{sum((x < 0) if m in LOWER_IS_BETTER else (x > 0) for x in d[m])}/{len(d[m])}"
+                             for m in METRICS)
             name = mtl.experiment + (" (chosen on validation)" if id(mtl) in best_rows and len(deltas) > 1 else "")
             md.append(f"| {name} | {pair.experiment} | {len(d['fine_accuracy'])} | "
                       + " | ".join(_ci_cell(d[m]) for m in METRICS) + f" | {wins} |")

@@ -14,7 +14,7 @@ import keras
 
 from mtl_keras import losses
 from mtl_keras.config import HEAD_KINDS, TRUNKS
-from mtl_keras.models import cct, resnet, seed_vit, tta, vit  # noqa: F401  (tta: registers its layer)
+from mtl_keras.models import cct, hierarchy, resnet, seed_vit, tta, vit  # noqa: F401  (tta: registers its layer)
 from mtl_keras.models.heads import light_head, seed_head
 from mtl_keras.models.preprocess import Resize
 from mtl_keras.models.spec import NormStats, TrunkSpec
@@ -43,14 +43,16 @@ def check_variant(trunk: str, variant: str) -> None:
 def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[str, int], *,
                 variant: str = "Mu/4", stem: str = "conv", image_size: int | None = None, dropout: float = 0.0,
                 head: str = "light", head_dropout: float = 0.0, stochastic_depth: float = 0.1,
-                norm_stats: NormStats | None = None, loss_weighting: str = "fixed") -> keras.Model:
+                norm_stats: NormStats | None = None, loss_weighting: str = "fixed", coarse_head: str = "learned",
+                fine_to_coarse=None, consistency_weight: float = 1.0) -> keras.Model:
     """Returns a model from raw pixels (0-255, float32) named `image` to a dict of probabilities.
 
     `heads` maps task name to class count, e.g. {"fine": 10, "coarse": 3}; a single-task model has one.
     `variant` and `stem` apply to vit / cct; seed_vit and resnet152 have the seed's fixed shapes.
     `norm_stats` = (per-channel mean, variance) of the training pixels, for trunks in ADAPTED_NORM.
     `stochastic_depth` is cct's top drop-path rate. A dynamic `loss_weighting` adds the layer holding its
-    state (see mtl_keras.losses).
+    state (see mtl_keras.losses). `coarse_head` (learned, marginal, both; models/hierarchy.py) ties the coarse
+    output to the fine one through `fine_to_coarse`; `consistency_weight` weighs `both`'s consistency loss.
     """
     trunk_spec = spec(trunk)
     if head not in HEAD_KINDS:
@@ -71,8 +73,10 @@ def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[st
     if loss_weighting in losses.DYNAMIC:
         features = losses.TaskWeights(list(heads), loss_weighting, name=losses.LAYER_NAME)(features)
     if head == "seed":
-        activation = trunk_spec.seed_head_activation
-        outputs = {name: seed_head(features, n, name, head_dropout, activation) for name, n in heads.items()}
+        def make_head(x, n, name):  # the branch shape follows the task, whatever the layer's name
+            return seed_head(x, n, name, head_dropout, trunk_spec.seed_head_activation, branch=name.split("_")[0])
     else:
-        outputs = {name: light_head(features, n, name, head_dropout) for name, n in heads.items()}
+        def make_head(x, n, name):
+            return light_head(x, n, name, head_dropout)
+    outputs = hierarchy.heads(features, dict(heads), make_head, coarse_head, fine_to_coarse, consistency_weight)
     return keras.Model(inputs, outputs, name=f"mtl_{trunk}")

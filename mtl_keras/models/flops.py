@@ -25,6 +25,8 @@ def forward_flops(model: keras.Model) -> int:
     """FLOPs of one image's forward pass through a built functional `model`: Dense, Conv, attention, Dot."""
     total = 0
     for layer in _layers(model):
+        if not hasattr(layer.output, "shape"):  # several outputs (hierarchy.JointHeads): no kernel, no FLOPs counted
+            continue
         out = layer.output.shape
         if isinstance(layer, keras.layers.MultiHeadAttention):  # self-attention over the output's tokens
             tokens, width = math.prod(out[1:-1]), out[-1]

@@ -20,10 +20,11 @@ def light_head(features, num_classes: int, name: str, dropout: float = 0.0):
     return _softmax(x, num_classes, name)
 
 
-def seed_head(features, num_classes: int, name: str, dropout: float = 0.0, activation="relu"):
-    """The seed's branch: Dense layers of `SEED_BRANCHES[name]` (each + activation + dropout), then softmax."""
+def seed_head(features, num_classes: int, name: str, dropout: float = 0.0, activation="relu", branch: str = ""):
+    """The seed's branch: Dense layers of `SEED_BRANCHES[branch or name]` (each + activation + dropout), then
+    softmax."""
     x = features
-    for i, units in enumerate(SEED_BRANCHES[name]):
+    for i, units in enumerate(SEED_BRANCHES[branch or name]):
         x = layers.Dense(units, activation=activation, name=f"{name}_dense{i}")(x)
         if dropout:
             x = layers.Dropout(dropout, name=f"{name}_drop{i}")(x)

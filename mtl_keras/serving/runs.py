@@ -26,7 +26,7 @@ WARMUP_IMAGES = 8  # test images in the TF Serving warmup file
 
 def labelled_batches(split, info, shape, batch_size: int = 256):
     """(float32 images of `shape`, {head: class ids}) batches of a split, streamed through the pipeline."""
-    for images, labels in pipeline.pipeline(split, info, batch_size=batch_size, image_shape=shape):
+    for images, labels, *_ in pipeline.pipeline(split, info, batch_size=batch_size, image_shape=shape):
         yield np.asarray(images), {head: np.asarray(v).argmax(-1) for head, v in labels.items()}
 
 

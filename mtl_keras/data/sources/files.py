@@ -9,6 +9,11 @@ stratified per fine class with a fixed seed, so the same files always give the s
 `csv`: columns path,fine,coarse[,split], paths relative to the CSV's folder, classes as names or as ids.
 Class ids are the sorted names; the fine -> coarse map comes from the data and must be a function.
 
+Partial labels: images directly in ROOT/COARSE/ (not in a FINE folder) and CSV rows with an empty fine cell
+carry the coarse label only (fine id -1: no fine loss, left out of fine metrics). A CSV row with an empty coarse
+cell takes its fine class's superclass from the other rows (the hierarchy says which it is); a fine class that
+no row places in a superclass is an error.
+
 Files are listed once, then decoded and resized to `image_size` x `image_size` x 3 in tf.data (parallel map,
 no Python per image). When the decoded pixels fit in `cache_mb` they are decoded once into the same uint8
 arrays the built-in datasets use; otherwise splits hold `FileImages` and `pipeline.pipeline` streams the files
@@ -70,10 +75,11 @@ def _walk_tree(tree: Path, split: int, records: list, parents: dict[str, tuple[s
     others: list[str] = []
     for coarse_dir in coarse_dirs:
         fine_dirs, files = _scan(coarse_dir)
-        if files:
-            raise DatasetError(f"{files[0]}: files go in {coarse_dir}/FINE/, one folder per fine class")
-        if not fine_dirs:
-            raise DatasetError(f"{coarse_dir}: empty coarse class, no fine-class folders in it")
+        # Images right in COARSE/ carry the coarse label only; other files there are not data.
+        records.extend((str(f), None, coarse_dir.name, split) for f in files if _is_image(f))
+        others.extend(str(f) for f in files if not _is_image(f))
+        if not fine_dirs and not any(_is_image(f) for f in files):
+            raise DatasetError(f"{coarse_dir}: empty coarse class, no fine-class folders or images in it")
         for fine_dir in fine_dirs:
             fine = fine_dir.name
             seen = parents.setdefault(fine, (coarse_dir.name, fine_dir))
@@ -133,15 +139,18 @@ def list_csv(csv_file: str) -> tuple[list, str]:
             if len(row) != len(header):
                 raise DatasetError(f"{where}: {len(row)} fields, the header has {len(header)}")
             value = {c: row[i].strip() for c, i in column.items()}
-            empty = [c for c in ("path", "fine", "coarse") if not value[c]]
-            if empty:
-                raise DatasetError(f"{where}: empty {empty[0]}")
+            if not value["path"]:
+                raise DatasetError(f"{where}: empty path")
+            if not value["fine"] and not value["coarse"]:
+                raise DatasetError(f"{where}: empty fine and coarse; a row needs at least one label")
             split = value.get("split") or "train"
             if split not in SPLITS:
                 raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
             file = os.path.join(path.parent, os.path.expanduser(value["path"]))
-            (records if _is_image(file) else others).append((file, value["fine"], value["coarse"], SPLITS.index(split)))
-            lines.setdefault(value["fine"], {}).setdefault(value["coarse"], []).append(reader.line_num)
+            record = (file, value["fine"] or None, value["coarse"] or None, SPLITS.index(split))
+            (records if _is_image(file) else others).append(record)
+            if value["fine"] and value["coarse"]:
+                lines.setdefault(value["fine"], {}).setdefault(value["coarse"], []).append(reader.line_num)
     _raise_other_files([r[0] for r in others], str(path))
     if not records:
         raise DatasetError(f"{path} has no rows below its header")
@@ -152,20 +161,30 @@ def list_csv(csv_file: str) -> tuple[list, str]:
                              f"{', ...' * (len(n) > 5)})" for c, n in by.items())
         more = f"; {len(clashes) - 1} more fine classes clash" if len(clashes) > 1 else ""
         raise DatasetError(f"{path}: fine class {fine!r} maps to two coarse classes: {parts}{more}")
-    return records, str(path)
+    parent = {fine: next(iter(by)) for fine, by in lines.items()}
+    orphans = sorted({r[1] for r in records if r[1] is not None and r[1] not in parent})
+    if orphans:
+        raise DatasetError(f"{path}: fine class {orphans[0]!r} has no row with a coarse class, so its superclass "
+                           f"is unknown; give it in at least one row")
+    return [(f, fine, coarse or parent[fine], s) for f, fine, coarse, s in records], str(path)
 
 
-def _class_ids(values: list[str], source: str, head: str) -> tuple[tuple[str, ...], np.ndarray]:
-    """Names and ids of one head: ids as given when every value is an integer, else the sorted names."""
-    if all(v.isdigit() for v in values):
-        ids = np.asarray([int(v) for v in values], np.int32)
+def _class_ids(values: list[str | None], source: str, head: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """Names and ids of one head: ids as given when every value is an integer, else the sorted names; -1 where a
+    value is missing (None: a partial label)."""
+    given = [v for v in values if v is not None]
+    if not given:
+        raise DatasetError(f"{source}: no image has a {head} label")
+    if all(v.isdigit() for v in given):
+        ids = np.asarray([-1 if v is None else int(v) for v in values], np.int32)
         unused = sorted(set(range(ids.max() + 1)) - set(ids.tolist()))
         if unused:
             raise DatasetError(f"{source}: {head} ids {', '.join(map(str, unused[:5]))} have no rows; ids must "
                                f"run 0..N-1 (or use class names)")
         return tuple(str(i) for i in range(ids.max() + 1)), ids
-    names = tuple(sorted(set(values)))
-    return names, np.searchsorted(np.asarray(names), np.asarray(values)).astype(np.int32)
+    names = tuple(sorted(set(given)))
+    ids = np.searchsorted(np.asarray(names), np.asarray([v or "" for v in values])).astype(np.int32)
+    return names, np.where(np.asarray([v is None for v in values]), -1, ids).astype(np.int32)
 
 
 def load(settings) -> Source:
@@ -182,9 +201,9 @@ def load(settings) -> Source:
     fine_names, fine = _class_ids([r[1] for r in records], source, "fine")
     coarse_names, coarse = _class_ids([r[2] for r in records], source, "coarse")
     fine_to_coarse = np.zeros(len(fine_names), np.int32)
-    fine_to_coarse[fine] = coarse
+    fine_to_coarse[fine[fine >= 0]] = coarse[fine >= 0]
     split = assign_splits(np.asarray([r[3] for r in records], np.int8), fine, validation_fraction, test_fraction)
-    unseen = sorted(set(fine[split > 0].tolist()) - set(fine[split == 0].tolist()))
+    unseen = sorted(set(fine[split > 0].tolist()) - set(fine[split == 0].tolist()) - {-1})
     if unseen:
         raise DatasetError(f"{source}: fine class {fine_names[unseen[0]]!r} has val/test images but none to "
                            f"train on")
