@@ -196,17 +196,15 @@ def test_famo_and_hierarchy_heads_on_jax_backend():
     """The same FAMO rule and the same head outputs under KERAS_BACKEND=jax (state updated inside the loss must
     survive JAX's stateless train step)."""
     import json
-    import os
     import subprocess
     import sys
 
-    from conftest import REPO
+    from conftest import REPO, require, subprocess_env
 
-    pytest.importorskip("jax")
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "XLA_FLAGS")}
-    env |= {"PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    require("jax")
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "jax_hierarchy.py")], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.split("JSON:")[-1])
     assert report["backend"] == "jax" and report["tensorflow_imported"] is False
