@@ -187,9 +187,10 @@ def test_learns_fine_classes_with_half_the_fine_labels_missing(shapes_splits):
     model.fit(pipeline.pipeline(train, info, training=True, batch_size=64, augment="flip_crop"), epochs=8,
               steps_per_epoch=len(train) // 64, verbose=0)
     metrics = evaluate.accuracy_metrics(*evaluate.predict_split(model, shapes_splits.test, info), info)
-    # Measured 2026-11-25: MEASURED; chance is 10 % fine, 33 % coarse.
+    # Measured 2026-11-25 (2-core box): fine 43.90 %, coarse 61.10 %; chance is 10 % and 33 %. Bounds ~3x chance
+    # fine and 1.5x coarse, >= 10 points under the measured figures.
     print(f"half the fine labels: fine {metrics['fine_accuracy']:.2%}, coarse {metrics['coarse_accuracy']:.2%}")
-    assert metrics["fine_accuracy"] > 0.35 and metrics["coarse_accuracy"] > 0.6
+    assert metrics["fine_accuracy"] > 0.30 and metrics["coarse_accuracy"] > 0.50
 
 
 def test_famo_and_hierarchy_heads_on_jax_backend():
