@@ -110,7 +110,7 @@ def test_famo_update_follows_the_papers_rule_inside_fit_steps():
     layer = model.get_layer(losses.LAYER_NAME)
     expected = famo_reference(np.array(seen), 0.1, 0.01)
     np.testing.assert_allclose(np.asarray(layer.famo_logits), expected, rtol=1e-3, atol=1e-5)
-    assert abs(expected[0] - expected[1]) > 0.05  # the weights moved
+    assert abs(expected[0] - expected[1]) > 1e-3  # the weights moved (Adam's first step alone is +-famo_lr)
     z = layer.current()
     assert z["fine"] + z["coarse"] == pytest.approx(1.0)
 
@@ -211,7 +211,7 @@ def test_famo_and_hierarchy_heads_on_jax_backend():
     assert report["backend"] == "jax" and report["tensorflow_imported"] is False
     expected = famo_reference(np.array(report["famo"]["losses"]), 0.1, 0.01)
     np.testing.assert_allclose(report["famo"]["logits"], expected, rtol=1e-3, atol=1e-5)
-    assert abs(expected[0] - expected[1]) > 0.05
+    assert abs(expected[0] - expected[1]) > 1e-3  # the weights moved
     for head in ("marginal", "both"):
         fine, coarse = np.array(report[head]["fine"]), np.array(report[head]["coarse"])
         np.testing.assert_allclose(coarse, fine @ membership(TREE), atol=1e-5)

@@ -155,5 +155,5 @@ def test_train_cli_on_jax_exports_through_tensorflow(tmp_path):
     # The TensorFlow process's checks reach metrics.json as on the TensorFlow backend.
     metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert metrics["onnx_parity_ok"] is True and [c["pair"] for c in metrics["parity"]] == [
-        "keras vs saved_model", "saved_model vs onnx"]
+        "keras vs saved_model", "saved_model vs onnx", "serving_default vs serving_bytes"]
     assert metrics["parity"][0]["num_inputs"] == 32 + 256
