@@ -83,12 +83,19 @@ def _mean_where(hit: np.ndarray, labelled: np.ndarray) -> float | None:
     return float(np.mean(hit[labelled])) if labelled.any() else None
 
 
+def both_wrong(truth: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> float | None:
+    """Share of the images labelled at both levels whose fine and coarse predictions are both wrong (None when
+    no image has both labels)."""
+    wrong = (preds["fine"] != truth["fine"]) & (preds["coarse"] != truth["coarse"])
+    return _mean_where(wrong, (truth["fine"] >= 0) & (truth["coarse"] >= 0))
+
+
 def accuracy_metrics(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info,
-                     consistent: bool = False) -> dict:
+                     consistent: bool = False, preds: dict[str, np.ndarray] | None = None) -> dict:
     """Accuracy per head over the images labelled for it, top-5 for 100-class heads; for two heads hierarchy
     consistency and `both_wrong` (share of fully labelled images wrong at both levels); test_examples and,
-    when some images lack a head's label, `labelled_<head>`."""
-    preds = predicted_classes(probs, info, consistent)
+    when some images lack a head's label, `labelled_<head>`. `preds`: `predicted_classes`, when already known."""
+    preds = predicted_classes(probs, info, consistent) if preds is None else preds
     labelled = {name: truth[name] >= 0 for name in preds}
     metrics = {f"{name}_accuracy": _mean_where(pred == truth[name], labelled[name]) for name, pred in preds.items()}
     for name, p in probs.items():
@@ -97,9 +104,7 @@ def accuracy_metrics(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray],
             metrics[f"{name}_top5_accuracy"] = _mean_where((top5 == truth[name][:, None]).any(-1), labelled[name])
     if len(preds) == 2:
         metrics["hierarchy_consistency"] = hierarchy_consistency(preds["fine"], preds["coarse"], info.fine_to_coarse)
-        both = labelled["fine"] & labelled["coarse"]
-        wrong = (preds["fine"] != truth["fine"]) & (preds["coarse"] != truth["coarse"])
-        metrics["both_wrong"] = _mean_where(wrong, both)
+        metrics["both_wrong"] = both_wrong(truth, preds)
     metrics["test_examples"] = len(next(iter(truth.values())))
     for name, mask in labelled.items():
         if not mask.all():
@@ -110,8 +115,8 @@ def accuracy_metrics(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray],
 def test_metrics(truth: dict[str, np.ndarray], probs: dict[str, np.ndarray], info, consistent: bool = False) -> dict:
     """Every metrics.json entry of the test pass: `accuracy_metrics`, per-class accuracy, top confusions and
     the count of skipped (undecodable) files."""
-    metrics = accuracy_metrics(truth, probs, info, consistent)
     preds = predicted_classes(probs, info, consistent)
+    metrics = accuracy_metrics(truth, probs, info, consistent, preds)
     names = info.class_names
     keep = {h: truth[h] >= 0 for h in preds}
     metrics["accuracy_per_class"] = {h: per_class_accuracy(truth[h][keep[h]], preds[h][keep[h]], names[h])

@@ -92,8 +92,9 @@ class TaskWeights(layers.Layer):
         # Before the first step the other tasks have no loss yet (0): weigh by z alone until they do.
         inverse = ops.softmax(self.famo_logits.value) / ops.where(last > 0, last, 1.0)
         weight = ops.cast(ops.stop_gradient(inverse[i] / ops.sum(inverse)), ce.dtype)
-        self.famo_update(last, ops.all(fresh > 0))
-        self.famo_fresh.assign(ops.where(ops.all(fresh > 0), 0.0, fresh))
+        ready = ops.all(fresh > 0)
+        self.famo_update(last, ready)
+        self.famo_fresh.assign(ops.where(ready, 0.0, fresh))
         return ce * weight + ops.stop_gradient(ce - ce * weight)  # logs the plain loss, descends the weighted
 
     def famo_update(self, losses, ready):

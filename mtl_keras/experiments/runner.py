@@ -151,13 +151,6 @@ def test_predictions(run_dir: Path, config: TrainConfig) -> tuple[dict, dict]:
     return found
 
 
-def both_wrong(true: dict, fine_pred: dict, coarse_pred: dict) -> float:
-    """Share of the images labelled at both levels whose fine and coarse predictions are both wrong."""
-    labelled = (true["fine"] >= 0) & (true["coarse"] >= 0)
-    wrong = (fine_pred["fine"] != true["fine"]) & (coarse_pred["coarse"] != true["coarse"])
-    return float(np.mean(wrong[labelled])) if labelled.any() else float("nan")
-
-
 def class_tree(run_dir: Path) -> dict:
     """The run's classes.json: fine and coarse names and the fine -> coarse map."""
     return json.loads((run_dir / "classes.json").read_text())
@@ -185,7 +178,7 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
             metrics = {**last_validation(exp.run_dir(seed) / "history.csv", exp.task), **metrics}
             if exp.task == "mtl" and metrics.get("both_wrong") is None:  # runs of versions before both_wrong
                 true, pred = test_predictions(exp.run_dir(seed), exp.configs[seed])
-                metrics["both_wrong"] = both_wrong(true, pred, pred)
+                metrics["both_wrong"] = evaluate.both_wrong(true, pred)
             for key in (*METRICS, *VAL_METRICS, *(k for k, _, _ in COMPUTE)):
                 if metrics.get(key) is not None:
                     values.setdefault(key, {})[seed] = float(metrics[key])
@@ -206,7 +199,10 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
             # shares its data settings, so both predicted the same test images in the same order).
             tree = class_tree(fine.run_dir(seed))["fine_to_coarse"]
             values["hierarchy_consistency"][seed] = evaluate.hierarchy_consistency(pf["fine"], pc["coarse"], tree)
-            values["both_wrong"][seed] = both_wrong({"fine": tf_["fine"], "coarse": tc["coarse"]}, pf, pc)
+            wrong = evaluate.both_wrong({"fine": tf_["fine"], "coarse": tc["coarse"]},
+                                        {"fine": pf["fine"], "coarse": pc["coarse"]})
+            if wrong is not None:
+                values["both_wrong"][seed] = wrong
         if values["fine_accuracy"]:
             rows.append(Row(f"{fine.name} + {coarse.name}", "stl pair", fine.key, values, (fine.name, coarse.name)))
     return rows, confusion
