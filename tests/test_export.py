@@ -25,6 +25,21 @@ def test_tf_serving_layout(trained_run):
     assert not [p for p in version.parent.iterdir() if p.name.startswith(".tmp")]
 
 
+def test_saved_model_stores_each_weight_once(trained_run):
+    """Keras's ExportArchive with track(model) stored every weight twice (keras-team/keras #23553): twice the
+    SavedModel size and twice the variable memory of whatever loads it (TF Serving, the ONNX converter)."""
+    import keras
+    import tensorflow as tf
+
+    import mtl_keras.models  # noqa: F401  (registers the custom layers)
+
+    root, _ = trained_run
+    model = keras.models.load_model(root / "work" / "model.keras", compile=False)
+    reader = tf.train.load_checkpoint(str(_version_dir(trained_run) / "variables" / "variables"))
+    stored = sum(int(np.prod(shape)) for shape in reader.get_variable_to_shape_map().values())
+    assert stored == model.count_params() + 1  # + the object graph's scalar entry
+
+
 def test_serving_signature_names_and_shapes(trained_run):
     import tensorflow as tf
 

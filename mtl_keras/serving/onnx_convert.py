@@ -1,28 +1,42 @@
 """The two ONNX converters (`--onnx_converter`), each ending in the same graph interface: input `image` (float32
 raw pixels, dynamic batch), outputs `fine` / `coarse`, opset 17, the run's metadata, `onnx.checker` passed.
 
-    tf2onnx  tf2onnx.convert.from_function on the saved SavedModel's serving_default signature: exactly the graph
-             TF Serving runs (reloaded from disk).
-    keras    Keras's own `model.export(path, format="onnx")`. On the TensorFlow backend (Keras 3.15) it traces the
-             in-memory model's call in an ExportArchive and also hands it to tf2onnx.convert.from_function (after
-             its numpy-2 patch of tf2onnx): the second path shares the converter library, not the traced graph.
-             With Keras 3.15 its names come out as `image`, `coarse`, `fine` already; other names are renamed.
+    tf2onnx  tf2onnx on the saved SavedModel's serving_default signature: exactly the graph TF Serving runs
+             (reloaded from disk), converted in a child process (`python -m mtl_keras.serving.onnx_convert
+             SAVED_MODEL OUTPUT`) whose memory is bounded (see CHILD_ENV and `from_saved_model`).
+    keras    Keras's own `model.export(path, format="onnx")`, in this process. On the TensorFlow backend (Keras
+             3.15) it traces the in-memory model's call in an ExportArchive and also hands it to
+             tf2onnx.convert.from_function (after its numpy-2 patch of tf2onnx): the second path shares the
+             converter library, not the traced graph. With Keras 3.15 its names come out as `image`, `coarse`,
+             `fine` already; other names are renamed. It runs tf2onnx's default (grappler) path in this
+             process, so a big model needs several times the memory of the tf2onnx path (BUILD_NOTES.md).
+
+Why a child process, pure-Python protobuf and tf2onnx's `large_model` mode (measured on the seed ResNet-152,
+66.6 M parameters, BUILD_NOTES.md "Export memory"): with the default upb protobuf, tf2onnx's optimizer passes
+re-serialise every constant into its node's protobuf arena on each pass (`Node.update_proto`), and upb frees an
+arena only with its message, so the 266 MB of weights grew past 12 GB; grappler's constant folding (skipped by
+`large_model`) added a 7 GB peak of its own. Pure-Python protobuf frees replaced attributes as Python objects;
+the protobuf implementation is fixed at import, hence the child. The child's peak was 2.96 GB.
 
 Either converter's file is then checked by serving/verify.py against the SavedModel and the Keras model.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import onnx
-import tensorflow as tf
 
 from mtl_keras.errors import ExportError
 from mtl_keras.serving import signatures
 
 ONNX_OPSET = 17
+CHILD_ENV = {"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _rename(proto: onnx.ModelProto, names: dict[str, str]) -> None:
@@ -34,16 +48,53 @@ def _rename(proto: onnx.ModelProto, names: dict[str, str]) -> None:
         value.name = names.get(value.name, value.name)
 
 
+def _inline_external(proto: onnx.ModelProto, tensors: dict[str, bytes]) -> None:
+    """Moves the weights tf2onnx's large_model mode keeps aside (`tensors`, by location) back into the
+    initializers, so the model is one ordinary .onnx file (under protobuf's 2 GB)."""
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in init.external_data}["location"]
+            init.raw_data = tensors.pop(location)
+            del init.external_data[:]
+            init.data_location = onnx.TensorProto.DEFAULT
+
+
 def from_saved_model(saved_model_dir: Path) -> onnx.ModelProto:
-    """tf2onnx on the SavedModel's serving_default signature (what TF Serving runs)."""
+    """tf2onnx on the SavedModel's serving_default signature (what TF Serving runs), in `large_model` mode
+    (constants kept out of the graph while converting, no grappler pass) with the weights inlined again.
+    Bounded memory needs pure-Python protobuf, i.e. run it as `python -m mtl_keras.serving.onnx_convert`
+    (`convert_in_child`)."""
+    import numpy as np
+    import tensorflow as tf
     import tf2onnx
 
+    if not hasattr(np, "product"):  # tf2onnx 1.17's large_model path (graph.py) calls np.product, gone in numpy 2
+        np.product = np.prod
     loaded = tf.saved_model.load(str(saved_model_dir))  # keep a reference: it owns the variables
     serving = loaded.signatures[signatures.DEFAULT]
     spec = serving.structured_input_signature[1][signatures.IMAGE_INPUT]
     fn = tf.function(lambda image: serving(image=image))
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=ONNX_OPSET)
+    proto, external = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=ONNX_OPSET, large_model=True)
+    _inline_external(proto, external.name_to_tensor_data)
     return proto
+
+
+def convert_in_child(saved_model_dir: Path, path: Path, timeout_s: int = 3600) -> None:
+    """Writes `path` with `from_saved_model` run in a child process (CHILD_ENV); one-line ExportError when the
+    child fails, naming its last error line or the signal that ended it (SIGKILL: most likely out of memory)."""
+    cmd = [sys.executable, "-m", "mtl_keras.serving.onnx_convert", str(saved_model_dir), str(path)]
+    try:
+        done = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"ONNX conversion of {saved_model_dir} took over {timeout_s} s") from None
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        hint = " (most likely out of memory)" if -done.returncode == signal.SIGKILL else ""
+        raise ExportError(f"ONNX conversion of {saved_model_dir} was killed by {name}{hint}")
+    if done.returncode != 0 or not path.is_file():
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise ExportError(f"ONNX conversion of {saved_model_dir} failed: {lines[-1] if lines else 'no output'}")
 
 
 def from_keras(model) -> onnx.ModelProto:
@@ -66,10 +117,11 @@ def from_keras(model) -> onnx.ModelProto:
 
 
 def convert(converter: str, path: Path, metadata: dict[str, str], *, saved_model_dir: Path, model=None) -> None:
-    """Writes `path` with `converter` (tf2onnx: from `saved_model_dir`; keras: from `model`), the metadata
-    props and `onnx.checker` passed."""
+    """Writes `path` with `converter` (tf2onnx: from `saved_model_dir`, in a child process; keras: from `model`),
+    the metadata props and `onnx.checker` passed."""
     if converter == "tf2onnx":
-        proto = from_saved_model(saved_model_dir)
+        convert_in_child(saved_model_dir, path)
+        proto = onnx.load(str(path))
     elif converter == "keras":
         if model is None:
             raise ExportError("--onnx_converter=keras needs the Keras model")
@@ -79,3 +131,17 @@ def convert(converter: str, path: Path, metadata: dict[str, str], *, saved_model
     onnx.helper.set_model_props(proto, {**metadata, "onnx_converter": converter})
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
+
+
+def main(argv: list[str]) -> int:
+    """The child: `python -m mtl_keras.serving.onnx_convert SAVED_MODEL OUTPUT` (convert_in_child runs it)."""
+    if len(argv) != 2:
+        print("usage: python -m mtl_keras.serving.onnx_convert SAVED_MODEL OUTPUT", file=sys.stderr)
+        return 2
+    saved_model_dir, path = Path(argv[0]), Path(argv[1])
+    onnx.save(from_saved_model(saved_model_dir), str(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
