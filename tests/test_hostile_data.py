@@ -73,7 +73,9 @@ def test_a_file_linked_twice_counts_once_and_linked_data_elsewhere_loads(tmp_pat
 def test_non_utf8_class_folder_is_one_line(tmp_path):
     root = tmp_path / "root"
     tree(root)
-    os.makedirs(os.fsencode(root / "animal") + b"/caf\xe9")
+    folder = os.fsencode(root / "animal") + b"/caf\xe9"
+    os.makedirs(folder)
+    (root / "animal" / "cat" / "0.png").rename(os.fsdecode(folder + b"/0.png"))  # was a TensorFlow traceback
     with pytest.raises(DatasetError, match=r"animal/caf\\xe9: the name is not UTF-8 text; rename it") as err:
         list_folder(str(root))
     one_line(err)
