@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from mtl_keras.errors import ConfigError
@@ -41,6 +42,11 @@ TASK = "task"  # the task and its loss: differs between an MTL run and its STL p
 SEED = "seed"  # like TASK: runs are paired seed by seed
 EVALUATION = "evaluation"  # how the trained model is evaluated and exported: a checkpoint may resume under another
 PLACE = "place"  # where inputs and outputs live, how they are checked, compile speed: never identifies a run
+# Where the images are read from: identifies a run when the dataset is that folder or file (FILE_DATASETS, by its
+# real path; a resumed folder run on another --data_dir re-scored the old model on new data), else like PLACE
+# (tfds's cache folder for CIFAR).
+DATA = "data"
+FILE_DATASETS = ("folder", "csv")
 
 
 def _field(default, role: str = TRAINING):
@@ -62,7 +68,7 @@ def parse_policies(spec: str) -> tuple[str, ...]:
 @dataclasses.dataclass
 class DataConfig:
     dataset: str = _field("shapes")
-    data_dir: str | None = _field(None, PLACE)  # tfds data_dir (CIFAR), image tree ROOT (folder), label file (csv)
+    data_dir: str | None = _field(None, DATA)  # tfds data_dir (CIFAR), image tree ROOT (folder), label file (csv)
     download: bool = _field(True, PLACE)
     validation_fraction: float = _field(0.15)
     max_train_examples: int | None = _field(None)
@@ -70,6 +76,10 @@ class DataConfig:
     folder_image_size: int = _field(32)
     folder_test_fraction: float = _field(0.15)
     folder_cache_mb: float = _field(2048.0)
+    # Decompression-bomb guard (data/headers.py): larger files are skipped like undecodable ones. 40 M pixels is
+    # 120 MB as uint8 RGB; a 420 KB 12000 x 12000 PNG took 4.3 GB to decode.
+    max_image_pixels: int = _field(40_000_000, PLACE)
+    csv_allow_outside_paths: bool = _field(False, PLACE)  # csv: image paths outside the CSV's folder (off: refused)
     augment: str = _field("flip_crop")
     randaugment_ops: int = _field(2)
     randaugment_magnitude: float = _field(0.5)
@@ -172,13 +182,18 @@ def flat(config: TrainConfig) -> dict:
 def identity(config: TrainConfig, purpose: str = "run") -> dict:
     """The settings that make two runs the same run, by flag name.
 
-    "run": everything but where things live (a finished run with other values is another run);
+    "run": everything but where things live (a finished run with other values is another run); the images'
+    folder or CSV file of a folder / csv dataset is part of every identity, by its real path;
     "checkpoint": also without how the model is evaluated (a checkpoint with other values is refused);
     "pairing": without where things live, the task, its loss and the seed (what an MTL run shares with its STL pair).
     """
     ignored = {"run": {PLACE}, "checkpoint": {PLACE, EVALUATION}, "pairing": {PLACE, TASK, SEED}}[purpose]
-    return {name: value for name, value in flat(config).items()
-            if FIELDS[name][1].metadata["role"] not in ignored}
+    if config.data.dataset not in FILE_DATASETS:
+        ignored = ignored | {DATA}
+    roles = {name: FIELDS[name][1].metadata["role"] for name in FIELDS}
+    # A data path by its real path: ./d, d, ~/d and a link to d are the same data.
+    return {name: os.path.realpath(os.path.expanduser(value)) if roles[name] == DATA and value else value
+            for name, value in flat(config).items() if roles[name] not in ignored}
 
 
 def read_json(path) -> TrainConfig:

@@ -30,6 +30,8 @@ _D = types.SimpleNamespace(**config.flat(TrainConfig()))  # every default, by fl
 MAX_SEED = 2 ** 31 - 1
 # 1024 px: beyond any trunk here (ViT /4 at 1024 px is 65,536 tokens); larger sizes ran out of memory.
 MAX_IMAGE_SIZE = 1024
+# The largest --max_image_pixels: 1e9 RGB pixels are 3 GB decoded, before any resize.
+MAX_IMAGE_PIXELS = 1_000_000_000
 
 
 class _Definer:
@@ -106,6 +108,18 @@ def _data_place_flags(d: _Definer) -> None:
     d.float("folder_cache_mb", _D.folder_cache_mb, "folder / csv: decode all images once into memory when "
             "their pixels fit in this many MB, else stream the files every epoch (0: always stream).",
             lower_bound=0.0)
+    _max_image_pixels_flag(d)
+    d.boolean("csv_allow_outside_paths", _D.csv_allow_outside_paths, "csv: accept image paths that lead outside "
+              "the CSV's folder (absolute, ~, ../, or through a symlink). Off: such a row is refused, so a label "
+              "file from elsewhere cannot make a run read (and train on) any file this user can read.")
+
+
+def _max_image_pixels_flag(d: _Definer) -> None:
+    d.integer("max_image_pixels", _D.max_image_pixels, "Largest image decoded, in pixels (width x height x GIF "
+              "frames, read from the file's header first): a guard against decompression bombs, like Pillow's "
+              "MAX_IMAGE_PIXELS. Larger files are skipped with a warning naming them (folder / csv) or refused "
+              f"in one line (predict). At most {MAX_IMAGE_PIXELS:,} (3 GB of pixels).", lower_bound=1,
+              upper_bound=MAX_IMAGE_PIXELS)
 
 
 def valid_model_name(name: str | None) -> bool:
@@ -277,6 +291,7 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.string("model", None, "SavedModel version folder (e.g. export/quickstart/1), .onnx file or a run's model.keras.")
     d.integer("top_k", 1, "Classes to print per head.", lower_bound=1)
     d.boolean("json", False, "Print one JSON document instead of lines.")
+    _max_image_pixels_flag(d)
 
 
 def define_experiments_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -100,12 +100,34 @@ def test_run_identity_is_derived_in_one_place():
     assert config.identity(config.make(epochs=2), "pairing") != config.identity(base, "pairing")
 
 
+def test_a_folder_or_csv_checkpoint_resumes_only_on_its_own_data(tmp_path, monkeypatch):
+    # data_dir was a place: a resumed folder run on another --data_dir re-scored the old model on new data.
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    for dataset, leaf in (("folder", ""), ("csv", "labels.csv")):
+        checkpoints = tmp_path / f"checkpoints-{dataset}"
+        checkpoints.mkdir()
+        (checkpoints / "epoch-1.weights.h5").write_bytes(b"")
+        saved = _identity(dataset=dataset, data_dir=f"a/{leaf}")
+        (checkpoints / "state.json").write_text(json.dumps({"epoch": 1, "weights": "epoch-1.weights.h5",
+                                                            "config": saved}))
+        for same in (f"a/{leaf}", str(tmp_path / "a" / leaf), f"./link/{leaf}"):  # a plain rerun, however spelt
+            assert Checkpoint(checkpoints, _identity(dataset=dataset, data_dir=same)).check()[0] == 1
+        with pytest.raises(CheckpointError, match=r"a run with other flags \(data_dir\); use another --workdir"):
+            Checkpoint(checkpoints, _identity(dataset=dataset, data_dir=f"b/{leaf}")).check()
+    # Where tfds keeps CIFAR is still a place: moving its cache does not make another run.
+    assert _identity(dataset="cifar10", data_dir="a") == _identity(dataset="cifar10", data_dir="b")
+
+
 def test_checkpoint_of_the_previous_version_still_resumes(tmp_path):
     # state.json of main at f49e8fa stored every setting but its _NOT_TRAINING list, flat: the same keys.
     old_not_training = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
                         "fashion_mnist_dir", "jit_compile"}
     flat = config.flat(config.make())
-    added_since = {"atol", "int8_max_drop", "tta_flip", "top_k", "onnx_converter"}  # none identifies a checkpoint
+    added_since = {"atol", "int8_max_drop", "tta_flip", "top_k", "onnx_converter", "max_image_pixels",
+                   "csv_allow_outside_paths"}  # none identifies a checkpoint
     old = {k: v for k, v in flat.items() if k not in old_not_training | added_since}
     assert old == config.identity(config.make(), "checkpoint")
 

@@ -116,6 +116,21 @@ def test_changed_settings_on_a_finished_run_are_one_line_error(grid_run):
     assert "was trained with other settings (learning_rate 0.002 != 0.5)" in proc.stderr
 
 
+def test_a_finished_folder_run_is_another_run_on_other_data(tmp_path, monkeypatch):
+    from mtl_keras import config
+    from mtl_keras.errors import ExperimentError
+    from mtl_keras.experiments.runner import _check_same_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(config.flat(config.make(dataset="folder", data_dir="a"))))
+    _check_same_config(run_dir, config.make(dataset="folder", data_dir=str(tmp_path / "a")))  # the same folder
+    with pytest.raises(ExperimentError, match=r"was trained with other settings \(data_dir '\S+/a' != '\S+/b'\)"):
+        _check_same_config(run_dir, config.make(dataset="folder", data_dir="b"))
+
+
 def test_seed_study_figures_sit_beside_the_seed_flagfiles():
     from mtl_keras.experiments.tables import Row, seed_study
 

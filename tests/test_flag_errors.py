@@ -40,6 +40,7 @@ def test_bad_flag_in_a_flagfile_is_one_line(tmp_path):
     ("mtl_keras.export", ["--onnx_converter=torch"], "export: error: --onnx_converter"),
     ("mtl_keras.check_onnx", ["--saved_model=s", "--onnx=o", "--int8_max_drop=-1"], "check_onnx: error: --int8_max_drop"),
     ("mtl_keras.predict", ["--top_k=0", "image.png"], "predict: error: --top_k"),
+    ("mtl_keras.predict", ["--max_image_pixels=-1", "image.png"], "predict: error: --max_image_pixels"),
     ("mtl_keras.experiments", ["--grid=configs/quickstart.flags", "--gamma=nan"], "experiments: error: --gamma"),
 ])
 def test_every_cli_bad_flag_is_one_line(tmp_path, module, args, line):
@@ -59,6 +60,7 @@ def test_every_cli_bad_flag_is_one_line(tmp_path, module, args, line):
     (["--seed=1099511627776"], "--seed=1099511627776: 1099511627776 is not an integer in the range [0, 2147483647]"),
     (["--image_size=100000"], "--image_size=100000: 100000 is not an integer in the range [8, 1024]"),
     (["--folder_image_size=4096"], "--folder_image_size=4096: 4096 is not an integer in the range [8, 1024]"),
+    (["--max_image_pixels=0"], "--max_image_pixels=0: 0 is not an integer in the range [1, 1000000000]"),
 ])
 def test_out_of_range_and_multiline_values_are_one_line_errors(args, line):
     # In-process (the CLI's one-line plumbing is tested above): the parse train runs, and the line it prints.

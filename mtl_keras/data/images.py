@@ -8,6 +8,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from mtl_keras.data.headers import too_large
 from mtl_keras.errors import DatasetError
 
 
@@ -59,17 +60,21 @@ def decode_bytes(contents: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(image, (size, size, 3))
 
 
-def decode_files(paths, size: int | None) -> tuple[np.ndarray | None, np.ndarray]:
+def decode_files(paths, size: int | None, max_pixels: int | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """Decodes every file in tf.data: (uint8 [N, size, size, 3] or None when size is None, ok mask [N]).
 
-    `size=None` only validates (decodes without keeping pixels). Failed files leave zeros and ok False.
+    `size=None` only validates (decodes without keeping pixels). Failed files leave zeros and ok False, as do
+    files whose header says they hold more than `max_pixels` (never decoded: see headers.py).
     """
     paths = np.asarray(paths, object).astype(str)
     ok = np.zeros(len(paths), bool)
     images = np.zeros((len(paths), size, size, 3), np.uint8) if size else None
     work = (lambda p: decode(p, size)) if size else (
         lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False))[0])
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    # The header check costs ~10 us a file in Python (50,000 files: 0.5 s), far below decoding them.
+    index = np.arange(len(paths)) if max_pixels is None else np.flatnonzero(
+        [too_large(p, max_pixels) is None for p in paths])
+    ds = tf.data.Dataset.from_tensor_slices((index.astype(np.int64), paths[index]))
     ds = ds.map(lambda i, p: (i, work(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     for index, pixels in ds.ignore_errors().batch(256).prefetch(2).as_numpy_iterator():  # Python per batch
         ok[index] = True
@@ -78,8 +83,13 @@ def decode_files(paths, size: int | None) -> tuple[np.ndarray | None, np.ndarray
     return images, ok
 
 
+def why_skipped(path: str, max_pixels: int | None = None) -> str:
+    """Why `decode_files` left one file out, for the warning (runs only for the few failures)."""
+    return (max_pixels and too_large(path, max_pixels)) or f"cannot decode it ({why_undecodable(path)})"
+
+
 def why_undecodable(path: str) -> str:
-    """Why one file failed to decode, for the warning (runs only for the few failures)."""
+    """Why one file failed to decode (call `why_skipped` for a file that may be a decompression bomb)."""
     try:
         tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return "decodes now (changed while loading?)"

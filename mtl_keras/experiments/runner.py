@@ -90,7 +90,10 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     saved_file = run_dir / "config.json"
     if not saved_file.is_file():
         return
-    saved = json.loads(saved_file.read_text())
+    raw = json.loads(saved_file.read_text())
+    # Both through `identity` (a folder dataset's data_dir by its real path), compared on the settings it saved.
+    saved = {k: v for k, v in config_lib.identity(config_lib.read_json(saved_file)).items() if k in raw}
+    saved = json.loads(json.dumps(saved))
     wanted = json.loads(json.dumps(config_lib.identity(config)))  # the same JSON types as the saved file
     diff = [f"{k} {saved[k]!r} != {wanted[k]!r}" for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
     if diff:

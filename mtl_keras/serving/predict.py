@@ -5,8 +5,9 @@
 
 PATH is a SavedModel version folder (class names from assets.extra/classes.json), an .onnx file (class
 names from its metadata) or a run's model.keras (class names from the run's classes.json), opened by
-`serving.runtime.load`. A file that is missing or not an image gets one error line; the others are
-still classified, and the exit status is 1 when any file failed.
+`serving.runtime.load`. A file that is missing, not an image or larger than --max_image_pixels (read from its
+header, so a decompression bomb is never decoded) gets one error line; the others are still classified, and
+the exit status is 1 when any file failed.
 """
 
 from __future__ import annotations
@@ -18,15 +19,20 @@ from pathlib import Path
 import numpy as np
 
 
-def load_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-    """Decodes PNG / JPEG / BMP / GIF to float32 pixels (0-255) of `shape`; ValueError with the reason."""
+def load_image(path: str, shape: tuple[int, int, int], max_pixels: int) -> np.ndarray:
+    """Decodes PNG / JPEG / BMP / GIF to float32 pixels (0-255) of `shape`; ValueError with the reason, also for
+    an image above `max_pixels` (read from its header, before anything is decoded)."""
     import tensorflow as tf
 
+    from mtl_keras.data.headers import too_large
     from mtl_keras.data.images import fit_images
 
     p = Path(path)
     if not p.is_file():
         raise ValueError("no such file")
+    refused = too_large(path, max_pixels)
+    if refused:
+        raise ValueError(refused)
     try:
         image = tf.io.decode_image(p.read_bytes(), channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
@@ -66,7 +72,7 @@ def main() -> int:
     results, failed = [], 0
     for path in files:
         try:
-            image = load_image(path, classifier.shape)
+            image = load_image(path, classifier.shape, FLAGS.max_image_pixels)
         except ValueError as e:
             print(f"predict: error: {path}: {e}", file=sys.stderr)
             failed += 1
