@@ -31,6 +31,9 @@ def check_workdir(workdir: str, flag: str = "workdir") -> Path:
     path = Path(workdir).expanduser()
     existing = path
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # mkdir would fail on it with FileExistsError, after the checks
+            raise RunError(f"--{flag}={workdir} cannot be used: {existing} is a symbolic link to "
+                           f"{os.readlink(existing)}, which does not exist")
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"

@@ -274,3 +274,14 @@ def test_full_disk_during_training_is_one_line(tmp_path, error):
     with pytest.raises(PermissionError):  # any other OSError is not a full disk
         with train.disk_full_is_one_line(tmp_path):
             raise PermissionError(13, "Permission denied")
+
+
+def test_dangling_symlink_workdir_is_one_line(tmp_path):
+    from mtl_keras import train
+
+    (tmp_path / "link").symlink_to(tmp_path / "gone")  # mkdir(exist_ok=True) raised FileExistsError on it
+    for workdir in (tmp_path / "link", tmp_path / "link" / "run"):
+        with pytest.raises(train.RunError, match=f"^--workdir={workdir} cannot be used: {tmp_path / 'link'} is a "
+                                                 f"symbolic link to {tmp_path / 'gone'}, which does not exist$"):
+            train.check_workdir(str(workdir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
