@@ -1,5 +1,6 @@
 """The model folder an export writes into: versions reserved under a lock, temporary folders of interrupted
-exports removed, never a version. Fast: the SavedModel writer is stubbed, only the folder logic runs."""
+exports removed, never a version; and a re-export whose run's dataset is gone. Fast: the SavedModel writer (or
+the whole export) is stubbed, only the folder logic and export_run's choices run."""
 
 from __future__ import annotations
 
@@ -108,3 +109,41 @@ def test_version_folder_follows_the_umask(tmp_path, stub_writer):
     finally:
         os.umask(old)
     assert version.stat().st_mode & 0o777 == 0o750
+
+
+def _run_folder(tmp_path, **settings):
+    """A finished run's records (config.json, classes.json) for `settings`; the model is given in memory."""
+    import json
+
+    from mtl_keras import config as config_lib
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config_lib.flat(config_lib.make(**settings))))
+    (run / "classes.json").write_text(json.dumps({"fine": ["a", "b", "c", "d"], "coarse": ["x", "y"],
+                                                  "fine_to_coarse": [0, 0, 1, 1]}))
+    return run
+
+
+def test_reexport_without_int8_needs_no_dataset(tmp_path, monkeypatch, capsys):
+    import types
+
+    from mtl_keras.serving import runs
+
+    # The run's image folder has moved since training: --noint8 exports all the same (it used to need it).
+    run = _run_folder(tmp_path, dataset="folder", data_dir=str(tmp_path / "moved"))
+    exported = {}
+
+    def fake_export(model, export_dir, model_name, **kwargs):
+        exported.update(kwargs)
+        return tmp_path / "e" / model_name / "1"
+
+    monkeypatch.setattr(runs.export, "export", fake_export)
+    model = types.SimpleNamespace(input_shape=(None, 16, 16, 3))
+    result = runs.export_run(run, export_dir=str(tmp_path / "e"), model_name="m", int8=False, check=False, model=model)
+    assert result["ok"] and exported["calibration_images"] is None
+    assert exported["warmup_images"].shape == (runs.WARMUP_IMAGES, 16, 16, 3)  # random pixels stand in
+    assert "note: the run's dataset cannot be read (" in capsys.readouterr().out
+    with pytest.raises(ExportError, match=rf"^--workdir={run}: the run's dataset cannot be read \(.*\); int8 is timed "
+                                          "and checked on its images: make it readable again or pass --noint8$"):
+        runs.export_run(run, export_dir=str(tmp_path / "e"), model_name="m", int8=True, check=False, model=model)
