@@ -185,7 +185,9 @@ def run(config: TrainConfig) -> dict:
     _setup_runtime(optim)
     workdir = check_workdir(config.run.workdir)
     if config.serving.export:  # found only after training, it lost the run's metrics.json
-        check_workdir(config.serving.export_dir, "export_dir")
+        model_dir = check_workdir(config.serving.export_dir, "export_dir") / config.serving.model_name
+        if model_dir.is_symlink() and not model_dir.exists() or model_dir.exists() and not model_dir.is_dir():
+            raise RunError(f"--model_name={config.serving.model_name} cannot be used: {model_dir} is not a folder")
     try:
         scope, replicas = distribute.strategy_scope(optim.distribution)
     except ValueError as e:

@@ -1,5 +1,6 @@
 """The training CLI end to end, and its one-line errors."""
 
+import dataclasses
 import json
 import time
 
@@ -101,6 +102,13 @@ def test_export_dir_under_a_file_fails_before_anything_is_written(tmp_path):
                       batch_size=32, max_train_examples=64)  # small, should the check ever let it train
     with pytest.raises(train.RunError, match=f"^--export_dir={blocker / 'e'} cannot be used: {blocker} is not a folder$"):
         train.run(cfg)  # it used to fail after training, with a traceback and no metrics.json
+    assert not (tmp_path / "w").exists()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "m").write_text("")  # the model's folder under a good --export_dir
+    cfg = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, export_dir=str(tmp_path / "e"),
+                                                               model_name="m"))
+    with pytest.raises(train.RunError, match=f"^--model_name=m cannot be used: {tmp_path / 'e' / 'm'} is not a folder$"):
+        train.run(cfg)
     assert not (tmp_path / "w").exists()
 
 
