@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process's umask: read from /proc on Linux; elsewhere set and restored (a moment other threads see)."""
     try:
         with open("/proc/self/status") as f:
@@ -24,7 +24,7 @@ def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the run's records from other users
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would hide the run's records from other users
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

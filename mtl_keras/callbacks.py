@@ -72,8 +72,12 @@ class Checkpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1}.weights.h5"
         tmp = self.directory / f".tmp-{name}"
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.directory / name)
+        try:
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.directory / name)
+        except BaseException:  # a full disk: no half-written file left beside the last good checkpoint
+            tmp.unlink(missing_ok=True)
+            raise
         atomic.write_json(self.state_path, {"epoch": epoch + 1, "weights": name, "config": self.run_config})
         for old in self.directory.glob("epoch-*.weights.h5"):
             if old.name != name:

@@ -1,4 +1,5 @@
-"""One training run per workdir: an exclusive `flock` on WORKDIR/.lock, held for the whole run.
+"""One training run per workdir: an exclusive `flock` on WORKDIR/.lock, held for the whole run; and the short
+`folder_lock` / `hold` an export takes on its model folder and on its temporary version folder.
 
 Two runs on one workdir would interleave checkpoints, history.csv and model.keras. The kernel drops a flock
 when its holder exits, even on `kill -9`, so a crashed run never leaves a stale lock; the file itself stays
@@ -45,3 +46,30 @@ def workdir_lock(workdir: str | Path, flag: str):
         yield
     finally:
         os.close(fd)  # closing the only descriptor releases the lock
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path):
+    """Holds FOLDER/.lock exclusively for the `with` block, waiting for another holder: for short critical
+    sections (an export picking its version), not for a whole run."""
+    fd = os.open(Path(folder) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def hold(folder: str | Path) -> int | None:
+    """An open descriptor holding an exclusive flock on the folder itself (closing it lets go), or None
+    where the filesystem cannot lock a folder; raises BlockingIOError when another process holds it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:  # e.g. NFS, where flock is emulated with fcntl locks and needs a file open for writing
+        os.close(fd)
+        return None
+    return fd

@@ -23,6 +23,9 @@ from mtl_keras.evaluate import TOP_CONFUSIONS, confusion_matrix, top_confusions
 HEADS = ("fine", "coarse")  # the model's output keys, in the order panels are drawn
 _MISSING = ("", "NA")  # how CSVLogger writes a value an epoch did not log
 ANNOTATE_MAX = 30  # classes up to which every cell shows its count; above, a top-confusions list instead
+# Names (classes from folder names, experiments from flagfile names) are drawn as they are: with mathtext, a
+# folder named `$x^$` raised a ParseException in savefig, after training.
+PLAIN = {"parse_math": False}
 
 
 def _figure(width: float, height: float):
@@ -72,7 +75,7 @@ def learning_curves_png(history_csv: str | Path, out_png: str | Path, title: str
             if ax.lines:
                 ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, **PLAIN)
     fig.savefig(out_png)
     return Path(out_png)
 
@@ -98,11 +101,11 @@ def confusion_matrix_png(y_true, y_pred, names, out_png: str | Path, title: str 
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="share of the true class")
     font = 8 if n <= 20 else max(3.5, min(8.0, 500.0 / n))
-    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
-    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font, **PLAIN)
+    ax.set_yticks(range(n), names, fontsize=font, **PLAIN)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title + ': ' if title else ''}test accuracy {accuracy:.1%} ({m.sum()} images)")
+    ax.set_title(f"{title + ': ' if title else ''}test accuracy {accuracy:.1%} ({m.sum()} images)", **PLAIN)
     if not big:
         for (t, p), count in np.ndenumerate(m):
             if count:
@@ -114,7 +117,7 @@ def confusion_matrix_png(y_true, y_pred, names, out_png: str | Path, title: str 
         text_ax.axis("off")
         text_ax.set_title(f"top {len(lines)} confusions (count, share of true class)", fontsize=10, loc="left")
         text_ax.text(0.0, 1.0, "\n".join(lines) or "no mistakes", va="top", family="monospace", fontsize=9,
-                     transform=text_ax.transAxes)
+                     transform=text_ax.transAxes, **PLAIN)
     fig.savefig(out_png)
     return Path(out_png)
 

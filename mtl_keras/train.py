@@ -9,7 +9,9 @@ EXPORT_DIR/MODEL_NAME/VERSION (SavedModel + model.onnx) and runs the onnxruntime
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -29,10 +31,47 @@ def check_workdir(workdir: str, flag: str = "workdir") -> Path:
     path = Path(workdir).expanduser()
     existing = path
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # mkdir would fail on it with FileExistsError, after the checks
+            raise RunError(f"--{flag}={workdir} cannot be used: {existing} is a symbolic link to "
+                           f"{os.readlink(existing)}, which does not exist")
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
         raise RunError(f"--{flag}={workdir} cannot be used: {existing} {why}")
+    return path
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(workdir: Path):
+    """Turns a full disk (or quota) while the block writes into one RunError line; h5py reports it with no errno,
+    only the system's message."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_FULL and os.strerror(errno.ENOSPC) not in str(e):
+            raise
+        where = e.filename or workdir
+        raise RunError(f"no space left on the device writing {where}; free some space and rerun the same "
+                       "command: it resumes from the last finished epoch") from None
+
+
+def save_model(model, path: Path) -> Path:
+    """Saves `model` to `path` through a hidden temporary file and a rename; a failed save (a full disk) leaves
+    no temporary file and is one RunError line (the trained weights are still in the last checkpoint)."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"{path} could not be written ({e.strerror or e}); the trained weights are in the last "
+                       "checkpoint: free some space and rerun the same command, which resumes there") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -146,7 +185,9 @@ def run(config: TrainConfig) -> dict:
     _setup_runtime(optim)
     workdir = check_workdir(config.run.workdir)
     if config.serving.export:  # found only after training, it lost the run's metrics.json
-        check_workdir(config.serving.export_dir, "export_dir")
+        model_dir = check_workdir(config.serving.export_dir, "export_dir") / config.serving.model_name
+        if model_dir.is_symlink() and not model_dir.exists() or model_dir.exists() and not model_dir.is_dir():
+            raise RunError(f"--model_name={config.serving.model_name} cannot be used: {model_dir} is not a folder")
     try:
         scope, replicas = distribute.strategy_scope(optim.distribution)
     except ValueError as e:
@@ -158,10 +199,14 @@ def run(config: TrainConfig) -> dict:
     train = splits.train
     if len(train) < optim.batch_size:
         raise RunError(f"--batch_size={optim.batch_size} exceeds the {len(train)} training examples")
+    if not len(splits.test):  # found after training, it crashed the test pass and lost the model
+        raise RunError(f"--dataset={data.dataset} has no test images ({len(train)} train / {len(splits.val)} "
+                       "validation): give it more images per class (--folder_test_fraction carves the test split "
+                       "per class) or a test split (ROOT/test, a CSV split column)")
     Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint")).check()  # another run's?
 
     workdir.mkdir(parents=True, exist_ok=True)
-    with workdir_lock(workdir, f"--workdir={config.run.workdir}"):  # released however the run ends
+    with workdir_lock(workdir, f"--workdir={config.run.workdir}"), disk_full_is_one_line(workdir):
         return _run_locked(config, workdir, splits, scope, replicas)
 
 
@@ -210,6 +255,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
                        fine_to_coarse=info.fine_to_coarse, force=replicas > 1)
     if config.model.tta_flip:  # the flipped-view average is what is evaluated, saved and exported
         model = with_flip_average(model)
+    model_path = save_model(model, workdir / "model.keras")  # first: nothing after fit may lose the model
 
     truth, probs = evaluate.predict_split(model, splits.test, info, optim.batch_size)  # the one test pass
     consistent = config.model.coarse_head != "learned"  # hierarchy-aware heads predict a consistent pair
@@ -222,10 +268,6 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     metrics["train_labelled"] = labelled
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds)
-    model_path = workdir / "model.keras"
-    tmp_model = workdir / ".model.tmp.keras"
-    model.save(tmp_model)
-    os.replace(tmp_model, model_path)
     evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}

@@ -175,3 +175,17 @@ def test_records_written_atomically_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o644
+
+
+def test_checkpoint_on_a_full_disk_leaves_no_half_written_file(tmp_path):
+    class FullDisk:
+        def save_weights(self, path):
+            with open(path, "wb") as f:
+                f.write(b"\x89HDF half")
+            raise OSError(28, "No space left on device", str(path))
+
+    checkpoint = Checkpoint(tmp_path, CONFIG)
+    checkpoint.set_model(FullDisk())
+    with pytest.raises(OSError, match="No space left"):  # train turns it into one line (disk_full_is_one_line)
+        checkpoint.on_epoch_end(0, {"loss": 1.0})
+    assert list(tmp_path.iterdir()) == []

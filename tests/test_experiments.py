@@ -210,3 +210,47 @@ def test_gamma_is_chosen_on_validation_never_on_test(tmp_path):
     assert "| g0.3 | 80.00 | – | 70.00 ± 0.00 | 70.00 ± 0.00 | **yes** |" in md
     assert "| g0.7 | 78.00 | -2.00 [-2.00, -2.00] | 75.00 ± 0.00" in md  # seed-paired difference to the chosen
     assert "| g0.3 (chosen on validation) | f + c | 2 | +10.00 [+10.00, +10.00] |" in md
+
+
+def _no_training(monkeypatch):
+    from mtl_keras import train
+
+    def trained(config):
+        raise AssertionError(f"trained {config.run.workdir}")
+
+    monkeypatch.setattr(train, "run", trained)
+
+
+def test_results_dir_that_is_a_file_is_one_line_before_any_training(tmp_path, monkeypatch):
+    from mtl_keras.experiments import runner
+    from mtl_keras.errors import MtlError
+
+    _no_training(monkeypatch)
+    blocker = tmp_path / "results"
+    blocker.write_text("")  # every run failed on it, then writing the table raised FileExistsError
+    with pytest.raises(MtlError, match=f"^--results_dir={blocker} cannot be used: {blocker} is not a folder$"):
+        runner.run_experiments([REPO / "configs/fmnist_mtl.flags"], [0], blocker, ["--dataset=shapes"])
+
+
+def test_a_finished_run_with_bad_records_stops_the_grid_in_one_line_naming_it(tmp_path, monkeypatch):
+    from mtl_keras import config as config_lib
+    from mtl_keras.experiments import runner
+
+    _no_training(monkeypatch)
+    flagfile, results, extra = REPO / "configs/fmnist_mtl.flags", tmp_path / "results", ["--dataset=shapes"]
+    [exp] = runner.plan([flagfile], [0], results, extra)
+    run_dir = exp.run_dir(0)
+    run_dir.mkdir(parents=True)
+    for name, text in (("metrics.json", "{}"), ("classes.json", "{}"), ("config.json", '{"epochs": 2')):
+        (run_dir / name).write_text(text)
+    hint = f"; delete {run_dir} to train that run again$"
+
+    def stops(message: str) -> None:
+        with pytest.raises(runner.ExperimentError, match=message + hint):
+            runner.run_experiments([flagfile], [0], results, extra)
+
+    stops(rf"^{run_dir / 'config.json'} cannot be read \(JSONDecodeError: .*\)")  # was a traceback
+    (run_dir / "config.json").write_text(json.dumps(config_lib.flat(exp.configs[0])))
+    stops(f"^{run_dir} has neither test_predictions.npz nor model.keras")  # was a traceback at the table
+    (run_dir / "model.keras").write_text("not a model")
+    stops(rf"^{run_dir / 'model.keras'} cannot be loaded \(\w+\)")

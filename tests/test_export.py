@@ -145,7 +145,7 @@ def test_versions_increment_and_never_overwrite(tmp_path):
 
     with pytest.raises(ExportError, match="exists"):
         export.export(model, str(tmp_path), "m", version=2, onnx=False)
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [".lock", "1", "2"]  # .lock: export.py
 
 
 def _swap_output_names(proto):
@@ -296,7 +296,7 @@ def test_failed_export_leaves_no_version_folder(tmp_path, monkeypatch):
     model = build_model("vit", (16, 16, 3), {"fine": 4, "coarse": 2}, variant="Pico/4")
     with pytest.raises(OSError, match="No space left"):
         export.export(model, str(tmp_path), "m")
-    assert list((tmp_path / "m").iterdir()) == []
+    assert [p.name for p in (tmp_path / "m").iterdir()] == [".lock"]  # no version, no temporary folder
 
 
 # serving_bytes: encoded images in, probabilities and top-k class names out (issue 14).

@@ -134,3 +134,14 @@ def test_every_training_run_leaves_its_reports(trained_run):
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["accuracy_per_class"]["fine"]["disk"]["examples"] > 0 and metrics["skipped_files"] == 0
     assert (work / "history.csv").is_file()
+
+
+@pytest.mark.parametrize("classes", [3, 31])  # every cell annotated / the top-confusions panel
+def test_class_names_that_look_like_mathtext_are_drawn_as_they_are(tmp_path, classes):
+    # A class folder named `$x^$` crashed savefig (mathtext ParseException) after training.
+    names = ["$x^$", "a$b", "$\\frac{$"] + [f"c{i}" for i in range(classes - 3)]
+    y = np.arange(classes)
+    out = reports.confusion_matrix_png(y, np.roll(y, 1), names, tmp_path / "c.png", title="$^$ head")
+    assert png_size(out)[0] > 0
+    write_history(tmp_path / "h.csv", [{"epoch": e, "accuracy": e / 2, "loss": 1 - e / 2} for e in range(2)])
+    assert png_size(reports.learning_curves_png(tmp_path / "h.csv", tmp_path / "l.png", "$run^$"))[0] > 0

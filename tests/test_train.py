@@ -1,5 +1,6 @@
 """The training CLI end to end, and its one-line errors."""
 
+import dataclasses
 import json
 import time
 
@@ -102,6 +103,13 @@ def test_export_dir_under_a_file_fails_before_anything_is_written(tmp_path):
     with pytest.raises(train.RunError, match=f"^--export_dir={blocker / 'e'} cannot be used: {blocker} is not a folder$"):
         train.run(cfg)  # it used to fail after training, with a traceback and no metrics.json
     assert not (tmp_path / "w").exists()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "m").write_text("")  # the model's folder under a good --export_dir
+    cfg = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, export_dir=str(tmp_path / "e"),
+                                                               model_name="m"))
+    with pytest.raises(train.RunError, match=f"^--model_name=m cannot be used: {tmp_path / 'e' / 'm'} is not a folder$"):
+        train.run(cfg)
+    assert not (tmp_path / "w").exists()
 
 
 def test_read_only_workdir_is_named(tmp_path, monkeypatch):
@@ -196,3 +204,92 @@ def test_evaluate_top5_and_hierarchy_consistency():
     m = evaluate.accuracy_metrics({"fine": test.fine, "coarse": test.coarse}, {"fine": p_fine, "coarse": p_coarse}, info)
     assert m["fine_accuracy"] == 0.25 and m["fine_top5_accuracy"] == 0.75 and m["coarse_accuracy"] == 1.0
     assert "coarse_top5_accuracy" not in m and m["hierarchy_consistency"] == 0.75
+
+
+def _tiny_splits(test_images: int):
+    """shapes-like random splits: 64 training, 8 validation and `test_images` test images of 16x16."""
+    import numpy as np
+
+    from mtl_keras.data import types
+
+    rng = np.random.default_rng(0)
+    info = types.DatasetInfo("shapes", ("a", "b", "c", "d"), ("x", "y"), (0, 0, 1, 1))
+
+    def split(n):
+        fine = rng.integers(0, 4, n).astype(np.int32)
+        return types.Split(rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), fine, (fine // 2).astype(np.int32))
+
+    return types.Splits(info, split(64), split(8), split(test_images))
+
+
+TINY_CONFIG = dict(variant="Pico/4", epochs=1, batch_size=32, export=False, jit_compile=False)
+
+
+def test_empty_test_split_is_refused_before_training(tmp_path, monkeypatch):
+    from mtl_keras import config, train
+
+    # A folder of 1,000 classes x 1 image carves no test image: the test pass ended in StopIteration after
+    # training, and the model was lost.
+    monkeypatch.setattr(train.datasets, "prepare", lambda data, seed: _tiny_splits(0))
+    with pytest.raises(train.RunError, match=r"^--dataset=shapes has no test images \(64 train / 8 validation\): "):
+        train.run(config.make(workdir=str(tmp_path / "w"), **TINY_CONFIG))
+    assert not (tmp_path / "w").exists()
+
+
+def test_model_is_saved_before_anything_after_fit_can_fail(tmp_path, monkeypatch):
+    from mtl_keras import config, evaluate, train
+
+    monkeypatch.setattr(train.datasets, "prepare", lambda data, seed: _tiny_splits(8))
+    monkeypatch.setattr(train, "_fit", lambda *args: (0.0, 0))  # stands in for a finished training
+
+    def test_pass_fails(*args, **kwargs):
+        raise RuntimeError("stands in for any failure after fit (a plot, a metric, the export)")
+
+    monkeypatch.setattr(evaluate, "predict_split", test_pass_fails)
+    with pytest.raises(RuntimeError, match="stands in"):
+        train.run(config.make(workdir=str(tmp_path / "w"), **TINY_CONFIG))
+    assert (tmp_path / "w" / "model.keras").is_file()
+
+
+class _FullDiskModel:
+    def save(self, path):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device", str(path))
+
+
+def test_full_disk_saving_the_model_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    from mtl_keras import train
+
+    with pytest.raises(train.RunError, match=rf"^{tmp_path / 'model.keras'} could not be written \(No space left on "
+                                             r"device\); the trained weights are in the last checkpoint: "):
+        train.save_model(_FullDiskModel(), tmp_path / "model.keras")
+    assert list(tmp_path.iterdir()) == []  # no .model.tmp.keras
+
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device", "w/checkpoints/state.json"),
+    OSError("Unable to synchronously create file (file write failed: errno = 28, error message = 'No space left "
+            "on device')"),  # what h5py raises, without an errno
+])
+def test_full_disk_during_training_is_one_line(tmp_path, error):
+    from mtl_keras import train
+
+    with pytest.raises(train.RunError, match=r"^no space left on the device writing .*; free some space and rerun the "
+                                             "same command: it resumes from the last finished epoch$"):
+        with train.disk_full_is_one_line(tmp_path):
+            raise error
+    with pytest.raises(PermissionError):  # any other OSError is not a full disk
+        with train.disk_full_is_one_line(tmp_path):
+            raise PermissionError(13, "Permission denied")
+
+
+def test_dangling_symlink_workdir_is_one_line(tmp_path):
+    from mtl_keras import train
+
+    (tmp_path / "link").symlink_to(tmp_path / "gone")  # mkdir(exist_ok=True) raised FileExistsError on it
+    for workdir in (tmp_path / "link", tmp_path / "link" / "run"):
+        with pytest.raises(train.RunError, match=f"^--workdir={workdir} cannot be used: {tmp_path / 'link'} is a "
+                                                 f"symbolic link to {tmp_path / 'gone'}, which does not exist$"):
+            train.check_workdir(str(workdir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]

@@ -34,7 +34,7 @@ def mtl_vs_stl_png(rows: list[Row], out_png: Path) -> None:
         low = max(0.0, float(np.floor((mean - std).min() - 3)))  # zoom in: the differences are a few points
         ax.set_ylim(low, min(100.0, float((mean + std).max()) + 2))
         ax.set_xticks(range(len(shown)), [r.experiment.replace(" + ", "\n+ ") for r in shown], rotation=30,
-                      ha="right", fontsize=8)
+                      ha="right", fontsize=8, parse_math=False)  # flagfile names drawn as they are
         ax.set(title=metric.replace("_", " "), ylabel="test split %" + (f" (axis from {low:.0f})" if low else ""))
         ax.grid(axis="y", alpha=0.3)
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in ("tab:blue", "tab:orange", "tab:green")]

@@ -8,6 +8,11 @@ Every run trains in-process (one TensorFlow start for the whole grid) with `trai
 RESULTS_DIR/runs/<flagfile stem>/seed<k>, with --noexport; training flags given here override the flagfiles.
 Resumable: a run whose metrics.json exists is skipped (after checking it was trained with the same settings); an
 unfinished one is started again, and train.run picks it up from its last epoch checkpoint.
+Bad runs: before any training, every finished run's records are read (`check_finished`); one that cannot be
+(a corrupt metrics.json / config.json / classes.json / test_predictions.npz, neither predictions nor
+model.keras) stops the grid with one line naming the run and what to delete, as a run trained with other
+settings does: going on would leave it out of the table without a word. A run that fails while training is
+reported and the grid goes on (the failures are listed at the end, exit status 1; rerun to retry them).
 Writes RESULTS_DIR/results.md and results.csv (tables.py), curves_<stem>.png (+ the mean history as .csv),
 mtl_vs_stl.png (plots.py) and, per MTL experiment, confusion_<stem>_{fine,coarse}.png (reports.py draws curves
 and matrices).
@@ -85,15 +90,41 @@ def plan(flagfiles: list[Path], seeds: list[int], results_dir: Path, extra_args:
     return experiments
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+def _read_json(path: Path, hint: str):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExperimentError(f"{path} is missing; {hint}") from None
+    except (OSError, ValueError) as e:
+        raise ExperimentError(f"{path} cannot be read ({type(e).__name__}: {e}); {hint}") from None
+
+
+def check_finished(run_dir: Path, config: TrainConfig) -> None:
+    """A finished run (its metrics.json exists) must be readable, with its test predictions or its model.keras,
+    and trained with today's settings; an ExperimentError line naming the run otherwise."""
+    hint = f"delete {run_dir} to train that run again"
+    for name in ("metrics.json", "classes.json"):
+        _read_json(run_dir / name, hint)
+    saved = _read_json(run_dir / "config.json", hint) if (run_dir / "config.json").exists() else None
+    try:
+        predictions = evaluate.load_predictions(run_dir)
+    except Exception as e:  # np.load: ValueError, OSError, zipfile.BadZipFile
+        raise ExperimentError(f"{run_dir / evaluate.PREDICTIONS_FILE} cannot be read ({type(e).__name__}); "
+                              f"{hint}") from None
+    if predictions is None and not (run_dir / "model.keras").is_file():
+        raise ExperimentError(f"{run_dir} has neither {evaluate.PREDICTIONS_FILE} nor model.keras; {hint}")
+    if saved is not None:  # (runs of early versions have no config.json)
+        _check_same_config(run_dir, config, saved)
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig, saved: dict) -> None:
     """A finished run must have been trained with today's settings, or the table would mix two experiments."""
-    saved_file = run_dir / "config.json"
-    if not saved_file.is_file():
-        return
-    raw = json.loads(saved_file.read_text())
     # Both through `identity` (a folder dataset's data_dir by its real path), compared on the settings it saved.
-    saved = {k: v for k, v in config_lib.identity(config_lib.read_json(saved_file)).items() if k in raw}
-    saved = json.loads(json.dumps(saved))
+    try:
+        parsed = config_lib.identity(config_lib.read_json(run_dir / "config.json"))
+    except config_lib.ConfigError as e:
+        raise ExperimentError(f"{e}; delete {run_dir} to train that run again") from None
+    saved = json.loads(json.dumps({k: v for k, v in parsed.items() if k in saved}))
     wanted = json.loads(json.dumps(config_lib.identity(config)))  # the same JSON types as the saved file
     diff = [f"{k} {saved[k]!r} != {wanted[k]!r}" for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
     if diff:
@@ -112,8 +143,7 @@ def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
     for seed in seeds:
         for exp in experiments:
             run_dir = exp.run_dir(seed)
-            if (run_dir / "metrics.json").is_file():
-                _check_same_config(run_dir, exp.configs[seed])
+            if (run_dir / "metrics.json").is_file():  # check_finished has read it
                 print(f"skip {exp.name} seed {seed}: {run_dir / 'metrics.json'} exists", flush=True)
                 continue
             print(f"\n=== run {exp.name} seed {seed} -> {run_dir}", flush=True)
@@ -146,7 +176,11 @@ def test_predictions(run_dir: Path, config: TrainConfig) -> tuple[dict, dict]:
         from mtl_keras.data import datasets
         from mtl_keras.serving import runtime
 
-        model = runtime.load(run_dir / "model.keras", "--results_dir").handle
+        try:
+            model = runtime.load(run_dir / "model.keras", "--results_dir").handle
+        except Exception as e:  # Keras raises many types for a damaged file
+            raise ExperimentError(f"{run_dir / 'model.keras'} cannot be loaded ({type(e).__name__}); delete "
+                                  f"{run_dir} to train that run again") from None
         splits = datasets.prepare(config.data, config.run.seed)
         truth, probs = evaluate.predict_split(model, splits.test, splits.info)
         evaluate.save_predictions(run_dir, truth, probs, splits.info, config.model.coarse_head != "learned")
@@ -236,8 +270,14 @@ def write_outputs(experiments: list[Experiment], seeds: list[int], results_dir: 
 def run_experiments(flagfiles: list[Path], seeds: list[int], results_dir: str | Path, extra_args: list[str],
                     command: str = "") -> list[str]:
     """Plans, trains (resumably) and reports the grid; returns one line per failed run."""
-    results_dir = Path(results_dir).expanduser()
+    from mtl_keras.train import check_workdir
+
+    results_dir = check_workdir(str(results_dir), "results_dir")  # a file there failed after the whole grid
     experiments = plan(flagfiles, seeds, results_dir, extra_args)
+    for exp in experiments:  # before any training: a bad finished run stops the grid now, not hours later
+        for seed in seeds:
+            if (exp.run_dir(seed) / "metrics.json").is_file():
+                check_finished(exp.run_dir(seed), exp.configs[seed])
     failures = run_all(experiments, seeds)
     rows = write_outputs(experiments, seeds, results_dir, command)
     print("\n" + markdown_table(rows))

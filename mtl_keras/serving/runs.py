@@ -17,7 +17,7 @@ import numpy as np
 from mtl_keras import config as config_lib
 from mtl_keras.data import datasets, pipeline
 from mtl_keras.data.images import fit_images
-from mtl_keras.errors import ExportError
+from mtl_keras.errors import ExportError, MtlError
 from mtl_keras.serving import export, quantize, runtime, verify
 
 CALIBRATION_IMAGES = 256  # training images the int8 calibration sees
@@ -41,6 +41,23 @@ def read_run(workdir: str | Path, need_model: bool = True) -> tuple[config_lib.T
     return config, json.loads((run / "classes.json").read_text()), flags_text
 
 
+def run_splits(config: config_lib.TrainConfig, workdir: str | Path, int8: bool):
+    """The run's dataset, read from its config.json without downloading; None where it can no longer be read
+    (a moved --data_dir, a cache that is gone) and nothing needs it. int8 does: its timing and accuracy-drop
+    check run on the run's images (one ExportError line suggesting --noint8). Without int8 the export goes on
+    with one line: the warmup records and the parity check then use random pixels only."""
+    try:
+        return datasets.prepare(dataclasses.replace(config.data, download=False), config.run.seed)
+    except (MtlError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if int8:
+            raise ExportError(f"--workdir={workdir}: the run's dataset cannot be read ({reason}); int8 is timed and "
+                              "checked on its images: make it readable again or pass --noint8") from None
+        print(f"note: the run's dataset cannot be read ({reason}); warmup requests and the parity check use "
+              "random pixels only")
+        return None
+
+
 def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version: int | None = None,
                int8: bool = True, check: bool = True, atol: float = 1e-5, int8_max_drop: float = 1.0,
                num_random: int = 32, num_real: int = 256, top_k: int = config_lib.ServingConfig.top_k,
@@ -50,21 +67,24 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
     and, with `check`, verifies it; returns {"artifacts": {name: path}, "metrics": {...}, "ok": bool}.
 
     Test and calibration images are the first N of their splits (`splits`, or the run's dataset read from
-    its config.json without downloading): a split of image files decodes only those. int8 is kept only when
-    faster than fp32 (quantize.write_int8); its decision is metrics["int8_export"].
+    its config.json without downloading, see `run_splits`): a split of image files decodes only those. int8 is
+    kept only when faster than fp32 (quantize.write_int8); its decision is metrics["int8_export"].
     """
     config, class_names, flags_text = read_run(workdir, need_model=model is None)
     if model is None:
         model = runtime.load(Path(workdir) / "model.keras", "--workdir").handle
     if splits is None:
-        splits = datasets.prepare(dataclasses.replace(config.data, download=False), config.run.seed)
+        splits = run_splits(config, workdir, int8)
     shape = tuple(model.input_shape[1:])
-    real_count = max(num_real, WARMUP_IMAGES)
-    real = fit_images(splits.test.images[:real_count], shape).astype(np.float32)
+    if splits is not None:
+        real = fit_images(splits.test.images[:max(num_real, WARMUP_IMAGES)], shape).astype(np.float32)
+        warmup = real[:WARMUP_IMAGES]
+    else:  # (int8 is off: run_splits)
+        real, warmup = np.zeros((0, *shape), np.float32), verify.random_pixels(shape, WARMUP_IMAGES, config.run.seed)
     calibration = fit_images(splits.train.images[:CALIBRATION_IMAGES], shape) if int8 else None
     version_dir = export.export(model, export_dir, model_name, flags_text=flags_text, version=version,
                                 class_names={h: class_names[h] for h in ("fine", "coarse") if h in class_names},
-                                calibration_images=calibration, warmup_images=real[:WARMUP_IMAGES], top_k=top_k,
+                                calibration_images=calibration, warmup_images=warmup, top_k=top_k,
                                 onnx_converter=onnx_converter, int8_settings=int8_settings)
     artifacts = {"saved_model": str(version_dir), "onnx": str(version_dir / export.ONNX_FILE)}
     int8_path = version_dir / export.INT8_FILE
@@ -78,7 +98,7 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
         verification = verify.verify(
             version_dir, version_dir / export.ONNX_FILE, images, keras_model=model, atol=atol,
             int8=int8_path if int8_path.is_file() else None, int8_max_drop=int8_max_drop,
-            labelled_batches=labelled_batches(splits.test, splits.info, shape))
+            labelled_batches=labelled_batches(splits.test, splits.info, shape) if splits is not None else None)
         print(verification.text())
         result |= {"metrics": result["metrics"] | verification.metrics(), "ok": verification.ok}
     return result
