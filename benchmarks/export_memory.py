@@ -6,7 +6,8 @@
 Runs `/usr/bin/time -v python -m mtl_keras.export --workdir=RUN --export_dir=<temporary>` and prints
 /usr/bin/time's "Maximum resident set size" (the largest single process) together with the watchdog's own
 figure, the peak of the SUM of resident memory over the export's whole process tree sampled every 0.2 s (so
-memory moved into a child process is not hidden). The watchdog kills the export when that sum passes
+memory moved into a child process, such as the ONNX conversion, is not hidden), and the same for proportional set
+size (PSS: shared library pages counted once, i.e. the tree's physical memory). The watchdog kills the export when that sum passes
 `--limit_gb`, and the script refuses to start when less than `--need_free_gb` is available: this box is shared.
 """
 
@@ -34,25 +35,38 @@ def available_gb() -> float:
     return 0.0
 
 
-def tree_rss_gb(pid: int) -> float:
-    """Resident memory of `pid` and all its descendants, in GB (from /proc)."""
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (from /proc)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # the process ended while we looked
             children.setdefault(int(fields[1]), []).append(int(entry.name))
-            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended while we looked
-    total, todo = 0, [pid]
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
+        out.append(p)
         todo += children.get(p, [])
-    return total / 1e9
+    return out
+
+
+def tree_memory_gb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) summed over `pid` and its descendants, in GB. The RSS sum counts pages that two processes share
+    (e.g. TensorFlow's libraries, mapped by the export and its ONNX conversion child) once per process; PSS
+    divides each shared page among its processes, so the PSS sum is the tree's physical memory."""
+    rss = pss = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith(("Rss:", "Pss:")):
+                    kb = int(line.split()[1]) * 1000
+                    rss, pss = (rss + kb, pss) if line.startswith("Rss:") else (rss, pss + kb)
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return rss / 1e9, pss / 1e9
 
 
 def main() -> int:
@@ -74,12 +88,13 @@ def main() -> int:
         cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "mtl_keras.export", f"--workdir={args.workdir}",
                f"--export_dir={tmp}", "--model_name=memory", *extra]
         log = Path(tmp) / "time.txt"
-        start, peak, killed = time.time(), 0.0, False
+        start, peak, peak_pss, killed = time.time(), 0.0, 0.0, False
         with open(log, "w") as err:
             proc = subprocess.Popen(cmd, cwd=args.repo, stderr=err, env={**os.environ, "PYTHONPATH": str(args.repo)},
                                     start_new_session=True)  # its own process group: the watchdog kills it all
             while proc.poll() is None:
-                peak = max(peak, tree_rss_gb(proc.pid))
+                rss, pss = tree_memory_gb(proc.pid)
+                peak, peak_pss = max(peak, rss), max(peak_pss, pss)
                 if peak > args.limit_gb or time.time() - start > args.timeout_s:
                     os.killpg(proc.pid, signal.SIGKILL)
                     killed = True
@@ -95,7 +110,8 @@ def main() -> int:
     result = {"command": " ".join(cmd[2:]), "repo": str(args.repo), "exit_status": proc.returncode, "killed_by_watchdog": killed,
               "wall_seconds": round(time.time() - start, 1),
               "max_rss_gb_time_v": round(int(match.group(1)) / 1e6, 2) if match else None,
-              "peak_tree_rss_gb_sampled": round(peak, 2), "int8_kept": kept, "int8_decision": int8,
+              "peak_tree_rss_gb_sampled": round(peak, 2),
+              "peak_tree_pss_gb_sampled": round(peak_pss, 2), "int8_kept": kept, "int8_decision": int8,
               "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_1min": os.getloadavg()[0]}
     print("\n".join(line for line in text.splitlines() if not line.startswith(("\t", "Command"))
                     and ("int8" in line or "PASS" in line or "FAIL" in line or "error" in line)))

@@ -23,6 +23,8 @@ Either converter's file is then checked by serving/verify.py against the SavedMo
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import signal
 import subprocess
@@ -79,10 +81,20 @@ def from_saved_model(saved_model_dir: Path) -> onnx.ModelProto:
     return proto
 
 
+def _release_memory() -> None:
+    """Collects garbage and hands freed heap pages back to the OS (glibc's malloc_trim; a no-op elsewhere)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def convert_in_child(saved_model_dir: Path, path: Path, timeout_s: int = 3600) -> None:
     """Writes `path` with `from_saved_model` run in a child process (CHILD_ENV); one-line ExportError when the
     child fails, naming its last error line or the signal that ended it (SIGKILL: most likely out of memory)."""
     cmd = [sys.executable, "-m", "mtl_keras.serving.onnx_convert", str(saved_model_dir), str(path)]
+    _release_memory()  # what writing the SavedModel left behind, while the child needs it
     try:
         done = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True,
                               timeout=timeout_s)
