@@ -264,7 +264,8 @@ def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.validator("workdir", bool, "--workdir must not be empty")
     _serving_flags(d)
     _verify_flags(d)
-    d.integer("version", None, "export: version folder number (default: the next free integer).", lower_bound=1)
+    d.integer("version", None, "export: version folder number (default: the next free integer); TF Serving reads "
+              "versions as int64.", lower_bound=1, upper_bound=2**63 - 1)
     d.string("result_json", None, "export: also write the result (artifacts, metrics.json entries) here.")
 
 

@@ -413,6 +413,35 @@ def test_top_k_sets_the_classes_per_head(tmp_path):
     assert {c.decode() for c in out["fine_classes"][0]} <= {"0", "1", "2", "3"}
 
 
+def test_bytes_signature_refuses_images_over_the_pixel_limit(tmp_path):
+    """A decompression bomb (a small file whose header claims a huge image) is refused from its header, by
+    index, before any decoder allocates it; the limit is the run's --max_image_pixels."""
+    import struct
+    import zlib
+
+    import tensorflow as tf
+
+    from mtl_keras.models import build_model
+    from mtl_keras.serving import export, signatures
+
+    model = build_model("vit", (16, 16, 3), {"fine": 4, "coarse": 2}, variant="Pico/4")
+    version = export.export(model, str(tmp_path), "m", onnx=False, max_pixels=40 * 40)
+    loaded = tf.saved_model.load(str(version))
+    small, large = (signatures.encode_png(np.full((1, side, side, 3), 9, np.uint8))[0] for side in (40, 41))
+    jpeg = tf.io.encode_jpeg(np.zeros((30, 60, 3), np.uint8)).numpy()  # 1,800 pixels
+    gif = b"GIF89a" + struct.pack("<HH", 50, 40) + b"\x00" * 8
+    # A 100000 x 100000 PNG header (what a 420 KB bomb says): refused before zlib would inflate a byte of it.
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    bmp = b"BM" + b"\x00" * 12 + struct.pack("<Iii", 40, 50, -50)  # top-down (negative height): 2,500 pixels
+    for index, bad, pixels in ((1, large, 1681), (0, jpeg, 1800), (0, gif, 2000), (2, bomb, 10**10), (0, bmp, 2500)):
+        batch = [small] * index + [bad] + [small]
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"image_bytes\[{index}\] holds {pixels} pixels, more than the limit of 1600 set at export"):
+            signatures.run_bytes(loaded, batch)
+    assert signatures.run_bytes(loaded, [small, small])["fine"].shape == (2, 4)  # and the model still serves
+
+
 def test_checker_fails_when_the_bytes_signature_disagrees(trained_run):
     import dataclasses
 

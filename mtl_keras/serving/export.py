@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mtl_keras import atomic, locks
-from mtl_keras.config import ServingConfig
+from mtl_keras.config import DataConfig, ServingConfig
 from mtl_keras.errors import ExportError
 from mtl_keras.serving import onnx_convert, quantize, signatures
 
@@ -120,12 +120,14 @@ def export(model, export_dir: str, model_name: str, *, class_names: dict | None 
            flags_text: str = "", version: int | None = None, onnx: bool = True,
            calibration_images: np.ndarray | None = None, warmup_images: np.ndarray | None = None,
            top_k: int = ServingConfig.top_k, onnx_converter: str = ServingConfig.onnx_converter,
+           max_pixels: int = DataConfig.max_image_pixels,
            int8_settings: quantize.Int8Settings = quantize.Int8Settings()) -> Path:
     """Writes EXPORT_DIR/MODEL_NAME/VERSION atomically and returns it.
 
     int8 ONNX is tried when `calibration_images` are given (with `onnx`) and kept only when faster
     (quantize.write_int8; its decision in assets.extra/int8.json); the warmup file when `warmup_images` are
-    (records for both signatures); serving_bytes answers the `top_k` classes per head; model.onnx comes from
+    (records for both signatures); serving_bytes answers the `top_k` classes per head and refuses images
+    whose header holds more than `max_pixels` (the run's --max_image_pixels); model.onnx comes from
     `onnx_converter` (tf2onnx or keras).
     """
     model_dir = Path(export_dir) / model_name
@@ -133,7 +135,7 @@ def export(model, export_dir: str, model_name: str, *, class_names: dict | None 
     explicit = version is not None
     version, tmp, held = _reserve(model_dir, version)
     try:
-        signatures.write_saved_model(model, tmp, class_names, top_k)
+        signatures.write_saved_model(model, tmp, class_names, top_k, max_pixels)
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
         if class_names:

@@ -85,7 +85,8 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
     version_dir = export.export(model, export_dir, model_name, flags_text=flags_text, version=version,
                                 class_names={h: class_names[h] for h in ("fine", "coarse") if h in class_names},
                                 calibration_images=calibration, warmup_images=warmup, top_k=top_k,
-                                onnx_converter=onnx_converter, int8_settings=int8_settings)
+                                onnx_converter=onnx_converter, int8_settings=int8_settings,
+                                max_pixels=config.data.max_image_pixels)
     artifacts = {"saved_model": str(version_dir), "onnx": str(version_dir / export.ONNX_FILE)}
     int8_path = version_dir / export.INT8_FILE
     if int8_path.is_file():

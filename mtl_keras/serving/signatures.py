@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from mtl_keras.config import DataConfig
 from mtl_keras.data.images import decode_bytes, fit_images
 from mtl_keras.errors import ExportError
 
@@ -49,13 +50,52 @@ def _check_formats(image_bytes: tf.Tensor) -> tf.Operation:
         tf.strings.format("serving_bytes: image_bytes[{}] is not a JPEG, PNG, BMP or GIF image", first_bad)])
 
 
-def decode_batch(image_bytes: tf.Tensor, shape: tuple[int, int, int]) -> tf.Tensor:
+def header_pixels(contents: tf.Tensor) -> tf.Tensor:
+    """width x height (int64) from one encoded image's header, in the graph (data/headers.py reads files the same
+    way in Python): PNG's IHDR, BMP's info header, GIF's logical screen, JPEG's frame (extract_jpeg_shape)."""
+    def number(offset: int, size: int, big_endian: bool = False, signed: bool = False) -> tf.Tensor:
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, offset, size), tf.uint8), tf.int64)
+        raw = tf.pad(raw, [[0, size - tf.shape(raw)[0]]])  # a string cut short reads as zeros; its decoder fails
+        weights = tf.constant([256 ** i for i in range(size)][::-1] if big_endian else [256 ** i for i in range(size)],
+                              tf.int64)
+        value = tf.reduce_sum(raw * weights)
+        return tf.abs(tf.where(value >= 2 ** (8 * size - 1), value - 2 ** (8 * size), value)) if signed else value
+
+    def starts(magic: bytes) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
+
+    def bmp() -> tf.Tensor:  # a negative height is a top-down BMP; a 12-byte header is OS/2's, 16-bit sizes
+        return tf.cond(tf.equal(number(14, 4), 12), lambda: number(18, 2) * number(20, 2),
+                       lambda: number(18, 4, signed=True) * number(22, 4, signed=True))
+
+    return tf.case([(starts(b"\x89PNG"), lambda: number(16, 4, True) * number(20, 4, True)),
+                    (starts(b"BM"), bmp),
+                    (starts(b"GIF8"), lambda: number(6, 2) * number(8, 2)),
+                    (tf.io.is_jpeg(contents),
+                     lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(contents)[:2], tf.int64)))],
+                   default=lambda: tf.constant(0, tf.int64), exclusive=True)
+
+
+def decode_batch(image_bytes: tf.Tensor, shape: tuple[int, int, int],
+                 max_pixels: int = DataConfig.max_image_pixels) -> tf.Tensor:
     """Encoded images [N] -> float32 [N, H, W, C], pixel for pixel as the folder dataset decodes its files
-    (`decode_bytes` at H, then `fit_images` to `shape`, as the pipeline adapts images to the model)."""
+    (`decode_bytes` at H, then `fit_images` to `shape`, as the pipeline adapts images to the model). An image
+    whose header holds more than `max_pixels` is an InvalidArgument naming it, before anything is decoded (a
+    decompression bomb: a 420 KB PNG can claim 12000 x 12000 pixels)."""
     with tf.control_dependencies([_check_formats(image_bytes)]):
         image_bytes = tf.identity(image_bytes)
     size = int(shape[0])
-    pixels = tf.map_fn(lambda contents: decode_bytes(contents, size), image_bytes,
+
+    def decode(index_and_contents):
+        index, contents = index_and_contents
+        pixels = header_pixels(contents)
+        check = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
+            "serving_bytes: image_bytes[{}] holds {} pixels, more than the limit of {} set at export "
+            "(--max_image_pixels)", (index, pixels, max_pixels))])
+        with tf.control_dependencies([check]):
+            return decode_bytes(tf.identity(contents), size)
+
+    pixels = tf.map_fn(decode, (tf.range(tf.shape(image_bytes)[0]), image_bytes),
                        fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
     return tf.cast(fit_images(pixels, tuple(shape)), tf.float32)
 
@@ -73,14 +113,14 @@ def head_names(model, class_names: dict | None) -> dict[str, list[str]]:
     return names
 
 
-def bytes_function(model, class_names: dict | None, top_k: int):
+def bytes_function(model, class_names: dict | None, top_k: int, max_pixels: int = DataConfig.max_image_pixels):
     """serving_bytes: encoded images -> each head's probabilities and its top `top_k` class names and scores
-    (a head with fewer classes returns all of them)."""
+    (a head with fewer classes returns all of them); images above `max_pixels` are refused (decode_batch)."""
     names = head_names(model, class_names)
     shape = tuple(model.input_shape[1:])
 
     def serve(image_bytes):
-        probabilities = model(decode_batch(image_bytes, shape), training=False)
+        probabilities = model(decode_batch(image_bytes, shape, max_pixels), training=False)
         out = dict(probabilities)
         for head, p in probabilities.items():
             scores, ids = tf.math.top_k(p, k=min(top_k, len(names[head])))
@@ -91,7 +131,8 @@ def bytes_function(model, class_names: dict | None, top_k: int):
     return serve
 
 
-def write_saved_model(model, path: Path, class_names: dict | None, top_k: int) -> None:
+def write_saved_model(model, path: Path, class_names: dict | None, top_k: int,
+                      max_pixels: int = DataConfig.max_image_pixels) -> None:
     """The SavedModel with both signatures (serving_default is what `model.export` writes: the model's call on
     `image`, also reachable as `serve`)."""
     import keras
@@ -101,7 +142,7 @@ def write_saved_model(model, path: Path, class_names: dict | None, top_k: int) -
     # model as well stores every weight a second time through its keras.Variable wrappers (keras-team/keras
     # #23553): twice the SavedModel size and twice the variable memory in TF Serving and in whatever loads it.
     archive.add_endpoint("serve", model.__call__, [input_spec(model)])  # the first endpoint: serving_default
-    archive.add_endpoint(BYTES, bytes_function(model, class_names, top_k), [bytes_spec()])
+    archive.add_endpoint(BYTES, bytes_function(model, class_names, top_k, max_pixels), [bytes_spec()])
     archive.write_out(str(path), verbose=False)
 
 
