@@ -470,3 +470,17 @@ def test_keras_onnx_converter_passes_the_same_checker(tmp_path):
     assert result.ok, result.text()
     assert [r.pair for r in result.comparisons] == ["keras vs saved_model", "saved_model vs onnx",
                                                     "serving_default vs serving_bytes"]
+
+
+def test_a_failed_or_killed_conversion_child_is_one_line(tmp_path, monkeypatch):
+    import subprocess
+
+    from mtl_keras.errors import ExportError
+    from mtl_keras.serving import onnx_convert
+
+    with pytest.raises(ExportError, match=r"^ONNX conversion \(tf2onnx\) of .*nowhere failed: \S.*$"):
+        onnx_convert.convert_in_child("tf2onnx", tmp_path / "nowhere", tmp_path / "m.onnx")
+    killed = subprocess.CompletedProcess([], -9, "", "")
+    monkeypatch.setattr(onnx_convert.subprocess, "run", lambda *a, **k: killed)
+    with pytest.raises(ExportError, match=r"was killed by SIGKILL \(most likely out of memory\)$"):
+        onnx_convert.convert_in_child("keras", tmp_path / "m.keras", tmp_path / "m.onnx")

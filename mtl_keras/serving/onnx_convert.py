@@ -2,21 +2,24 @@
 raw pixels, dynamic batch), outputs `fine` / `coarse`, opset 17, the run's metadata, `onnx.checker` passed.
 
     tf2onnx  tf2onnx on the saved SavedModel's serving_default signature: exactly the graph TF Serving runs
-             (reloaded from disk), converted in a child process (`python -m mtl_keras.serving.onnx_convert
-             SAVED_MODEL OUTPUT`) whose memory is bounded (see CHILD_ENV and `from_saved_model`).
-    keras    Keras's own `model.export(path, format="onnx")`, in this process. On the TensorFlow backend (Keras
-             3.15) it traces the in-memory model's call in an ExportArchive and also hands it to
-             tf2onnx.convert.from_function (after its numpy-2 patch of tf2onnx): the second path shares the
-             converter library, not the traced graph. With Keras 3.15 its names come out as `image`, `coarse`,
-             `fine` already; other names are renamed. It runs tf2onnx's default (grappler) path in this
-             process, so a big model needs several times the memory of the tf2onnx path (BUILD_NOTES.md).
+             (reloaded from disk), in tf2onnx's `large_model` mode (see `from_saved_model`).
+    keras    Keras's own `model.export(path, format="onnx")` of the model (saved as .keras for the child and
+             loaded there). On the TensorFlow backend (Keras 3.15) it traces the model's call in an
+             ExportArchive and also hands it to tf2onnx.convert.from_function (after its numpy-2 patch of
+             tf2onnx): the second path shares the converter library, not the traced graph. With Keras 3.15 its
+             names come out as `image`, `coarse`, `fine` already; other names are renamed. It takes tf2onnx's
+             default path, grappler included: about twice the tf2onnx path's memory on ResNet-152.
+
+Both run in a child process, `python -m mtl_keras.serving.onnx_convert tf2onnx|keras SOURCE OUTPUT`, with
+pure-Python protobuf (CHILD_ENV).
 
 Why a child process, pure-Python protobuf and tf2onnx's `large_model` mode (measured on the seed ResNet-152,
 66.6 M parameters, BUILD_NOTES.md "Export memory"): with the default upb protobuf, tf2onnx's optimizer passes
 re-serialise every constant into its node's protobuf arena on each pass (`Node.update_proto`), and upb frees an
 arena only with its message, so the 266 MB of weights grew past 12 GB; grappler's constant folding (skipped by
 `large_model`) added a 7 GB peak of its own. Pure-Python protobuf frees replaced attributes as Python objects;
-the protobuf implementation is fixed at import, hence the child. The child's peak was 2.96 GB.
+the protobuf implementation is fixed at import, hence the child. The tf2onnx child's peak was 2.56 GB; the keras
+path, killed past 14 GB with upb, peaked at 5.5 GB with pure-Python protobuf.
 
 Either converter's file is then checked by serving/verify.py against the SavedModel and the Keras model.
 """
@@ -90,23 +93,24 @@ def _release_memory() -> None:
         pass
 
 
-def convert_in_child(saved_model_dir: Path, path: Path, timeout_s: int = 3600) -> None:
-    """Writes `path` with `from_saved_model` run in a child process (CHILD_ENV); one-line ExportError when the
-    child fails, naming its last error line or the signal that ended it (SIGKILL: most likely out of memory)."""
-    cmd = [sys.executable, "-m", "mtl_keras.serving.onnx_convert", str(saved_model_dir), str(path)]
+def convert_in_child(converter: str, source: Path, path: Path, timeout_s: int = 3600) -> None:
+    """Writes `path` with `converter` run on `source` (tf2onnx: a SavedModel folder; keras: a .keras file) in a
+    child process (CHILD_ENV); one-line ExportError when the child fails, naming its last error line or the
+    signal that ended it (SIGKILL: most likely out of memory)."""
+    cmd = [sys.executable, "-m", "mtl_keras.serving.onnx_convert", converter, str(source), str(path)]
     _release_memory()  # what writing the SavedModel left behind, while the child needs it
     try:
         done = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True,
                               timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise ExportError(f"ONNX conversion of {saved_model_dir} took over {timeout_s} s") from None
+        raise ExportError(f"ONNX conversion ({converter}) of {source} took over {timeout_s} s") from None
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name
         hint = " (most likely out of memory)" if -done.returncode == signal.SIGKILL else ""
-        raise ExportError(f"ONNX conversion of {saved_model_dir} was killed by {name}{hint}")
+        raise ExportError(f"ONNX conversion ({converter}) of {source} was killed by {name}{hint}")
     if done.returncode != 0 or not path.is_file():
         lines = [line for line in done.stderr.splitlines() if line.strip()]
-        raise ExportError(f"ONNX conversion of {saved_model_dir} failed: {lines[-1] if lines else 'no output'}")
+        raise ExportError(f"ONNX conversion ({converter}) of {source} failed: {lines[-1] if lines else 'no output'}")
 
 
 def from_keras(model) -> onnx.ModelProto:
@@ -129,29 +133,42 @@ def from_keras(model) -> onnx.ModelProto:
 
 
 def convert(converter: str, path: Path, metadata: dict[str, str], *, saved_model_dir: Path, model=None) -> None:
-    """Writes `path` with `converter` (tf2onnx: from `saved_model_dir`, in a child process; keras: from `model`),
-    the metadata props and `onnx.checker` passed."""
+    """Writes `path` with `converter` (tf2onnx: from `saved_model_dir`; keras: from `model`, saved for the child
+    as a .keras file), in a child process, then adds the metadata props and passes `onnx.checker`."""
     if converter == "tf2onnx":
-        convert_in_child(saved_model_dir, path)
-        proto = onnx.load(str(path))
+        convert_in_child(converter, saved_model_dir, path)
     elif converter == "keras":
         if model is None:
             raise ExportError("--onnx_converter=keras needs the Keras model")
-        proto = from_keras(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(Path(tmp) / "model.keras")
+            convert_in_child(converter, Path(tmp) / "model.keras", path)
     else:
         raise ExportError(f"--onnx_converter={converter}: use tf2onnx or keras")
+    proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {**metadata, "onnx_converter": converter})
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
 
+def _load_keras(path: Path):
+    import keras
+
+    import mtl_keras.models  # noqa: F401  (registers the custom layers)
+
+    return keras.models.load_model(path, compile=False)
+
+
+CHILD_CONVERTERS = {"tf2onnx": from_saved_model, "keras": lambda source: from_keras(_load_keras(source))}
+
+
 def main(argv: list[str]) -> int:
-    """The child: `python -m mtl_keras.serving.onnx_convert SAVED_MODEL OUTPUT` (convert_in_child runs it)."""
-    if len(argv) != 2:
-        print("usage: python -m mtl_keras.serving.onnx_convert SAVED_MODEL OUTPUT", file=sys.stderr)
+    """The child: `python -m mtl_keras.serving.onnx_convert tf2onnx|keras SOURCE OUTPUT` (convert_in_child)."""
+    if len(argv) != 3 or argv[0] not in CHILD_CONVERTERS:
+        print("usage: python -m mtl_keras.serving.onnx_convert tf2onnx|keras SOURCE OUTPUT", file=sys.stderr)
         return 2
-    saved_model_dir, path = Path(argv[0]), Path(argv[1])
-    onnx.save(from_saved_model(saved_model_dir), str(path))
+    converter, source, path = argv[0], Path(argv[1]), Path(argv[2])
+    onnx.save(CHILD_CONVERTERS[converter](source), str(path))
     return 0
 
 
