@@ -456,12 +456,23 @@ def test_checker_fails_when_the_bytes_signature_disagrees(trained_run):
     assert "fine_classes: first name is not the most probable class" in problems
 
 
-def test_keras_onnx_converter_passes_the_same_checker(tmp_path):
+@pytest.mark.parametrize("where", ["in-process", "child"])
+def test_keras_onnx_converter_passes_the_same_checker(tmp_path, monkeypatch, where):
     from mtl_keras.models import build_model
-    from mtl_keras.serving import export, verify
+    from mtl_keras.serving import export, onnx_convert, verify
 
+    real, children = onnx_convert.convert_in_child, []
+
+    def spy(converter, *args):
+        children.append(converter)
+        real(converter, *args)
+
+    monkeypatch.setattr(onnx_convert, "convert_in_child", spy)
+    if where == "child":  # every model counts as big: the model saved for the child, converted there
+        monkeypatch.setattr(onnx_convert, "CHILD_ABOVE_BYTES", 0)
     model = build_model("vit", (16, 16, 3), {"fine": 4, "coarse": 2}, variant="Pico/4")
     version = export.export(model, str(tmp_path), "m", onnx_converter="keras")
+    assert children == (["keras"] if where == "child" else [])
     proto = onnx.load(version / "model.onnx")
     assert [i.name for i in proto.graph.input] == ["image"]
     assert sorted(o.name for o in proto.graph.output) == ["coarse", "fine"]

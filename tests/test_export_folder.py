@@ -18,7 +18,7 @@ def stub_writer(monkeypatch):
     """export.export with a SavedModel writer that only writes saved_model.pb; `calls` sees each folder."""
     calls = []
 
-    def write_saved_model(model, folder, class_names, top_k):
+    def write_saved_model(model, folder, class_names, top_k, max_pixels):
         calls.append(folder)
         (folder / "saved_model.pb").write_bytes(b"stub")
 
@@ -61,7 +61,7 @@ def test_temporary_folders_are_never_versions_to_a_server(tmp_path, stub_writer)
 def test_concurrent_exports_to_one_model_folder_get_their_own_versions(tmp_path, monkeypatch):
     both_writing = threading.Barrier(2, timeout=20)
 
-    def write_saved_model(model, folder, class_names, top_k):
+    def write_saved_model(model, folder, class_names, top_k, max_pixels):
         both_writing.wait()  # both exports have picked their version before either renames
         (folder / "saved_model.pb").write_bytes(b"stub")
 

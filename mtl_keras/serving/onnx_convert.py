@@ -2,16 +2,18 @@
 raw pixels, dynamic batch), outputs `fine` / `coarse`, opset 17, the run's metadata, `onnx.checker` passed.
 
     tf2onnx  tf2onnx on the saved SavedModel's serving_default signature: exactly the graph TF Serving runs
-             (reloaded from disk), in tf2onnx's `large_model` mode (see `from_saved_model`).
-    keras    Keras's own `model.export(path, format="onnx")` of the model (saved as .keras for the child and
-             loaded there). On the TensorFlow backend (Keras 3.15) it traces the model's call in an
+             (reloaded from disk); in the child, in tf2onnx's `large_model` mode (see `from_saved_model`).
+    keras    Keras's own `model.export(path, format="onnx")` of the model (for the child, saved as .keras
+             and loaded there). On the TensorFlow backend (Keras 3.15) it traces the model's call in an
              ExportArchive and also hands it to tf2onnx.convert.from_function (after its numpy-2 patch of
              tf2onnx): the second path shares the converter library, not the traced graph. With Keras 3.15 its
              names come out as `image`, `coarse`, `fine` already; other names are renamed. It takes tf2onnx's
              default path, grappler included: about twice the tf2onnx path's memory on ResNet-152.
 
-Both run in a child process, `python -m mtl_keras.serving.onnx_convert tf2onnx|keras SOURCE OUTPUT`, with
-pure-Python protobuf (CHILD_ENV).
+For a model with more than CHILD_ABOVE_BYTES of weights both run in a child process, `python -m
+mtl_keras.serving.onnx_convert tf2onnx|keras SOURCE OUTPUT`, with pure-Python protobuf (CHILD_ENV); smaller
+models convert in this process (tf2onnx's default path, grappler included), where a child would cost more time
+than the memory it saves.
 
 Why a child process, pure-Python protobuf and tf2onnx's `large_model` mode (measured on the seed ResNet-152,
 66.6 M parameters, BUILD_NOTES.md "Export memory"): with the default upb protobuf, tf2onnx's optimizer passes
@@ -42,6 +44,10 @@ from mtl_keras.serving import signatures
 
 ONNX_OPSET = 17
 CHILD_ENV = {"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Weights above this convert in the child. In-process (upb protobuf) tf2onnx keeps about one more copy of the
+# weights per optimizer pass: ~1 GB at this size, harmless below it (CCT-7/3x1's 15 MB), while the seed ViT
+# (90 MB) and ResNet-152 (266 MB) go to the child.
+CHILD_ABOVE_BYTES = 32 * 2**20
 
 
 def _rename(proto: onnx.ModelProto, names: dict[str, str]) -> None:
@@ -64,23 +70,26 @@ def _inline_external(proto: onnx.ModelProto, tensors: dict[str, bytes]) -> None:
             init.data_location = onnx.TensorProto.DEFAULT
 
 
-def from_saved_model(saved_model_dir: Path) -> onnx.ModelProto:
-    """tf2onnx on the SavedModel's serving_default signature (what TF Serving runs), in `large_model` mode
-    (constants kept out of the graph while converting, no grappler pass) with the weights inlined again.
-    Bounded memory needs pure-Python protobuf, i.e. run it as `python -m mtl_keras.serving.onnx_convert`
-    (`convert_in_child`)."""
-    import numpy as np
+def from_saved_model(saved_model_dir: Path, large_model: bool = True) -> onnx.ModelProto:
+    """tf2onnx on the SavedModel's serving_default signature (what TF Serving runs). With `large_model` (the
+    child's way) constants are kept out of the graph while converting and there is no grappler pass; the weights
+    are inlined again. Bounded memory also needs pure-Python protobuf: `convert_in_child`."""
     import tensorflow as tf
     import tf2onnx
 
-    if not hasattr(np, "product"):  # tf2onnx 1.17's large_model path (graph.py) calls np.product, gone in numpy 2
-        np.product = np.prod
+    if large_model:
+        import numpy as np
+
+        if not hasattr(np, "product"):  # tf2onnx 1.17's large_model path (graph.py) calls np.product, gone in numpy 2
+            np.product = np.prod  # (in the child process only)
     loaded = tf.saved_model.load(str(saved_model_dir))  # keep a reference: it owns the variables
     serving = loaded.signatures[signatures.DEFAULT]
     spec = serving.structured_input_signature[1][signatures.IMAGE_INPUT]
     fn = tf.function(lambda image: serving(image=image))
-    proto, external = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=ONNX_OPSET, large_model=True)
-    _inline_external(proto, external.name_to_tensor_data)
+    proto, external = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=ONNX_OPSET,
+                                                    large_model=large_model)
+    if large_model:
+        _inline_external(proto, external.name_to_tensor_data)
     return proto
 
 
@@ -132,20 +141,30 @@ def from_keras(model) -> onnx.ModelProto:
     return proto
 
 
+def _weight_bytes(saved_model_dir: Path) -> int:
+    return sum(f.stat().st_size for f in (saved_model_dir / "variables").glob("*") if f.is_file())
+
+
 def convert(converter: str, path: Path, metadata: dict[str, str], *, saved_model_dir: Path, model=None) -> None:
-    """Writes `path` with `converter` (tf2onnx: from `saved_model_dir`; keras: from `model`, saved for the child
-    as a .keras file), in a child process, then adds the metadata props and passes `onnx.checker`."""
-    if converter == "tf2onnx":
-        convert_in_child(converter, saved_model_dir, path)
-    elif converter == "keras":
-        if model is None:
-            raise ExportError("--onnx_converter=keras needs the Keras model")
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save(Path(tmp) / "model.keras")
-            convert_in_child(converter, Path(tmp) / "model.keras", path)
-    else:
+    """Writes `path` with `converter` (tf2onnx: from `saved_model_dir`; keras: from `model`), then adds the
+    metadata props and passes `onnx.checker`. Models with more than CHILD_ABOVE_BYTES of weights convert in the
+    child process (the keras path gets the model saved as a .keras file); smaller ones here, on tf2onnx's
+    default path, which is cheaper than starting a child (a Mu/4 export: ~3 s here, ~10 s in a child)."""
+    if converter not in ("tf2onnx", "keras"):
         raise ExportError(f"--onnx_converter={converter}: use tf2onnx or keras")
-    proto = onnx.load(str(path))
+    if converter == "keras" and model is None:
+        raise ExportError("--onnx_converter=keras needs the Keras model")
+    size = _weight_bytes(saved_model_dir) if converter == "tf2onnx" else 4 * model.count_params()
+    if size <= CHILD_ABOVE_BYTES:
+        proto = from_saved_model(saved_model_dir, large_model=False) if converter == "tf2onnx" else from_keras(model)
+    else:
+        if converter == "tf2onnx":
+            convert_in_child(converter, saved_model_dir, path)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save(Path(tmp) / "model.keras")
+                convert_in_child(converter, Path(tmp) / "model.keras", path)
+        proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {**metadata, "onnx_converter": converter})
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
