@@ -167,14 +167,28 @@ def test_checker_fails_on_swapped_output_names(trained_run, tmp_path):
     assert "fine: shape (32, 10) vs (32, 3)" in proc.stdout
 
 
-def test_checker_fails_on_other_class_count(trained_run, tmp_path):
-    from mtl_keras.serving import export
-    from mtl_keras.models import build_model
+def _softmax_onnx(path, classes: dict[str, int]) -> None:
+    """A valid two-head ONNX model with the export's interface (image -> fine, coarse) and other class counts:
+    the mean colour times a random matrix, softmaxed (what the checker needs, without exporting a model)."""
+    from onnx import TensorProto, helper, numpy_helper
 
-    other = build_model("vit", (32, 32, 3), {"fine": 5, "coarse": 3}, variant="Pico/4")
-    other_dir = export.export(other, str(tmp_path), "other")
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("ReduceMean", ["image"], ["colour"], axes=[1, 2], keepdims=0)]
+    weights = []
+    for head, n in classes.items():
+        weights.append(numpy_helper.from_array(rng.normal(size=(3, n)).astype(np.float32), f"w_{head}"))
+        nodes += [helper.make_node("MatMul", ["colour", f"w_{head}"], [f"logits_{head}"]),
+                  helper.make_node("Softmax", [f"logits_{head}"], [head], axis=-1)]
+    graph = helper.make_graph(
+        nodes, "other", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 32, 32, 3])],
+        [helper.make_tensor_value_info(h, TensorProto.FLOAT, [None, n]) for h, n in classes.items()], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_checker_fails_on_other_class_count(trained_run, tmp_path):
+    _softmax_onnx(tmp_path / "other.onnx", {"fine": 5, "coarse": 3})
     proc = run_module("mtl_keras.check_onnx", f"--saved_model={_version_dir(trained_run)}",
-                      f"--onnx={other_dir / 'model.onnx'}")
+                      f"--onnx={tmp_path / 'other.onnx'}")
     assert proc.returncode == 1 and "fine: shape (32, 10) vs (32, 5)" in proc.stdout
 
 
