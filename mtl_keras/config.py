@@ -202,6 +202,12 @@ def read_json(path) -> TrainConfig:
         values = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} cannot be read ({e}); is it a run folder's config.json?") from None
+    return from_saved(values, path)
+
+
+def from_saved(values: dict, path) -> TrainConfig:
+    """The `TrainConfig` of a config.json's parsed `values` (read_json's second half, for a caller that already
+    read the file); `path` names it in the error."""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{path} holds settings this version does not know ({', '.join(unknown)}); "

@@ -103,9 +103,10 @@ def check_finished(run_dir: Path, config: TrainConfig) -> None:
     """A finished run (its metrics.json exists) must be readable, with its test predictions or its model.keras,
     and trained with today's settings; an ExperimentError line naming the run otherwise."""
     hint = f"delete {run_dir} to train that run again"
-    for name in ("metrics.json", "classes.json", "config.json"):
-        if name != "config.json" or (run_dir / name).exists():  # (runs of early versions have no config.json)
-            _read_json(run_dir / name, hint)
+    for name in ("metrics.json", "classes.json"):
+        _read_json(run_dir / name, hint)
+    if (run_dir / "config.json").exists():  # (runs of early versions have none)
+        _check_same_config(run_dir, config)
     try:
         predictions = evaluate.load_predictions(run_dir)
     except Exception as e:  # np.load: ValueError, OSError, zipfile.BadZipFile
@@ -113,8 +114,6 @@ def check_finished(run_dir: Path, config: TrainConfig) -> None:
                               f"{hint}") from None
     if predictions is None and not (run_dir / "model.keras").is_file():
         raise ExperimentError(f"{run_dir} has neither {evaluate.PREDICTIONS_FILE} nor model.keras; {hint}")
-    if (run_dir / "config.json").exists():  # (runs of early versions have none)
-        _check_same_config(run_dir, config)
 
 
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
@@ -122,7 +121,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     saved = _read_json(run_dir / "config.json", f"delete {run_dir} to train that run again")
     # Both through `identity` (a folder dataset's data_dir by its real path), compared on the settings it saved.
     try:
-        parsed = config_lib.identity(config_lib.read_json(run_dir / "config.json"))
+        parsed = config_lib.identity(config_lib.from_saved(saved, run_dir / "config.json"))
     except config_lib.ConfigError as e:
         raise ExperimentError(f"{e}; delete {run_dir} to train that run again") from None
     saved = json.loads(json.dumps({k: v for k, v in parsed.items() if k in saved}))
