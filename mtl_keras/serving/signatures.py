@@ -38,10 +38,15 @@ def bytes_spec() -> tf.TensorSpec:
     return tf.TensorSpec((None,), tf.string, name=BYTES_INPUT)
 
 
+def _starts(strings: tf.Tensor, magic: bytes) -> tf.Tensor:
+    """Whether each string begins with `magic`."""
+    return tf.equal(tf.strings.substr(strings, 0, len(magic)), magic)
+
+
 def _check_formats(image_bytes: tf.Tensor) -> tf.Operation:
     """An InvalidArgument naming the first string of the batch that no decoder of decode_bytes reads."""
     def starts(magic: bytes) -> tf.Tensor:
-        return tf.equal(tf.strings.substr(image_bytes, 0, len(magic)), magic)
+        return _starts(image_bytes, magic)
 
     # The magic numbers decode_bytes's decoders accept (tf.io.is_jpeg tests the same three JPEG bytes).
     known = starts(b"\xff\xd8\xff") | starts(b"\x89PNG\r\n\x1a\n") | starts(b"GIF8") | starts(b"BM")
@@ -62,7 +67,7 @@ def header_pixels(contents: tf.Tensor) -> tf.Tensor:
         return tf.abs(tf.where(value >= 2 ** (8 * size - 1), value - 2 ** (8 * size), value)) if signed else value
 
     def starts(magic: bytes) -> tf.Tensor:
-        return tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
+        return _starts(contents, magic)
 
     def bmp() -> tf.Tensor:  # a negative height is a top-down BMP; a 12-byte header is OS/2's, 16-bit sizes
         return tf.cond(tf.equal(number(14, 4), 12), lambda: number(18, 2) * number(20, 2),
