@@ -106,6 +106,8 @@ class ModelConfig:
 @dataclasses.dataclass
 class OptimConfig:
     epochs: int = _field(10)
+    # Wall-clock seconds of training (budget.py): the schedule follows the elapsed share and --epochs is a cap.
+    time_budget: float | None = _field(None)
     batch_size: int = _field(128)
     learning_rate: float = _field(1e-3)
     weight_decay: float = _field(0.05)

@@ -207,6 +207,11 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
               "image (deterministic, inside the exported model; 2x inference cost, no training change).")
     # optimisation
     d.integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
+    d.float("time_budget", _D.time_budget, "Train for this many wall-clock seconds (fit, validation passes "
+            "included): the learning rate's warmup (--warmup_epochs / --epochs of the budget) and --lr_schedule "
+            "follow the elapsed share of the budget, training stops at the first step past it, and --epochs is "
+            "only a cap. Unset: a fixed number of epochs.", lower_bound=0.0)
+    d.validator("time_budget", lambda v: v is None or v > 0, "--time_budget must be a positive number of seconds")
     d.integer("batch_size", _D.batch_size, "Global batch size.", lower_bound=1)
     d.float("learning_rate", _D.learning_rate, "Peak learning rate (see --lr_schedule and --optimizer).",
             lower_bound=0.0)

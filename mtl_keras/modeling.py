@@ -72,8 +72,13 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
     heads = heads_for(model_config, num_classes)
     total = optim.epochs * steps_per_epoch
     warmup = min(int(optim.warmup_epochs * steps_per_epoch), total - 1)
-    schedule = optim.learning_rate if optim.lr_schedule == "constant" else keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=total - warmup, warmup_target=optim.learning_rate, warmup_steps=warmup)
+    if optim.time_budget:  # a plain rate that budget.TimeBudget sets before each step from the elapsed time
+        schedule = 0.0 if optim.warmup_epochs else float(optim.learning_rate)
+    elif optim.lr_schedule == "constant":
+        schedule = optim.learning_rate
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup,
+                                                          warmup_target=optim.learning_rate, warmup_steps=warmup)
     extra = {"global_clipnorm": optim.grad_clip_norm or None}
     if optim.ema:  # EMA weights replace the trained ones at the end of fit (Keras finalize_variable_values)
         extra |= {"use_ema": True, "ema_momentum": optim.ema_momentum}

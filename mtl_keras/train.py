@@ -75,13 +75,15 @@ def save_model(model, path: Path) -> Path:
     return path
 
 
-def compute_figures(model, train_examples: int, epochs_run: int, train_seconds: float) -> dict:
+def compute_figures(model, train_examples: int, epochs_run: int, train_seconds: float,
+                    images: int | None = None) -> dict:
     """Size and cost of this run's training: parameters, forward GFLOPs per image, images/s through fit (the
-    validation passes and the first epoch's compilation included) and training GFLOPs (3 x forward per image)."""
+    validation passes and the first epoch's compilation included) and training GFLOPs (3 x forward per image).
+    `images`: the images trained on, when not whole epochs of `train_examples` (a run under --time_budget)."""
     from mtl_keras.models.flops import forward_flops
 
     gflops = forward_flops(model) / 1e9
-    images = train_examples * epochs_run
+    images = train_examples * epochs_run if images is None else images
     return {"parameters": model.count_params(), "forward_gflops": round(gflops, 5),
             "train_examples": train_examples, "epochs_run": epochs_run,
             "train_images_per_second": round(images / train_seconds, 1) if epochs_run and train_seconds else None,
@@ -116,11 +118,13 @@ def pipelines(config: TrainConfig, splits):
     return train_ds, val_ds
 
 
-def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> tuple[float, int]:
-    """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit and epochs run."""
+def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> tuple[float, int, dict]:
+    """Fits from the last checkpoint (if any) to --epochs or the end of --time_budget; returns seconds spent in
+    fit, epochs run and, under a time budget, its record for metrics.json (else {})."""
     import keras
 
     from mtl_keras import losses
+    from mtl_keras.budget import TimeBudget
     from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars, trim_history
 
     checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
@@ -130,23 +134,42 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
         trim_history(workdir / "history.csv", initial_epoch)  # rows logged after the checkpoint go
     guard = NanGuard()
     start = time.time()
-    epochs = config.optim.epochs
-    if initial_epoch < epochs:
+    optim = config.optim
+    epochs = optim.epochs
+    budget = None
+    if optim.time_budget:
+        budget = TimeBudget(optim.time_budget, optim.learning_rate, optim.warmup_epochs / epochs, optim.lr_schedule,
+                            workdir / "checkpoints", initial_epoch)
+        if initial_epoch and budget.exhausted:
+            print(f"--time_budget={optim.time_budget:g} s was spent by epoch {initial_epoch}: nothing left to train")
+    epochs_done = initial_epoch
+    if initial_epoch < epochs and not (budget and budget.exhausted):
         # In this order: the epoch's row is written before its checkpoint, so no checkpointed epoch lacks a row
-        # (a kill between the two leaves a row that the resumed run trims, see trim_history).
-        callbacks = [guard, *losses.weighting_callbacks(model, config.optim.loss_weighting),
+        # (a kill between the two leaves a row that the resumed run trims, see trim_history); the budget's
+        # seconds are recorded before the checkpoint too (budget.py).
+        callbacks = [guard, *([budget] if budget else []),
+                     *losses.weighting_callbacks(model, config.optim.loss_weighting),
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
                      TensorBoardScalars(workdir / "tensorboard"),
                      checkpoint]
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, verbose=2, callbacks=callbacks)
+        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                            steps_per_epoch=steps, verbose=2, callbacks=callbacks)
+        epochs_done = initial_epoch + len(history.epoch)
     if guard.failure:
         epoch, step, loss = guard.failure
         kept = f"the last good checkpoint is {checkpoint.state_path}" if checkpoint.state_path.is_file() else \
             "no epoch finished, so there is no checkpoint"
         raise RunError(f"loss became {loss} at epoch {epoch}, step {step}; training stopped and {kept} "
                        "(try a lower --learning_rate or --grad_clip_norm)")
-    return time.time() - start, epochs - initial_epoch
+    seconds, epochs_run = time.time() - start, epochs_done - initial_epoch
+    if budget is None:
+        return seconds, epochs_run, {}
+    if budget.stopped:
+        print(f"--time_budget={optim.time_budget:g} s spent: stopped after {budget.steps} steps in epoch {epochs_done}")
+    return seconds, epochs_run, {"time_budget": {"seconds": optim.time_budget, "spent": round(budget.elapsed(), 1),
+                                                 "epochs": epochs_done, "steps": budget.steps,
+                                                 "steps_this_attempt": budget.steps - budget.initial_steps,
+                                                 "stopped_by_budget": budget.stopped}}
 
 
 def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
@@ -249,7 +272,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     print(f"{data.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
           f"model {model.name} ({config.model.variant}), {model.count_params():,} parameters, task "
           f"{config.model.task}, {replicas} replica(s), {optim.mixed_precision}")
-    train_seconds, epochs_run = _fit(model, config, workdir, train_ds, val_ds, steps)
+    train_seconds, epochs_run, budget_record = _fit(model, config, workdir, train_ds, val_ds, steps)
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
                        fine_to_coarse=info.fine_to_coarse, force=replicas > 1)
@@ -267,7 +290,8 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     reports.write_run_reports(truth, evaluate.predicted_classes(probs, info, consistent), info, workdir)
     metrics["train_labelled"] = labelled
     metrics["train_seconds"] = round(train_seconds, 1)
-    metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds)
+    trained = budget_record["time_budget"]["steps_this_attempt"] * optim.batch_size if budget_record else None
+    metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds, trained) | budget_record
     evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
