@@ -47,6 +47,7 @@ def test_every_trunk_and_weighting_exports_and_passes_the_checker(case, tmp_path
     pairs = {c.pair: {o.name: o for o in c.outputs} for c in result.comparisons}
     assert set(pairs) == {"keras vs saved_model", "saved_model vs onnx", "serving_default vs serving_bytes"}
     for outputs in pairs.values():
+        assert set(outputs) == {"fine", "coarse"}
         assert all(o.max_abs_diff < 1e-5 and o.argmax_agreement == 1.0 for o in outputs.values())
     probabilities = model.predict(images, verbose=0)
     assert np.allclose(probabilities["coarse"].sum(axis=1), 1.0, atol=1e-5)  # softmax heads, not logits
