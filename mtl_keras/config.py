@@ -105,9 +105,11 @@ class ModelConfig:
     stochastic_depth: float = _field(0.1)
     head: str = _field("light")
     head_dropout: float = _field(0.0, TASK)
-    coarse_head: str = _field("learned", TASK, before="learned")  # how the coarse output relates to the fine one (models/hierarchy.py)
+    # how the coarse output relates to the fine one (models/hierarchy.py)
+    coarse_head: str = _field("learned", TASK, before="learned")
     consistency_weight: float = _field(1.0, TASK, before=1.0)  # coarse_head=both: weight of the consistency loss
-    tta_flip: bool = _field(False, EVALUATION, before=False)  # average over the image and its mirror, inside the exported model
+    # average over the image and its mirror, inside the exported model
+    tta_flip: bool = _field(False, EVALUATION, before=False)
 
 
 @dataclasses.dataclass
@@ -120,7 +122,8 @@ class OptimConfig:
     label_smoothing: float = _field(0.0)
     gamma: float = _field(0.5, TASK)
     loss_weighting: str = _field("fixed", TASK)
-    famo_lr: float = _field(0.025, TASK, before=0.025)  # loss_weighting=famo: step size of the task logits (Liu et al. 2023)
+    # loss_weighting=famo: step size of the task logits (Liu et al. 2023)
+    famo_lr: float = _field(0.025, TASK, before=0.025)
     famo_decay: float = _field(0.01, TASK, before=0.01)  # loss_weighting=famo: weight decay of the task logits
     optimizer: str = _field("adamw")
     lr_schedule: str = _field("cosine")

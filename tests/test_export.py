@@ -267,7 +267,8 @@ def test_saved_model_cli_show_and_run(trained_run, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", images)
     run = subprocess.run([str(cli), "run", "--dir", version, "--tag_set", "serve", "--signature_def",
-                          "serving_default", "--inputs", f"image={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "o")],
+                          "serving_default", "--inputs", f"image={tmp_path / 'x.npy'}",
+                          "--outdir", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     from mtl_keras.serving import runtime
@@ -468,7 +469,8 @@ def test_bytes_signature_refuses_images_over_the_pixel_limit(tmp_path):
     for index, bad, pixels in ((1, large, 1681), (0, jpeg, 1800), (0, gif, 2000), (2, bomb, 10**10), (0, bmp, 2500)):
         batch = [small] * index + [bad] + [small]
         with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=rf"image_bytes\[{index}\] holds {pixels} pixels, more than the limit of 1600 set at export"):
+                           match=rf"image_bytes\[{index}\] holds {pixels} pixels, "
+                                 "more than the limit of 1600 set at export"):
             signatures.run_bytes(loaded, batch)
     assert signatures.run_bytes(loaded, [small, small])["fine"].shape == (2, 4)  # and the model still serves
 
@@ -481,7 +483,8 @@ def test_checker_fails_when_the_bytes_signature_disagrees(trained_run):
     saved = runtime.load(_version_dir(trained_run))
     images = verify.random_pixels(saved.shape, 4)
     assert verify.bytes_parity(saved, images, 1e-5).ok
-    shifted = dataclasses.replace(saved, run_batch=lambda x: {k: np.roll(v, 1, -1) for k, v in saved.run_batch(x).items()})
+    shifted = dataclasses.replace(saved, run_batch=lambda x: {k: np.roll(v, 1, -1)
+                                                              for k, v in saved.run_batch(x).items()})
     problems = verify.bytes_parity(shifted, images, 1e-5).problems
     assert any(p.startswith("fine: max |diff|") for p in problems)
     assert "fine_classes: first name is not the most probable class" in problems

@@ -39,7 +39,8 @@ def test_bad_flag_in_a_flagfile_is_one_line(tmp_path):
     ("mtl_keras.export", ["--top_k=0"], "export: error: --top_k"),
     ("mtl_keras.export", ["--onnx_converter=torch"], "export: error: --onnx_converter"),
     ("mtl_keras.export", ["--version=9223372036854775808"], "export: error: --version"),  # beyond int64
-    ("mtl_keras.check_onnx", ["--saved_model=s", "--onnx=o", "--int8_max_drop=-1"], "check_onnx: error: --int8_max_drop"),
+    ("mtl_keras.check_onnx", ["--saved_model=s", "--onnx=o", "--int8_max_drop=-1"],
+     "check_onnx: error: --int8_max_drop"),
     ("mtl_keras.predict", ["--top_k=0", "image.png"], "predict: error: --top_k"),
     ("mtl_keras.predict", ["--max_image_pixels=-1", "image.png"], "predict: error: --max_image_pixels"),
     ("mtl_keras.experiments", ["--grid=configs/quickstart.flags", "--gamma=nan"], "experiments: error: --gamma"),
