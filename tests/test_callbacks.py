@@ -33,6 +33,7 @@ def _data():
     return x, x.sum(1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_checkpoint_keeps_newest_epoch_and_restores_weights_and_optimizer(tmp_path):
     model = _model()
     model.fit(*_data(), epochs=3, batch_size=16, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
@@ -51,6 +52,7 @@ def test_no_checkpoint_means_epoch_zero(tmp_path):
     assert Checkpoint(tmp_path / "none", CONFIG).restore(_model()) == 0
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_named_in_the_error(tmp_path):
     _model().fit(*_data(), epochs=1, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
     weights = tmp_path / "epoch-1.weights.h5"
@@ -65,12 +67,14 @@ def test_corrupt_state_file_is_named_in_the_error(tmp_path):
         Checkpoint(tmp_path, CONFIG).restore(_model())
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_flags_is_refused(tmp_path):
     _model().fit(*_data(), epochs=1, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
     with pytest.raises(CheckpointError, match=r"run with other flags \(epochs, learning_rate\)"):
         Checkpoint(tmp_path, _identity(epochs=5, learning_rate=0.1)).restore(_model())
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     x, y = _data()
     model = _model()

@@ -117,6 +117,7 @@ def famo_reference(batch_losses: np.ndarray, lr: float, decay: float) -> np.ndar
     return xi
 
 
+@pytest.mark.slow
 def test_famo_update_follows_the_papers_rule_inside_fit_steps():
     cfg = config.make(variant="Pico/4", loss_weighting="famo", famo_lr=0.1, famo_decay=0.01, lr_schedule="constant",
                       learning_rate=3e-3)
@@ -246,6 +247,7 @@ def test_learns_fine_classes_with_half_the_fine_labels_missing(shapes_splits):
     assert metrics["fine_accuracy"] > 0.30 and metrics["coarse_accuracy"] > 0.50
 
 
+@pytest.mark.slow
 def test_famo_and_hierarchy_heads_on_jax_backend():
     """The same FAMO rule and the same head outputs under KERAS_BACKEND=jax (state updated inside the loss must
     survive JAX's stateless train step)."""
@@ -271,6 +273,7 @@ def test_famo_and_hierarchy_heads_on_jax_backend():
         assert report[head]["loss"] == report[head]["loss"]  # not NaN
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coarse_head", ["marginal", "both"])
 def test_hierarchy_heads_export_with_parity(tmp_path, coarse_head):
     """Keras <-> SavedModel <-> ONNX on the exported model: outputs named fine / coarse, within 1e-5."""

@@ -44,6 +44,7 @@ def test_uncertainty_loss_is_kendall_classification_form():
     assert layer.current()["coarse"] == pytest.approx(np.exp(1.0))
 
 
+@pytest.mark.slow
 def test_uncertainty_log_variances_learn_and_outputs_keep_their_names():
     import keras
 
@@ -80,6 +81,7 @@ def test_dwa_weights_follow_the_loss_ratio():
     np.testing.assert_allclose(cb.history[-1], [1.6, 0.4], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_dwa_weights_move_inside_fit_and_weigh_the_loss():
     import keras
 

@@ -95,6 +95,7 @@ def small_splits(shapes_splits):
     return types.Splits(info, shrink(s.train), shrink(s.val), shrink(s.test))
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_per_head_and_learning_rate(tmp_path, small_splits):
     model, s = tiny_model(), small_splits
     history = model.fit(pipeline.pipeline(s.train, s.info, batch_size=16), epochs=2, verbose=0,

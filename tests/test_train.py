@@ -157,6 +157,7 @@ QUICK = ["--flagfile=configs/quickstart.flags", "--variant=Pico/4", "--epochs=1"
          "--noexport"]
 
 
+@pytest.mark.slow
 def test_run_without_validation_finishes_and_reruns(tmp_path):
     # CSVLogger fills the val_* columns of such a run with NA; reading them used to crash after training.
     work = tmp_path / "w"
@@ -168,6 +169,7 @@ def test_run_without_validation_finishes_and_reruns(tmp_path):
     assert (work / "model.keras").is_file() and (work / "learning_curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_refused_rerun_leaves_the_records_alone(tmp_path):
     work = tmp_path / "w"
     assert run_module("mtl_keras.train", *QUICK, f"--workdir={work}").returncode == 0
