@@ -65,7 +65,7 @@ def test_tta_flip_reaches_the_trained_and_saved_model(tmp_path):
         x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
         a, b = model.predict(x, verbose=0), model.predict(x[:, :, ::-1], verbose=0)
         diff = max(np.abs(a[h] - b[h]).max() for h in ("fine", "coarse"))
-        assert (diff < 1e-5) is tta, (tta, diff)
+        assert bool(diff < 1e-5) == tta, (tta, diff)
 
 
 @pytest.mark.slow
