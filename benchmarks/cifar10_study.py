@@ -70,7 +70,8 @@ def write_table(rows: list[dict], results: Path) -> None:
             v = [_num(r[c]) for c in COLUMNS]
             cells = [f"{x:.2f}" if x is not None else "–" for x in v[:3]]
             cells += [f"{x:,.0f}" if x is not None else "–" for x in v[3:]]
-            lines.append(f"| {r['budget'][-1].upper()} | {r['experiment']} | " + " | ".join(cells) + f" | `{command}` |")
+            lines.append(f"| {r['budget'][-1].upper()} | {r['experiment']} | " + " | ".join(cells)
+                         + f" | `{command}` |")
     (results / "study.md").write_text("\n".join(lines) + "\n")
 
 
@@ -93,7 +94,8 @@ def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path, at
                 label=f"fit: error = {fit[0]:.2f} x GFLOPs^-{fit[1]:.3f} (beyond the points: extrapolation)")
         for c in at:
             ax.scatter(c, 100 * fit[0] * c ** -fit[1], facecolors="none", edgecolors="tab:red", s=60)
-            ax.annotate(f"extrapolated: {100 * (1 - fit[0] * c ** -fit[1]):.1f} % at {c:,.0f} GFLOPs", (c, 100 * fit[0] * c ** -fit[1]),
+            ax.annotate(f"extrapolated: {100 * (1 - fit[0] * c ** -fit[1]):.1f} % at {c:,.0f} GFLOPs",
+                        (c, 100 * fit[0] * c ** -fit[1]),
                         fontsize=7, color="tab:red", xytext=(-150, 10), textcoords="offset points")
         ax.legend(fontsize=7)
     ax.set(xscale="log", yscale="log", xlabel="training compute (GFLOPs, 3 x forward x images)",

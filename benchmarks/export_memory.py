@@ -3,11 +3,11 @@
     python benchmarks/export_memory.py --workdir=RUN [--limit_gb=10] [--result_json=FILE] [--repo=CHECKOUT]
         [EXTRA EXPORT FLAGS, e.g. --nocheck]
 
-Runs `/usr/bin/time -v python -m mtl_keras.export --workdir=RUN --export_dir=<temporary>` and prints
-/usr/bin/time's "Maximum resident set size" (the largest single process) together with the watchdog's own
-figure, the peak of the SUM of resident memory over the export's whole process tree sampled every 0.2 s (so
-memory moved into a child process, such as the ONNX conversion, is not hidden), and the same for proportional set
-size (PSS: shared library pages counted once, i.e. the tree's physical memory). The watchdog kills the export when that sum passes
+Runs `/usr/bin/time -v python -m mtl_keras.export --workdir=RUN --export_dir=<temporary>` and prints /usr/bin/time's
+"Maximum resident set size" (the largest single process) together with the watchdog's own figure, the peak of the
+SUM of resident memory over the export's whole process tree sampled every 0.2 s (so memory moved into a child
+process, such as the ONNX conversion, is not hidden), and the same for proportional set size (PSS: shared library
+pages counted once, i.e. the tree's physical memory). The watchdog kills the export when that sum passes
 `--limit_gb`, and the script refuses to start when less than `--need_free_gb` is available: this box is shared.
 """
 
@@ -107,7 +107,8 @@ def main() -> int:
         decision = exported / "assets.extra" / "int8.json"
         int8 = json.loads(decision.read_text()) if decision.is_file() else None
     match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    result = {"command": " ".join(cmd[2:]), "repo": str(args.repo), "exit_status": proc.returncode, "killed_by_watchdog": killed,
+    result = {"command": " ".join(cmd[2:]), "repo": str(args.repo), "exit_status": proc.returncode,
+              "killed_by_watchdog": killed,
               "wall_seconds": round(time.time() - start, 1),
               "max_rss_gb_time_v": round(int(match.group(1)) / 1e6, 2) if match else None,
               "peak_tree_rss_gb_sampled": round(peak, 2),

@@ -46,7 +46,6 @@ OPTIONS = {  # name -> Int8Settings fields
 def main() -> None:
     import onnx
 
-    from mtl_keras import config as config_lib
     from mtl_keras.data import datasets
     from mtl_keras.data.images import fit_images
     from mtl_keras.serving import quantize, runs, runtime
@@ -93,7 +92,7 @@ def main() -> None:
             print(f"{name:<16} {ms['fp32'][1]:>8.3f} {ms['int8'][1]:>8.3f} {r1:>6.2f} {ms['fp32'][32]:>9.2f} "
                   f"{ms['int8'][32]:>9.2f} {r32:>6.2f} {drop.get('fine', float('nan')):>9.2f} "
                   f"{drop.get('coarse', float('nan')):>11.2f} {seconds:>7.1f}", flush=True)
-    print(f"# fp32 accuracy: " + ", ".join(f"{h} {a:.2%}" for h, a in runtime_drop.fp32.items()))
+    print("# fp32 accuracy: " + ", ".join(f"{h} {a:.2%}" for h, a in runtime_drop.fp32.items()))
 
 
 def runtime_drop(fp32, int8, labelled) -> dict[str, float]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 
 from mtl_keras import atomic
+from mtl_keras import config as config_lib
 from mtl_keras.errors import CheckpointError
 
 class Checkpoint(keras.callbacks.Callback):
@@ -39,7 +40,14 @@ class Checkpoint(keras.callbacks.Callback):
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {self.state_path} is corrupt ({e}); {self._hint}") from None
         saved = state.get("config", {})
-        changed = sorted(k for k in set(saved) | set(self.run_config) if saved.get(k) != self.run_config.get(k))
+        unknown = sorted(set(saved) - set(config_lib.FIELDS)) if isinstance(saved, dict) else ["config"]
+        if unknown:
+            raise CheckpointError(f"{self.directory} holds a checkpoint with settings this version does not know "
+                                  f"({', '.join(unknown)}); use the mtl_keras version that wrote it or {self._hint}")
+        # This run's settings only: a setting the saved run did not record (an older version) reads as the value
+        # that reproduces that version; one whose role changed since (no longer identifying) is not compared.
+        saved = config_lib.with_absent(saved)
+        changed = sorted(k for k in self.run_config if saved.get(k, config_lib.ABSENT) != self.run_config[k])
         if changed:
             raise CheckpointError(f"{self.directory} holds a checkpoint of a run with other flags "
                                   f"({', '.join(changed)}); use another --workdir or {self._hint}")

@@ -49,8 +49,15 @@ DATA = "data"
 FILE_DATASETS = ("folder", "csv")
 
 
-def _field(default, role: str = TRAINING):
-    return dataclasses.field(default=default, metadata={"role": role})
+# A setting added after runs were first recorded (checkpoints' state.json, config.json) is absent from older
+# records. `before` is the value that reproduces what versions without the setting did; an older record that
+# lacks a setting reads as that value. An identifying setting with no such value (ABSENT) makes an older record
+# that lacks it another run: refused, never guessed from today's default.
+ABSENT = "<absent>"
+
+
+def _field(default, role: str = TRAINING, before=ABSENT):
+    return dataclasses.field(default=default, metadata={"role": role, "before": before})
 
 
 def parse_policies(spec: str) -> tuple[str, ...]:
@@ -98,9 +105,11 @@ class ModelConfig:
     stochastic_depth: float = _field(0.1)
     head: str = _field("light")
     head_dropout: float = _field(0.0, TASK)
-    coarse_head: str = _field("learned", TASK)  # how the coarse output relates to the fine one (models/hierarchy.py)
-    consistency_weight: float = _field(1.0, TASK)  # coarse_head=both: weight of the consistency loss
-    tta_flip: bool = _field(False, EVALUATION)  # average over the image and its mirror, inside the exported model
+    # how the coarse output relates to the fine one (models/hierarchy.py)
+    coarse_head: str = _field("learned", TASK, before="learned")
+    consistency_weight: float = _field(1.0, TASK, before=1.0)  # coarse_head=both: weight of the consistency loss
+    # average over the image and its mirror, inside the exported model
+    tta_flip: bool = _field(False, EVALUATION, before=False)
 
 
 @dataclasses.dataclass
@@ -115,8 +124,9 @@ class OptimConfig:
     label_smoothing: float = _field(0.0)
     gamma: float = _field(0.5, TASK)
     loss_weighting: str = _field("fixed", TASK)
-    famo_lr: float = _field(0.025, TASK)  # loss_weighting=famo: step size of the task logits (Liu et al. 2023)
-    famo_decay: float = _field(0.01, TASK)  # loss_weighting=famo: weight decay of the task logits
+    # loss_weighting=famo: step size of the task logits (Liu et al. 2023)
+    famo_lr: float = _field(0.025, TASK, before=0.025)
+    famo_decay: float = _field(0.01, TASK, before=0.01)  # loss_weighting=famo: weight decay of the task logits
     optimizer: str = _field("adamw")
     lr_schedule: str = _field("cosine")
     grad_clip_norm: float = _field(0.0)
@@ -214,7 +224,23 @@ def from_saved(values: dict, path) -> TrainConfig:
     if unknown:
         raise ConfigError(f"{path} holds settings this version does not know ({', '.join(unknown)}); "
                           f"use the mtl_keras version that wrote it")
+    values = with_absent(values)
+    lacking = sorted(k for k, v in values.items() if v == ABSENT)
+    if lacking:
+        raise ConfigError(f"{path} lacks settings that identify its run ({', '.join(lacking)}); "
+                          f"use the mtl_keras version that wrote it")
     return make(**values)
+
+
+def with_absent(saved: dict) -> dict:
+    """An older run record's `saved` settings with each identifying setting it lacks filled with the value that
+    reproduces the versions before that setting (`before`), or ABSENT where no value does; a missing
+    PLACE setting (where things live, never part of a run's identity) is left to today's default."""
+    out = dict(saved)
+    for name, (_, field) in FIELDS.items():
+        if name not in out and field.metadata["role"] != PLACE:
+            out[name] = field.metadata["before"]
+    return out
 
 
 def flag_types() -> dict[str, object]:

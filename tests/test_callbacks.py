@@ -1,6 +1,7 @@
 """Checkpoint (atomic save, resume, clear errors) and NaN guard, on a tiny Keras model."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -32,6 +33,7 @@ def _data():
     return x, x.sum(1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_checkpoint_keeps_newest_epoch_and_restores_weights_and_optimizer(tmp_path):
     model = _model()
     model.fit(*_data(), epochs=3, batch_size=16, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
@@ -50,6 +52,7 @@ def test_no_checkpoint_means_epoch_zero(tmp_path):
     assert Checkpoint(tmp_path / "none", CONFIG).restore(_model()) == 0
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_named_in_the_error(tmp_path):
     _model().fit(*_data(), epochs=1, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
     weights = tmp_path / "epoch-1.weights.h5"
@@ -64,12 +67,14 @@ def test_corrupt_state_file_is_named_in_the_error(tmp_path):
         Checkpoint(tmp_path, CONFIG).restore(_model())
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_flags_is_refused(tmp_path):
     _model().fit(*_data(), epochs=1, verbose=0, callbacks=[Checkpoint(tmp_path, CONFIG)])
     with pytest.raises(CheckpointError, match=r"run with other flags \(epochs, learning_rate\)"):
         Checkpoint(tmp_path, _identity(epochs=5, learning_rate=0.1)).restore(_model())
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     x, y = _data()
     model = _model()
@@ -121,32 +126,63 @@ def test_a_folder_or_csv_checkpoint_resumes_only_on_its_own_data(tmp_path, monke
     assert _identity(dataset="cifar10", data_dir="a") == _identity(dataset="cifar10", data_dir="b")
 
 
+OLD = Path(__file__).resolve().parent / "fixtures" / "main_f49e8fa"  # state.json / config.json of a 1-epoch run
+
+
+def _old_checkpoint(tmp_path, saved: dict | None = None) -> Path:
+    """A checkpoint folder holding the previous version's state.json (or `saved` as its config)."""
+    state = json.loads((OLD / "state.json").read_text())
+    state["config"] = state["config"] if saved is None else saved
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    (tmp_path / state["weights"]).write_bytes(b"")  # check() needs the file, not its contents
+    return tmp_path
+
+
 def test_checkpoint_of_the_previous_version_still_resumes(tmp_path):
-    # state.json of main at f49e8fa stored every setting but its _NOT_TRAINING list, flat: the same keys.
-    old_not_training = {"workdir", "export_dir", "model_name", "export", "int8", "check", "download", "data_dir",
-                        "fashion_mnist_dir", "jit_compile"}
-    flat = config.flat(config.make())
-    added_since = {"atol", "int8_max_drop", "tta_flip", "top_k", "onnx_converter", "max_image_pixels",
-                   "csv_allow_outside_paths"}  # none identifies a checkpoint
-    old = {k: v for k, v in flat.items() if k not in old_not_training | added_since}
-    assert old == config.identity(config.make(), "checkpoint")
+    # Written by main at f49e8fa (train --dataset=shapes --epochs=1 --batch_size=64 --max_train_examples=256
+    # --seed=1): it lacks the settings added since (coarse_head, consistency_weight, famo_lr, famo_decay), whose
+    # defaults reproduce what that version did.
+    old = json.loads((OLD / "config.json").read_text())
+    flags = {k: old[k] for k in ("dataset", "epochs", "batch_size", "max_train_examples", "seed")}
+    assert Checkpoint(_old_checkpoint(tmp_path), config.identity(config.make(**flags), "checkpoint")).check()[0] == 1
+    # A setting the old run did not record, changed from the old behaviour: another run, named.
+    for change, name in (({"coarse_head": "marginal"}, "coarse_head"), ({"famo_lr": 0.1}, "famo_lr"),
+                         ({"seed": 2}, "seed")):
+        other = config.identity(config.make(**{**flags, **change}), "checkpoint")
+        with pytest.raises(CheckpointError, match=rf"a run with other flags \({name}\); use another --workdir"):
+            Checkpoint(tmp_path, other).check()
+
+
+def test_a_checkpoint_lacking_a_setting_with_no_old_value_or_holding_an_unknown_one_is_refused(tmp_path):
+    saved = json.loads((OLD / "state.json").read_text())["config"]
+    run = config.identity(config.make(**{k: saved[k] for k in ("epochs", "batch_size", "max_train_examples",
+                                                                "seed")}), "checkpoint")
+    # learning_rate has always been recorded: a record without it is not filled in from today's default.
+    lacking = {k: v for k, v in saved.items() if k != "learning_rate"}
+    with pytest.raises(CheckpointError, match=r"other flags \(learning_rate\)"):
+        Checkpoint(_old_checkpoint(tmp_path, lacking), run).check()
+    with pytest.raises(CheckpointError, match=r"settings this version does not know \(warp_drive\)"):
+        Checkpoint(_old_checkpoint(tmp_path, {**saved, "warp_drive": 9}), run).check()
+    # A setting that no longer identifies a checkpoint (here: one of this version's evaluation settings) is
+    # not compared, whatever the record holds.
+    assert Checkpoint(_old_checkpoint(tmp_path, {**saved, "tta_flip": True}), run).check()[0] == 1
 
 
 def test_config_json_of_the_previous_version_reads_and_a_foreign_one_is_one_line(tmp_path):
     from mtl_keras.errors import ConfigError
 
-    # config.json at f49e8fa: the same flat keys, without the settings added since (atol, int8_max_drop, tta_flip;
-    # top_k and onnx_converter of issue 14).
-    old = {k: v for k, v in config.flat(config.make(epochs=3, variant="Pico/4")).items()
-           if k not in ("atol", "int8_max_drop", "tta_flip", "top_k", "onnx_converter")}
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    read = config.read_json(tmp_path / "config.json")
-    assert (read.optim.epochs, read.model.variant, read.serving.atol) == (3, "Pico/4", 1e-5)
-    assert (read.serving.top_k, read.serving.onnx_converter) == (5, "tf2onnx")
+    read = config.read_json(OLD / "config.json")  # main at f49e8fa: without the settings added since
+    assert (read.optim.epochs, read.optim.batch_size, read.run.seed) == (1, 64, 1)
+    assert (read.serving.atol, read.serving.top_k, read.serving.onnx_converter) == (1e-5, 5, "tf2onnx")
+    assert (read.model.coarse_head, read.model.tta_flip, read.optim.famo_lr) == ("learned", False, 0.025)
+    old = json.loads((OLD / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**old, "warp_drive": 9}))
     with pytest.raises(ConfigError, match=r"holds settings this version does not know \(warp_drive\)") as err:
         config.read_json(tmp_path / "config.json")
     assert "\n" not in str(err.value)
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in old.items() if k != "seed"}))
+    with pytest.raises(ConfigError, match=r"lacks settings that identify its run \(seed\)"):
+        config.read_json(tmp_path / "config.json")
 
 
 def test_resume_trims_history_rows_logged_after_the_checkpoint(tmp_path):

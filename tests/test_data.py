@@ -15,6 +15,10 @@ def test_splits_are_disjoint_and_seeded(shapes_splits):
     s = shapes_splits
     assert len(s.train) + len(s.val) == shapes.TRAIN_SIZE and len(s.test) == shapes.TEST_SIZE
     assert len(s.val) == round(0.15 * shapes.TRAIN_SIZE)
+    # No image in two splits (shapes draws distinct images; a split that reused rows would share them).
+    rows = [{bytes(im) for im in np.asarray(split.images)} for split in (s.train, s.val, s.test)]
+    assert sum(map(len, rows)) == len(s.train) + len(s.val) + len(s.test)
+    assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
     again = datasets.load("shapes", seed=0)
     np.testing.assert_array_equal(again.val.fine, s.val.fine)
     other = datasets.load("shapes", seed=1)

@@ -35,7 +35,8 @@ def test_every_trunk_and_weighting_exports_and_passes_the_checker(case, tmp_path
     names = {"fine": [f"f{i}" for i in range(10)], "coarse": ["animal", "vehicle"]}
     version = export.export(model, str(tmp_path), trunk, class_names=names)
     # seed_vit (90 MB of weights) and resnet152 (266 MB) convert in the child process, vit and cct here.
-    assert (onnx_convert._weight_bytes(version) > onnx_convert.CHILD_ABOVE_BYTES) == (trunk in ("seed_vit", "resnet152"))
+    in_child = onnx_convert._weight_bytes(version) > onnx_convert.CHILD_ABOVE_BYTES
+    assert in_child == (trunk in ("seed_vit", "resnet152"))
 
     proto = onnx.load(str(version / export.ONNX_FILE))
     # One graph input: constants (e.g. the normalisation statistics) must not become extra ONNX inputs.
@@ -47,6 +48,7 @@ def test_every_trunk_and_weighting_exports_and_passes_the_checker(case, tmp_path
     pairs = {c.pair: {o.name: o for o in c.outputs} for c in result.comparisons}
     assert set(pairs) == {"keras vs saved_model", "saved_model vs onnx", "serving_default vs serving_bytes"}
     for outputs in pairs.values():
+        assert set(outputs) == {"fine", "coarse"}
         assert all(o.max_abs_diff < 1e-5 and o.argmax_agreement == 1.0 for o in outputs.values())
     probabilities = model.predict(images, verbose=0)
     assert np.allclose(probabilities["coarse"].sum(axis=1), 1.0, atol=1e-5)  # softmax heads, not logits

@@ -15,10 +15,32 @@ def _error_lines(proc) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip() and not TF_STARTUP.match(line)]
 
 
+def _parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str]]:
+    """(exit status, stderr lines) of PROG's own flag parser (`parser_exiting_in_one_line` on the flags its
+    define_*_flags defines, as `app.run` calls it) on `args`: the CLI's parse without a new Python process."""
+    from absl import flags
+
+    from mtl_keras import flags as mtl_flags
+
+    fv = flags.FlagValues()
+    {"train": mtl_flags.define_train_flags, "export": mtl_flags.define_export_flags,
+     "check_onnx": mtl_flags.define_check_flags, "experiments": mtl_flags.define_experiments_flags}[prog](fv)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        mtl_flags.parser_exiting_in_one_line(prog, fv)([prog, *args])
+    return exit_.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("flag", ["--gamma=1.5", "--learning_rate=nan", "--gamma=nan", "--warmup_epochs=inf",
                                   "--dropout=nan", "--grad_clip_norm=nan", "--validation_fraction=nan",
                                   "--dataset=mnist", "--epochs=0", "--loss_weighting=dwa --task=fine"])
-def test_train_bad_flag_is_one_line(tmp_path, flag):
+def test_train_bad_flag_is_one_line(flag, capsys):
+    status, lines = _parsed_in_process("train", flag.split(), capsys)
+    assert status == 2 and len(lines) == 1 and lines[0].startswith(f"train: error: {flag.split('=')[0]}"), lines
+
+
+@pytest.mark.parametrize("flag", ["--gamma=1.5", "--loss_weighting=dwa --task=fine"])
+def test_train_cli_bad_flag_is_one_line_and_writes_nothing(tmp_path, flag):
     proc = run_module("mtl_keras.train", *flag.split(), f"--workdir={tmp_path / 'w'}")
     name = flag.split("=")[0]
     assert proc.returncode == 2 and _error_lines(proc)[0].startswith(f"train: error: {name}"), proc.stderr
@@ -34,12 +56,24 @@ def test_bad_flag_in_a_flagfile_is_one_line(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("module,args,line", [
+@pytest.mark.parametrize("prog,args,line", [
+    ("export", ["--atol=nan"], "export: error: --atol"),
+    ("export", ["--top_k=0"], "export: error: --top_k"),
+    ("export", ["--onnx_converter=torch"], "export: error: --onnx_converter"),
+    ("export", ["--version=9223372036854775808"], "export: error: --version"),  # beyond int64
+    ("check_onnx", ["--saved_model=s", "--onnx=o", "--int8_max_drop=-1"], "check_onnx: error: --int8_max_drop"),
+    ("experiments", ["--grid=configs/quickstart.flags", "--gamma=nan"], "experiments: error: --gamma"),
+])
+def test_every_program_parses_a_bad_flag_to_one_line(prog, args, line, capsys):
+    status, lines = _parsed_in_process(prog, args, capsys)
+    assert status == 2 and len(lines) == 1 and lines[0].startswith(line), lines
+
+
+@pytest.mark.parametrize("module,args,line", [  # each program's CLI end to end (the parse: in-process above)
     ("mtl_keras.export", ["--atol=nan"], "export: error: --atol"),
-    ("mtl_keras.export", ["--top_k=0"], "export: error: --top_k"),
-    ("mtl_keras.export", ["--onnx_converter=torch"], "export: error: --onnx_converter"),
-    ("mtl_keras.export", ["--version=9223372036854775808"], "export: error: --version"),  # beyond int64
-    ("mtl_keras.check_onnx", ["--saved_model=s", "--onnx=o", "--int8_max_drop=-1"], "check_onnx: error: --int8_max_drop"),
+    ("mtl_keras.export", ["--version=9223372036854775808"], "export: error: --version"),
+    ("mtl_keras.check_onnx", ["--saved_model=s", "--onnx=o", "--int8_max_drop=-1"],
+     "check_onnx: error: --int8_max_drop"),
     ("mtl_keras.predict", ["--top_k=0", "image.png"], "predict: error: --top_k"),
     ("mtl_keras.predict", ["--max_image_pixels=-1", "image.png"], "predict: error: --max_image_pixels"),
     ("mtl_keras.experiments", ["--grid=configs/quickstart.flags", "--gamma=nan"], "experiments: error: --gamma"),

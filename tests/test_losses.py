@@ -44,12 +44,14 @@ def test_uncertainty_loss_is_kendall_classification_form():
     assert layer.current()["coarse"] == pytest.approx(np.exp(1.0))
 
 
+@pytest.mark.slow
 def test_uncertainty_log_variances_learn_and_outputs_keep_their_names():
     import keras
 
     model = _model("uncertainty")
     loss, weights = losses.compile_losses(model, ["fine", "coarse"], "uncertainty")
-    model.compile(keras.optimizers.Adam(1e-2), loss=loss, loss_weights=weights, metrics={h: ["accuracy"] for h in HEADS})
+    model.compile(keras.optimizers.Adam(1e-2), loss=loss, loss_weights=weights,
+                  metrics={h: ["accuracy"] for h in HEADS})
     x, y = _batch(64)
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
                         callbacks=losses.weighting_callbacks(model, "uncertainty"))
@@ -79,6 +81,7 @@ def test_dwa_weights_follow_the_loss_ratio():
     np.testing.assert_allclose(cb.history[-1], [1.6, 0.4], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_dwa_weights_move_inside_fit_and_weigh_the_loss():
     import keras
 
@@ -114,7 +117,7 @@ def test_single_task_with_dynamic_weighting_is_a_flag_error(task):
 
     from mtl_keras import flags as mtl_flags
 
-    with pytest.raises(flags.IllegalFlagValueError, match=f"--loss_weighting=dwa needs --task=mtl"):
+    with pytest.raises(flags.IllegalFlagValueError, match="--loss_weighting=dwa needs --task=mtl"):
         mtl_flags.config_from_args([f"--task={task}", "--loss_weighting=dwa"])
 
 

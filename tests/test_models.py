@@ -145,7 +145,8 @@ def test_model_code_is_backend_agnostic():
                 parts = name.split(".")
                 assert parts[0] in allowed, f"{path.name} imports {name}"
                 # mtl_keras's other modules (data, train) import TensorFlow; config is the TF-free settings
-                assert parts[0] != "mtl_keras" or parts[1] in ("models", "losses", "config"), f"{path.name} imports {name}"
+                assert parts[0] != "mtl_keras" or parts[1] in ("models", "losses", "config"), \
+                    f"{path.name} imports {name}"
         assert re.search(r"\btf\.", path.read_text()) is None, f"{path.name} calls TensorFlow"
 
 

@@ -95,6 +95,7 @@ def small_splits(shapes_splits):
     return types.Splits(info, shrink(s.train), shrink(s.val), shrink(s.test))
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_per_head_and_learning_rate(tmp_path, small_splits):
     model, s = tiny_model(), small_splits
     history = model.fit(pipeline.pipeline(s.train, s.info, batch_size=16), epochs=2, verbose=0,
@@ -137,11 +138,25 @@ def test_every_training_run_leaves_its_reports(trained_run):
 
 
 @pytest.mark.parametrize("classes", [3, 31])  # every cell annotated / the top-confusions panel
-def test_class_names_that_look_like_mathtext_are_drawn_as_they_are(tmp_path, classes):
+def test_class_names_that_look_like_mathtext_are_drawn_as_they_are(tmp_path, classes, monkeypatch):
     # A class folder named `$x^$` crashed savefig (mathtext ParseException) after training.
+    from matplotlib.figure import Figure
+
+    drawn, savefig = [], Figure.savefig
+
+    def saving(fig, *args, **kwargs):  # every text of each saved figure, with whether mathtext parses it
+        savefig(fig, *args, **kwargs)
+        drawn.append({t.get_text(): t.get_parse_math() for t in fig.findobj(lambda o: hasattr(o, "get_parse_math"))
+                      if t.get_text()})
+    monkeypatch.setattr(Figure, "savefig", saving)
     names = ["$x^$", "a$b", "$\\frac{$"] + [f"c{i}" for i in range(classes - 3)]
     y = np.arange(classes)
     out = reports.confusion_matrix_png(y, np.roll(y, 1), names, tmp_path / "c.png", title="$^$ head")
     assert png_size(out)[0] > 0
     write_history(tmp_path / "h.csv", [{"epoch": e, "accuracy": e / 2, "loss": 1 - e / 2} for e in range(2)])
     assert png_size(reports.learning_curves_png(tmp_path / "h.csv", tmp_path / "l.png", "$run^$"))[0] > 0
+    confusion, curves = drawn
+    for name in names[:3]:  # the literal text, never handed to mathtext
+        assert confusion.get(name) is False, (name, confusion)
+    assert any("$^$ head" in text and not math for text, math in confusion.items())
+    assert any("$run^$" in text and not math for text, math in curves.items()), curves

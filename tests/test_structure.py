@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +95,8 @@ def test_arrows_point_down_train_and_experiments_are_the_top():
 # Importing these must not import TensorFlow: settings, choice lists, flags, errors, dataset types and names,
 # and the model code (which the JAX-only GPU runner imports).
 TENSORFLOW_FREE = ["mtl_keras.config", "mtl_keras.errors", "mtl_keras.flags", "mtl_keras.data",
-                   "mtl_keras.data.types", "mtl_keras.data.splits", "mtl_keras.data.sources", "mtl_keras.models", "mtl_keras.losses",
+                   "mtl_keras.data.types", "mtl_keras.data.splits", "mtl_keras.data.sources", "mtl_keras.models",
+                   "mtl_keras.losses",
                    "mtl_keras.modeling", "mtl_keras.evaluate"]
 
 BLOCKER = """
@@ -115,7 +115,8 @@ for module in json.loads(sys.argv[1]):
         __import__(module)
     except ImportError as e:
         failed[module] = str(e)
-print("JSON:" + json.dumps({"failed": failed, "tensorflow": sorted(m for m in sys.modules if m.startswith("tensorflow"))}))
+tf_modules = sorted(m for m in sys.modules if m.startswith("tensorflow"))
+print("JSON:" + json.dumps({"failed": failed, "tensorflow": tf_modules}))
 """
 
 

@@ -18,7 +18,18 @@ def test_tiny_run_learns_well_above_chance(trained_run):
     # 9.5 points below, about 5x the seed-to-seed difference: a run that learns half as well fails.
     assert metrics["fine_accuracy"] > 0.50, metrics
     assert metrics["coarse_accuracy"] > 0.62, metrics
-    assert 0.0 <= metrics["hierarchy_consistency"] <= 1.0
+    # Consistency and accuracy recomputed from the saved test predictions (shapes.FINE_TO_COARSE).
+    import numpy as np
+
+    from mtl_keras.data.sources.shapes import FINE_TO_COARSE
+
+    saved = np.load(root / "work" / "test_predictions.npz")
+    assert len(saved["fine"]) == metrics["test_examples"] == 2000
+    family = np.asarray(FINE_TO_COARSE)[saved["fine"]]
+    assert metrics["hierarchy_consistency"] == pytest.approx(np.mean(family == saved["coarse"]))
+    assert metrics["fine_accuracy"] == pytest.approx(np.mean(saved["fine"] == saved["true_fine"]))
+    # Every training image labelled at both levels: train_labelled counts them (README, metrics.json).
+    assert metrics["train_labelled"] == {"fine": 3000, "coarse": 3000}, metrics["train_labelled"]
     assert metrics["onnx_parity_ok"] is True
     assert metrics["onnx_parity"]["fine"]["argmax_agreement"] == 1.0
     assert "Test: fine_accuracy" in proc.stdout and str(root / "export" / "tiny" / "1") in proc.stdout
@@ -100,14 +111,16 @@ def test_export_dir_under_a_file_fails_before_anything_is_written(tmp_path):
     blocker.write_text("")
     cfg = config.make(workdir=str(tmp_path / "w"), export_dir=str(blocker / "e"), variant="Pico/4", epochs=1,
                       batch_size=32, max_train_examples=64)  # small, should the check ever let it train
-    with pytest.raises(train.RunError, match=f"^--export_dir={blocker / 'e'} cannot be used: {blocker} is not a folder$"):
+    with pytest.raises(train.RunError,
+                       match=f"^--export_dir={blocker / 'e'} cannot be used: {blocker} is not a folder$"):
         train.run(cfg)  # it used to fail after training, with a traceback and no metrics.json
     assert not (tmp_path / "w").exists()
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "m").write_text("")  # the model's folder under a good --export_dir
     cfg = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, export_dir=str(tmp_path / "e"),
                                                                model_name="m"))
-    with pytest.raises(train.RunError, match=f"^--model_name=m cannot be used: {tmp_path / 'e' / 'm'} is not a folder$"):
+    with pytest.raises(train.RunError,
+                       match=f"^--model_name=m cannot be used: {tmp_path / 'e' / 'm'} is not a folder$"):
         train.run(cfg)
     assert not (tmp_path / "w").exists()
 
@@ -144,6 +157,7 @@ QUICK = ["--flagfile=configs/quickstart.flags", "--variant=Pico/4", "--epochs=1"
          "--noexport"]
 
 
+@pytest.mark.slow
 def test_run_without_validation_finishes_and_reruns(tmp_path):
     # CSVLogger fills the val_* columns of such a run with NA; reading them used to crash after training.
     work = tmp_path / "w"
@@ -155,6 +169,7 @@ def test_run_without_validation_finishes_and_reruns(tmp_path):
     assert (work / "model.keras").is_file() and (work / "learning_curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_refused_rerun_leaves_the_records_alone(tmp_path):
     work = tmp_path / "w"
     assert run_module("mtl_keras.train", *QUICK, f"--workdir={work}").returncode == 0
@@ -201,7 +216,8 @@ def test_evaluate_top5_and_hierarchy_consistency():
     p_coarse = np.zeros((4, 20), np.float32)
     p_coarse[[0, 1, 2, 3], [0, 1, 8, 19]] = 1.0  # all right; predicted fine 3 -> coarse 0 disagrees with 19
 
-    m = evaluate.accuracy_metrics({"fine": test.fine, "coarse": test.coarse}, {"fine": p_fine, "coarse": p_coarse}, info)
+    m = evaluate.accuracy_metrics({"fine": test.fine, "coarse": test.coarse},
+                                  {"fine": p_fine, "coarse": p_coarse}, info)
     assert m["fine_accuracy"] == 0.25 and m["fine_top5_accuracy"] == 0.75 and m["coarse_accuracy"] == 1.0
     assert "coarse_top5_accuracy" not in m and m["hierarchy_consistency"] == 0.75
 

@@ -129,7 +129,8 @@ class FileImages:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         images, ok = decode_files(self.paths, self.image_size)
         if not ok.all():  # validated at load: the file changed since
-            raise DatasetError(f"{self.paths[~ok][0]}: can no longer be decoded ({why_undecodable(self.paths[~ok][0])})")
+            bad = self.paths[~ok][0]
+            raise DatasetError(f"{bad}: can no longer be decoded ({why_undecodable(bad)})")
         return images if dtype is None else images.astype(dtype)
 
     def astype(self, dtype) -> np.ndarray:

@@ -153,6 +153,9 @@ def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
             except MtlError as e:
                 failures.append(f"{exp.name} seed {seed}: {e}")
                 print(f"FAILED {failures[-1]}", flush=True)
+            except Exception as e:  # noqa: BLE001 - any failed run is reported and the grid goes on
+                failures.append(f"{exp.name} seed {seed}: {type(e).__name__}: {e}")
+                print(f"FAILED {failures[-1]}", flush=True)
     return failures
 
 

@@ -6,9 +6,10 @@ calls interleaved so a loaded machine slows both alike, and keeps `model.int8.on
 <= `max_latency_ratio` of fp32 at both batch sizes. The decision and its figures are returned and written
 beside the model (assets.extra/int8.json), so a slower int8 file is never shipped silently.
 
-Memory: the default (dynamic) needs no calibration at all. For static int8, MinMax calibration adds ReduceMin/ReduceMax nodes to the graph and keeps two numbers per tensor and
-batch; histogram methods (percentile, entropy) keep every activation of every calibration image, which for
-ResNet-152 at 224 px reached ~22 GB. Calibration runs `calibration_batch` images at a time.
+Memory: the default (dynamic) needs no calibration at all. For static int8, MinMax calibration adds
+ReduceMin/ReduceMax nodes to the graph and keeps two numbers per tensor and batch; histogram methods (percentile,
+entropy) keep every activation of every calibration image, which for ResNet-152 at 224 px reached ~22 GB.
+Calibration runs `calibration_batch` images at a time.
 """
 
 from __future__ import annotations

@@ -99,6 +99,8 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
     problems, outputs = [], []
     if set(reference) != set(candidate):
         problems.append(f"output names differ: {sorted(reference)} vs {sorted(candidate)}")
+    if not set(reference) & set(candidate):  # nothing compared proves nothing
+        problems.append("no output in common: nothing was compared")
     for name in sorted(set(reference) & set(candidate)):
         ref, cand = reference[name], candidate[name]
         if ref.shape != cand.shape:

@@ -1,7 +1,7 @@
 """Fashion-MNIST from the idx files of the Debian package `dataset-fashion-mnist` (no download, no tfds).
 
     sudo apt-get install dataset-fashion-mnist     # -> /usr/share/datasets/fashion-mnist/*-ubyte.gz
-    python -c "from mtl_keras.data.sources import fashion_mnist as f; x, y = f.load_split(f.DEFAULT_DIR, 'test'); print(x.shape)"
+    python -c "import mtl_keras.data.sources.fashion_mnist as f; print(f.load_split(f.DEFAULT_DIR, 'test')[0].shape)"
 
 Fine labels are the 10 Fashion-MNIST classes. Coarse labels group them by the part of the body a garment
 covers: tops (t-shirt/top, pullover, coat, shirt), dresses and trousers (the two long, full-height
