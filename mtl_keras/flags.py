@@ -7,8 +7,8 @@ flags only; nothing else reads sys.argv. Imports no TensorFlow (choice lists and
     predict      define_predict_flags      the model path, top-k, JSON
     experiments  define_experiments_flags  grid, seeds, results folder, and every training flag
 
-Override order: the defaults of config.py -> `--flagfile=configs/X.flags` (flagfiles may nest) -> flags on the
-command line (absl reads flags in order, so a flag after --flagfile wins).
+Override order: the defaults of config.py -> `--config=NAME` or `--flagfile=PATH` (flagfiles may nest; both are
+expanded in place by flagfiles.py) -> flags on the command line (read in order, so a flag after --config wins).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import types
 
 from absl import flags
 
-from mtl_keras import config
+from mtl_keras import config, flagfiles
 from mtl_keras.config import DataConfig, TrainConfig
 
 _D = types.SimpleNamespace(**config.flat(TrainConfig()))  # every default, by flag name
@@ -246,6 +246,9 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.boolean("deterministic", _D.deterministic, "Enable TensorFlow's deterministic ops: the same --seed "
               "gives the same metrics (slower; RandAugment stays non-deterministic).")
     # run
+    d.string("config", None, "A config to start from: the name of one shipped with the package (`mtl-keras configs` "
+             "lists them, e.g. quickstart, cifar10_study/a_vit_mu4) or a flagfile's path. Its flags are read in its "
+             "place, so a flag after it wins; --flagfile=PATH works the same way.")
     d.integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.",
               lower_bound=0, upper_bound=MAX_SEED)
     d.string("workdir", _D.workdir, "Run directory: metrics.json, flags.txt, model.keras.")
@@ -299,7 +302,8 @@ def define_experiments_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """python -m mtl_keras.experiments: a grid of flagfiles x seeds. Any training flag on its command line (e.g.
     --epochs=1) is passed to every run after the flagfile, so it wins over the flagfile."""
     d = _Definer(fv)
-    d.string("grid", None, "experiments: comma-separated flagfiles or globs, e.g. 'configs/fmnist_*.flags'.")
+    d.string("grid", None, "experiments: comma-separated config names, flagfiles or globs of either, e.g. "
+             "'fmnist_*' (the shipped fmnist_*.flags) or 'my_configs/*.flags'.")
     d.list("seeds", ["0", "1", "2"], "experiments: seeds to train every flagfile with, e.g. 0,1,2.")
     d.validator("seeds", lambda v: bool(v) and all(s.strip().isdigit() for s in v),
                 "--seeds must be a comma-separated list of non-negative integers, e.g. 0,1,2")
@@ -341,7 +345,10 @@ def config_from_args(args: list[str]) -> TrainConfig:
     """The `TrainConfig` that `python -m mtl_keras.train ARGS` would run, parsed on flags of its own."""
     fv = flags.FlagValues()
     define_train_flags(fv)
-    fv(["train", *args])
+    try:
+        fv(flagfiles.expand(["train", *args]))
+    except flagfiles.FlagfileError as e:
+        raise flags.Error(str(e)) from None
     return to_config(fv)
 
 
@@ -362,7 +369,10 @@ def parser_exiting_in_one_line(prog: str, fv: flags.FlagValues = flags.FLAGS):
     line `PROG: error: --NAME...` with exit status 2 (absl prints `FATAL Flags parsing error` and a usage hint)."""
     def parse(argv: list[str]) -> list[str]:
         try:
-            return fv(argv)
+            return fv(flagfiles.expand(argv, config="config" in fv))
+        except flagfiles.FlagfileError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            sys.exit(2)
         except flags.Error as e:
             print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
             sys.exit(2)

@@ -1,7 +1,8 @@
 """Trains a multi-task (or single-task) classifier, evaluates it, exports it and checks the export.
 
-    python -m mtl_keras.train --flagfile=configs/quickstart.flags
-    python -m mtl_keras.train --flagfile=configs/mtl_vit_c10.flags --data_dir=~/tensorflow_datasets
+    mtl-keras train --config=quickstart                  (or python -m mtl_keras.train --config=quickstart)
+    mtl-keras train --config=mtl_vit_c10 --data_dir=~/tensorflow_datasets
+    mtl-keras train --config=my_run.flags --epochs=3     (a flagfile; `mtl-keras configs copy` makes one)
 
 Writes WORKDIR/flags.txt (the resolved flags), history.csv, model.keras and metrics.json; exports to
 EXPORT_DIR/MODEL_NAME/VERSION (SavedModel + model.onnx) and runs the onnxruntime parity check.
@@ -304,11 +305,16 @@ def main(argv: list[str]) -> None:
         sys.exit(report("train", e))
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """`mtl-keras train` and `python -m mtl_keras.train`."""
     from absl import app, flags
 
     from mtl_keras import flags as mtl_flags
 
     mtl_flags.define_train_flags(flags.FLAGS)
     flags.adopt_module_key_flags(mtl_flags)  # --help lists these (only train's are defined in this process)
-    app.run(main, flags_parser=mtl_flags.parser_exiting_in_one_line("train"))
+    app.run(main, argv=argv, flags_parser=mtl_flags.parser_exiting_in_one_line("train"))
+
+
+if __name__ == "__main__":
+    cli()
