@@ -148,6 +148,11 @@ def _serving_flags(d: _Definer) -> None:
            "model.export(format='onnx')). Either file is checked against the SavedModel (--atol).")
 
 
+def _verbose_flag(d: _Definer) -> None:
+    d.boolean("verbose", False, "Keep TensorFlow's C++ start-up and device lines (also kept when the environment "
+              "sets TF_CPP_MIN_LOG_LEVEL); see console.py.")
+
+
 def _verify_flags(d: _Definer) -> None:
     d.integer("num_random", 32, "check_onnx: number of random-pixel images.", lower_bound=1)
     d.integer("num_real", 256, "check_onnx: number of real test images (with --check_dataset).",
@@ -253,6 +258,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
               lower_bound=0, upper_bound=MAX_SEED)
     d.string("workdir", _D.workdir, "Run directory: metrics.json, flags.txt, model.keras.")
     d.validator("workdir", bool, "--workdir must not be empty")
+    _verbose_flag(d)
     d.boolean("export", _D.export, "Export SavedModel + ONNX after training.")
     _serving_flags(d)
     d.multi_flags_validator(["task", "loss_weighting"], _valid_loss_weighting)
@@ -267,6 +273,7 @@ def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.validator("workdir", bool, "--workdir must not be empty")
     _serving_flags(d)
     _verify_flags(d)
+    _verbose_flag(d)
     d.integer("version", None, "export: version folder number (default: the next free integer); TF Serving reads "
               "versions as int64.", lower_bound=1, upper_bound=2**63 - 1)
     d.string("result_json", None, "export: also write the result (artifacts, metrics.json entries) here.")
@@ -284,6 +291,7 @@ def define_check_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.float("int8_max_drop", _D.int8_max_drop, "Most test-accuracy points the int8 model may lose per head.",
             lower_bound=0.0)
     _verify_flags(d)
+    _verbose_flag(d)
     d.integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.",
               lower_bound=0, upper_bound=MAX_SEED)
     _data_place_flags(d)
@@ -296,6 +304,7 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.integer("top_k", 1, "Classes to print per head.", lower_bound=1)
     d.boolean("json", False, "Print one JSON document instead of lines.")
     _max_image_pixels_flag(d)
+    _verbose_flag(d)
 
 
 def define_experiments_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

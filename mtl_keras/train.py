@@ -121,7 +121,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit and epochs run."""
     import keras
 
-    from mtl_keras import losses
+    from mtl_keras import console, losses
     from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars, trim_history
 
     checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
@@ -139,8 +139,11 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
                      TensorBoardScalars(workdir / "tensorboard"),
                      checkpoint]
+        verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
+        callbacks += console.epoch_clock(epochs, initial_epoch) if verbose == 2 else []
+        # shuffle=False: the tf.data pipeline shuffles; Keras would only warn that it ignores shuffle=True.
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, verbose=2, callbacks=callbacks)
+                  steps_per_epoch=steps, verbose=verbose, callbacks=callbacks, shuffle=False)
     if guard.failure:
         epoch, step, loss = guard.failure
         kept = f"the last good checkpoint is {checkpoint.state_path}" if checkpoint.state_path.is_file() else \
@@ -294,11 +297,12 @@ def main(argv: list[str]) -> None:
 
     from absl import flags
 
-    from mtl_keras import flags as mtl_flags
+    from mtl_keras import console, flags as mtl_flags
 
     logging.set_verbosity(logging.WARNING)  # keep TF's INFO lines (export, tf2onnx) out of the run log
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; flags look like --name=value")
+    print(console.hardware_line(), flush=True)
     try:
         run(mtl_flags.to_config(flags.FLAGS))
     except MtlError as e:
