@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, subprocess_env
+
 from mtl_keras import cli, flagfiles
 from mtl_keras.flags import config_from_args
 
@@ -170,13 +170,13 @@ def test_an_unknown_subcommand_names_the_choices(capsys):
 def test_configs_starts_without_tensorflow():
     code = ("import sys; from mtl_keras import cli; assert cli.main(['configs']) == 0; "
             "heavy = {'tensorflow', 'keras', 'jax', 'numpy'} & set(sys.modules); assert not heavy, heavy")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
+    proc = subprocess.run(check=False, args=[sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_train_with_an_unknown_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mtl_keras.cli", "train", "--config=quikstart",
+    proc = subprocess.run(check=False, args=[sys.executable, "-m", "mtl_keras.cli", "train", "--config=quikstart",
                            f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}"], cwd=tmp_path,
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import REPO, subprocess_env
+
 from mtl_keras import console
 
 TF_NOISE = ("absl::InitializeLog", "cudart_stub.cc", "port.cc", "cuInit")
@@ -24,7 +25,7 @@ def test_filtered_stderr_drops_the_start_up_lines_and_keeps_the_rest(capfd):
 def _import_tensorflow(*argv: str, **env: str) -> str:
     environment = {k: v for k, v in subprocess_env(**env).items() if k != "TF_CPP_MIN_LOG_LEVEL" or env}
     code = "import mtl_keras, tensorflow as tf; tf.config.list_physical_devices(); print('imported')"
-    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=environment, capture_output=True,
+    proc = subprocess.run(check=False, args=[sys.executable, "-c", code, *argv], cwd=REPO, env=environment, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout == "imported\n", proc.stderr[-2000:]
     return proc.stderr
