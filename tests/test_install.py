@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SCRUBBED_ENV
+from conftest import REPO, SCRUBBED_ENV, require
 
 CONFIG_DIR = REPO / "mtl_keras" / "configs"
 TF_NOISE = ("absl::InitializeLog", "cudart_stub.cc", "cuInit", "shuffle=True")
@@ -82,8 +82,7 @@ def installed(wheel, tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.mark.slow
 def test_installed_command_lists_trains_exports_checks_and_predicts_outside_the_clone(installed, tmp_path):
-    from PIL import Image
-
+    image_lib = require("PIL.Image")
     bin_dir, env = installed
     user = tmp_path / "user"  # a folder of the user's, outside the clone
     user.mkdir()
@@ -106,6 +105,6 @@ def test_installed_command_lists_trains_exports_checks_and_predicts_outside_the_
     assert check.stdout.splitlines()[-1] == "PASS", check.stdout
 
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype="uint8")).save(user / "image.png")
+    image_lib.fromarray(rng.integers(0, 255, (32, 32, 3), dtype="uint8")).save(user / "image.png")
     predicted = _run([mtl_keras, "predict", f"--model={version}", "image.png"], user, env).stdout
     assert predicted.startswith("image.png: fine=") and " coarse=" in predicted, predicted
