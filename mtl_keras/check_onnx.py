@@ -71,7 +71,7 @@ def cli(argv: list[str] | None = None) -> None:
     from mtl_keras import flags as mtl_flags
 
     mtl_flags.define_check_flags(flags.FLAGS)
-    flags.adopt_module_key_flags(mtl_flags)
+    mtl_flags.adopt_for_help(flags.FLAGS)
     flags.mark_flags_as_required(["saved_model", "onnx"])
     app.run(lambda argv: sys.exit(main(argv)), argv=argv,
             flags_parser=mtl_flags.parser_exiting_in_one_line("check_onnx"))

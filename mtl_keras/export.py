@@ -64,7 +64,7 @@ def cli(argv: list[str] | None = None) -> None:
     from mtl_keras import flags as mtl_flags
 
     mtl_flags.define_export_flags(flags.FLAGS)
-    flags.adopt_module_key_flags(mtl_flags)
+    mtl_flags.adopt_for_help(flags.FLAGS)
     app.run(lambda argv: sys.exit(main(argv)), argv=argv,
             flags_parser=mtl_flags.parser_exiting_in_one_line("export"))
 

@@ -361,6 +361,13 @@ def config_from_args(args: list[str]) -> TrainConfig:
     return to_config(fv)
 
 
+def adopt_for_help(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Lists this module's flags under the program's `--help`: absl's help shows the key flags of sys.argv[0],
+    which is the program's file under `python -m mtl_keras.X` and the `mtl-keras` script under the command."""
+    for flag in fv.get_key_flags_for_module(__name__):
+        fv.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def error_line(error: flags.Error) -> str:
     """absl's message for a bad flag as one line that starts with the flag: `--gamma=1.5: 1.5 is not ...`."""
     line = (str(error).splitlines() or [type(error).__name__])[0]

@@ -316,7 +316,7 @@ def cli(argv: list[str] | None = None) -> None:
     from mtl_keras import flags as mtl_flags
 
     mtl_flags.define_train_flags(flags.FLAGS)
-    flags.adopt_module_key_flags(mtl_flags)  # --help lists these (only train's are defined in this process)
+    mtl_flags.adopt_for_help(flags.FLAGS)  # --help lists these (only train's are defined in this process)
     app.run(main, argv=argv, flags_parser=mtl_flags.parser_exiting_in_one_line("train"))
 
 

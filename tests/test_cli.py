@@ -202,3 +202,10 @@ def test_grid_takes_config_names_and_globs_of_them(tmp_path, monkeypatch):
         expand_grid("quikstart")
     with pytest.raises(ExperimentError, match="'nothing_\\*' matches no flagfile"):
         expand_grid("nothing_*")
+
+
+def test_help_of_a_subcommand_lists_its_own_flags():
+    proc = subprocess.run(check=False, args=[sys.executable, "-m", "mtl_keras.cli", "check", "--help"], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert "--saved_model" in proc.stdout and "--[no]verbose" in proc.stdout, proc.stderr[-2000:]  # (absl: exit 1)
+    assert "--epochs" not in proc.stdout and "--config" not in proc.stdout

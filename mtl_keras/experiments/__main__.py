@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
 def cli(argv: list[str] | None = None) -> None:
     """`mtl-keras experiments` and `python -m mtl_keras.experiments`."""
     mtl_flags.define_experiments_flags(flags.FLAGS)
-    flags.adopt_module_key_flags(mtl_flags)
+    mtl_flags.adopt_for_help(flags.FLAGS)
     app.run(main, argv=argv, flags_parser=mtl_flags.parser_exiting_in_one_line("experiments"))
 
 
