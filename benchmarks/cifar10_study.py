@@ -1,8 +1,8 @@
 """The CIFAR-10 recipe study's combined table and scaling view, from the experiment runner's results.csv files.
 
-    python -m mtl_keras.experiments --grid='configs/cifar10_study/a_*.flags' --seeds=0 \
+    mtl-keras experiments --grid='cifar10_study/a_*' --seeds=0 \
         --results_dir=results/cifar10_cpu/budget_a
-    python -m mtl_keras.experiments --grid='configs/cifar10_study/b_*.flags' --seeds=0 \
+    mtl-keras experiments --grid='cifar10_study/b_*' --seeds=0 \
         --results_dir=results/cifar10_cpu/budget_b
     python benchmarks/cifar10_study.py --results=results/cifar10_cpu
 
@@ -65,7 +65,7 @@ def write_table(rows: list[dict], results: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["budget", "experiment", *COLUMNS, "command"])
         for r in rows:
-            command = f"python -m mtl_keras.train --flagfile=configs/cifar10_study/{r['experiment']}.flags"
+            command = f"mtl-keras train --config=cifar10_study/{r['experiment']}"
             writer.writerow([r["budget"], r["experiment"], *(r[c] for c in COLUMNS), command])
             v = [_num(r[c]) for c in COLUMNS]
             cells = [f"{x:.2f}" if x is not None else "–" for x in v[:3]]

@@ -6,7 +6,7 @@ object with all of it.
 
 On this machine (keras is in the venv):
 
-    KERAS_BACKEND=jax python benchmarks/gpu_cifar.py --flagfile=configs/mtl_vit_c10.flags \
+    KERAS_BACKEND=jax python benchmarks/gpu_cifar.py --config=mtl_vit_c10 \
         --npz=../shared/data/cifar10_train_jpeg.npz --max_train_examples=2000 --epochs=1 --variant=Mu/4 \
         --model=vit                                                    # CPU smoke, about a minute
 
@@ -17,11 +17,12 @@ fetch Keras's wheels here first, into a folder the run carries:
     # there (carry .whl):
     pip install --no-index --no-deps --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:. KERAS_BACKEND=jax python benchmarks/gpu_cifar.py \
-        --flagfile=configs/mtl_vit_c10.flags --npz=../shared/data/cifar10_train_jpeg.npz [--mixed_precision=bfloat16]
+        --config=mtl_vit_c10 --npz=../shared/data/cifar10_train_jpeg.npz [--mixed_precision=bfloat16]
 
 (Keras 3 also imports absl, rich, h5py, ml_dtypes and packaging: `pip download` those too if the machine lacks
-them.) Flags: `--flagfile=` (nested; paths relative to the working directory, as absl reads them), then
-`--name=value`, `--name`, `--noname`, in order, so a flag after `--flagfile` wins, as in `mtl_keras.train`.
+them.) Flags: `--config=NAME|PATH` or `--flagfile=PATH` (nested flagfiles relative to the file that holds them,
+as mtl_keras.train reads them), then `--name=value`, `--name`, `--noname`, in order, so a flag after `--config`
+wins, as in `mtl_keras.train`.
 Every TrainConfig flag is accepted; dataset / data_dir / download / folder_* / export / int8 / check /
 distribution / cpu_devices / deterministic are ignored (the data is the pack; one device; no export). Own
 flags: --npz (default ../shared/data/cifar10_train_jpeg.npz beside the repo), --workdir (command line only:
@@ -56,7 +57,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from mtl_keras import config as config_lib  # noqa: E402  (no TensorFlow, no Keras)
+from mtl_keras import config as config_lib, flagfiles  # noqa: E402  (no TensorFlow, no Keras)
 from mtl_keras.config import TrainConfig  # noqa: E402
 from mtl_keras.data.splits import assign_splits, train_subset  # noqa: E402  (numpy only)
 from mtl_keras.data.types import DatasetInfo  # noqa: E402
@@ -98,29 +99,18 @@ def fail(message: str) -> typing.NoReturn:
 
 # ---------------------------------------------------------------------------------------------- flags
 
-def _expand(args: list[str], from_file: bool, seen: tuple[str, ...] = ()) -> list[tuple[str, bool]]:
-    """Arguments with every --flagfile=F replaced by F's flag lines (recursively); (arg, came from a file)."""
+def _expand(args: list[str]) -> list[tuple[str, bool]]:
+    """Arguments with every --config=NAME|PATH and --flagfile=PATH replaced by the file's flag lines (nested ones
+    relative to the file that holds them, as mtl_keras.train reads them); (arg, came from a file)."""
     out = []
     for arg in args:
-        if arg.lstrip("-").startswith("flagfile="):
-            path = os.path.expanduser(arg.split("=", 1)[1])
-            if path in seen:
-                fail(f"--flagfile={path} includes itself")
+        if arg.lstrip("-").startswith(("flagfile=", "config=")):
             try:
-                lines = Path(path).read_text().splitlines()
-            except OSError as e:
-                fail(f"--flagfile={path}: cannot read it ({e.strerror or e})")
-            flags = []
-            for number, line in enumerate(lines, 1):
-                line = line.strip()
-                if not line or line.startswith(("#", "//")):
-                    continue
-                if not line.startswith("-"):
-                    fail(f"{path}:{number}: expected --name=value, got {line!r}")
-                flags.append(line)
-            out += _expand(flags, True, seen + (path,))
+                out += [(line, True) for line in flagfiles.expand([PROG, arg])[1:]]
+            except flagfiles.FlagfileError as e:
+                fail(str(e))
         else:
-            out.append((arg, from_file))
+            out.append((arg, False))
     return out
 
 
@@ -160,10 +150,10 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, Options]:
     types = config_lib.flag_types()
     own = {k: v for k, v in typing.get_type_hints(Options).items() if k in OWN_FLAGS}
     values, options = {}, Options()
-    flagfiles = [a.split("=", 1)[1] for a in argv if a.lstrip("-").startswith("flagfile=")]
-    if flagfiles:
-        options.config_name = Path(flagfiles[0]).stem
-    for arg, from_file in _expand(list(argv), False):
+    named = [a.split("=", 1)[1] for a in argv if a.lstrip("-").startswith(("flagfile=", "config="))]
+    if named:
+        options.config_name = Path(named[0]).name.removesuffix(flagfiles.SUFFIX)  # not .stem: mtl_g0.1
+    for arg, from_file in _expand(list(argv)):
         if arg in ("-h", "--help", "--helpfull"):
             print(__doc__)
             sys.exit(0)

@@ -1,9 +1,9 @@
 """mtl_keras: multi-task (fine + coarse) image classification with Keras 3."""
 
-import os
+from mtl_keras import console
 
-# TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notices) buries the training log; users can
-# still set TF_CPP_MIN_LOG_LEVEL themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notices) buries the run's own first lines: silenced
+# before anything imports TensorFlow, unless the user sets TF_CPP_MIN_LOG_LEVEL or passes --verbose.
+console.quiet_native_logs()
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """Parity check of an export: Keras model, SavedModel (TensorFlow) and ONNX (onnxruntime, CPU).
 
-    python -m mtl_keras.check_onnx --saved_model=export/quickstart/1 --onnx=export/quickstart/1/model.onnx \
+    mtl-keras check --saved_model=export/quickstart/1 --onnx=export/quickstart/1/model.onnx \
         [--keras_model=runs/quickstart/model.keras] [--check_dataset=shapes] [--atol=1e-5] [--json]
 
 Inputs: random pixels, plus the first --num_real test images with --check_dataset. Runs `serving.verify`,
@@ -64,12 +64,18 @@ def main(argv: list[str]) -> int:
     return 0 if result.ok else 1
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """`mtl-keras check` and `python -m mtl_keras.check_onnx`."""
     from absl import app, flags
 
     from mtl_keras import flags as mtl_flags
 
     mtl_flags.define_check_flags(flags.FLAGS)
-    flags.adopt_module_key_flags(mtl_flags)
+    mtl_flags.adopt_for_help(flags.FLAGS)
     flags.mark_flags_as_required(["saved_model", "onnx"])
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=mtl_flags.parser_exiting_in_one_line("check_onnx"))
+    app.run(lambda argv: sys.exit(main(argv)), argv=argv,
+            flags_parser=mtl_flags.parser_exiting_in_one_line("check_onnx"))
+
+
+if __name__ == "__main__":
+    cli()

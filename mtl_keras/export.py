@@ -1,6 +1,6 @@
 """Exports a finished run for serving and verifies the export (the same `serving.runs.export_run` as train).
 
-    python -m mtl_keras.export --workdir=runs/quickstart [--export_dir=export --model_name=NAME --version=N]
+    mtl-keras export --workdir=runs/quickstart [--export_dir=export --model_name=NAME --version=N]
 
 Writes EXPORT_DIR/MODEL_NAME/VERSION (SavedModel, model.onnx, model.int8.onnx; see serving/export.py) and,
 unless --nocheck, checks Keras <-> SavedModel <-> ONNX parity (--atol) and the int8 drop (--int8_max_drop).
@@ -57,14 +57,17 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from absl import app
-
-    from absl import flags
+def cli(argv: list[str] | None = None) -> None:
+    """`mtl-keras export` and `python -m mtl_keras.export`."""
+    from absl import app, flags
 
     from mtl_keras import flags as mtl_flags
 
     mtl_flags.define_export_flags(flags.FLAGS)
-    flags.adopt_module_key_flags(mtl_flags)
+    mtl_flags.adopt_for_help(flags.FLAGS)
+    app.run(lambda argv: sys.exit(main(argv)), argv=argv,
+            flags_parser=mtl_flags.parser_exiting_in_one_line("export"))
 
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=mtl_flags.parser_exiting_in_one_line("export"))
+
+if __name__ == "__main__":
+    cli()

@@ -7,8 +7,8 @@ flags only; nothing else reads sys.argv. Imports no TensorFlow (choice lists and
     predict      define_predict_flags      the model path, top-k, JSON
     experiments  define_experiments_flags  grid, seeds, results folder, and every training flag
 
-Override order: the defaults of config.py -> `--flagfile=configs/X.flags` (flagfiles may nest) -> flags on the
-command line (absl reads flags in order, so a flag after --flagfile wins).
+Override order: the defaults of config.py -> `--config=NAME` or `--flagfile=PATH` (flagfiles may nest; both are
+expanded in place by flagfiles.py) -> flags on the command line (read in order, so a flag after --config wins).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import types
 
 from absl import flags
 
-from mtl_keras import config
+from mtl_keras import config, flagfiles
 from mtl_keras.config import DataConfig, TrainConfig
 
 _D = types.SimpleNamespace(**config.flat(TrainConfig()))  # every default, by flag name
@@ -148,6 +148,11 @@ def _serving_flags(d: _Definer) -> None:
            "model.export(format='onnx')). Either file is checked against the SavedModel (--atol).")
 
 
+def _verbose_flag(d: _Definer) -> None:
+    d.boolean("verbose", False, "Keep TensorFlow's C++ start-up and device lines (also kept when the environment "
+              "sets TF_CPP_MIN_LOG_LEVEL); see console.py.")
+
+
 def _verify_flags(d: _Definer) -> None:
     d.integer("num_random", 32, "check_onnx: number of random-pixel images.", lower_bound=1)
     d.integer("num_real", 256, "check_onnx: number of real test images (with --check_dataset).",
@@ -251,10 +256,14 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.boolean("deterministic", _D.deterministic, "Enable TensorFlow's deterministic ops: the same --seed "
               "gives the same metrics (slower; RandAugment stays non-deterministic).")
     # run
+    d.string("config", None, "A config to start from: the name of one shipped with the package (`mtl-keras configs` "
+             "lists them, e.g. quickstart, cifar10_study/a_vit_mu4) or a flagfile's path. Its flags are read in its "
+             "place, so a flag after it wins; --flagfile=PATH works the same way.")
     d.integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.",
               lower_bound=0, upper_bound=MAX_SEED)
     d.string("workdir", _D.workdir, "Run directory: metrics.json, flags.txt, model.keras.")
     d.validator("workdir", bool, "--workdir must not be empty")
+    _verbose_flag(d)
     d.boolean("export", _D.export, "Export SavedModel + ONNX after training.")
     _serving_flags(d)
     d.multi_flags_validator(["task", "loss_weighting"], _valid_loss_weighting)
@@ -269,6 +278,7 @@ def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.validator("workdir", bool, "--workdir must not be empty")
     _serving_flags(d)
     _verify_flags(d)
+    _verbose_flag(d)
     d.integer("version", None, "export: version folder number (default: the next free integer); TF Serving reads "
               "versions as int64.", lower_bound=1, upper_bound=2**63 - 1)
     d.string("result_json", None, "export: also write the result (artifacts, metrics.json entries) here.")
@@ -286,6 +296,7 @@ def define_check_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.float("int8_max_drop", _D.int8_max_drop, "Most test-accuracy points the int8 model may lose per head.",
             lower_bound=0.0)
     _verify_flags(d)
+    _verbose_flag(d)
     d.integer("seed", _D.seed, "Seed for weights, data order, augmentation and the validation split.",
               lower_bound=0, upper_bound=MAX_SEED)
     _data_place_flags(d)
@@ -298,13 +309,15 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.integer("top_k", 1, "Classes to print per head.", lower_bound=1)
     d.boolean("json", False, "Print one JSON document instead of lines.")
     _max_image_pixels_flag(d)
+    _verbose_flag(d)
 
 
 def define_experiments_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """python -m mtl_keras.experiments: a grid of flagfiles x seeds. Any training flag on its command line (e.g.
     --epochs=1) is passed to every run after the flagfile, so it wins over the flagfile."""
     d = _Definer(fv)
-    d.string("grid", None, "experiments: comma-separated flagfiles or globs, e.g. 'configs/fmnist_*.flags'.")
+    d.string("grid", None, "experiments: comma-separated config names, flagfiles or globs of either, e.g. "
+             "'fmnist_*' (the shipped fmnist_*.flags) or 'my_configs/*.flags'.")
     d.list("seeds", ["0", "1", "2"], "experiments: seeds to train every flagfile with, e.g. 0,1,2.")
     d.validator("seeds", lambda v: bool(v) and all(s.strip().isdigit() for s in v),
                 "--seeds must be a comma-separated list of non-negative integers, e.g. 0,1,2")
@@ -346,8 +359,18 @@ def config_from_args(args: list[str]) -> TrainConfig:
     """The `TrainConfig` that `python -m mtl_keras.train ARGS` would run, parsed on flags of its own."""
     fv = flags.FlagValues()
     define_train_flags(fv)
-    fv(["train", *args])
+    try:
+        fv(flagfiles.expand(["train", *args]))
+    except flagfiles.FlagfileError as e:
+        raise flags.Error(str(e)) from None
     return to_config(fv)
+
+
+def adopt_for_help(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Lists this module's flags under the program's `--help`: absl's help shows the key flags of sys.argv[0],
+    which is the program's file under `python -m mtl_keras.X` and the `mtl-keras` script under the command."""
+    for flag in fv.get_key_flags_for_module(__name__):
+        fv.register_key_flag_for_module(sys.argv[0], flag)
 
 
 def error_line(error: flags.Error) -> str:
@@ -367,7 +390,10 @@ def parser_exiting_in_one_line(prog: str, fv: flags.FlagValues = flags.FLAGS):
     line `PROG: error: --NAME...` with exit status 2 (absl prints `FATAL Flags parsing error` and a usage hint)."""
     def parse(argv: list[str]) -> list[str]:
         try:
-            return fv(argv)
+            return fv(flagfiles.expand(argv, config="config" in fv))
+        except flagfiles.FlagfileError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            sys.exit(2)
         except flags.Error as e:
             print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
             sys.exit(2)

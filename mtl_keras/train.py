@@ -1,7 +1,8 @@
 """Trains a multi-task (or single-task) classifier, evaluates it, exports it and checks the export.
 
-    python -m mtl_keras.train --flagfile=configs/quickstart.flags
-    python -m mtl_keras.train --flagfile=configs/mtl_vit_c10.flags --data_dir=~/tensorflow_datasets
+    mtl-keras train --config=quickstart                  (or python -m mtl_keras.train --config=quickstart)
+    mtl-keras train --config=mtl_vit_c10 --data_dir=~/tensorflow_datasets
+    mtl-keras train --config=my_run.flags --epochs=3     (a flagfile; `mtl-keras configs copy` makes one)
 
 Writes WORKDIR/flags.txt (the resolved flags), history.csv, model.keras and metrics.json; exports to
 EXPORT_DIR/MODEL_NAME/VERSION (SavedModel + model.onnx) and runs the onnxruntime parity check.
@@ -123,7 +124,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     fit, epochs run and, under a time budget, its record for metrics.json (else {})."""
     import keras
 
-    from mtl_keras import losses
+    from mtl_keras import console, losses
     from mtl_keras.budget import TimeBudget
     from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars, trim_history
 
@@ -152,8 +153,11 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
                      TensorBoardScalars(workdir / "tensorboard"),
                      checkpoint]
+        verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
+        callbacks += console.epoch_clock(epochs, initial_epoch) if verbose == 2 else []
+        # shuffle=False: the tf.data pipeline shuffles; Keras would only warn that it ignores shuffle=True.
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                            steps_per_epoch=steps, verbose=2, callbacks=callbacks)
+                            steps_per_epoch=steps, verbose=verbose, callbacks=callbacks, shuffle=False)
         epochs_done = initial_epoch + len(history.epoch)
     if guard.failure:
         epoch, step, loss = guard.failure
@@ -317,22 +321,28 @@ def main(argv: list[str]) -> None:
 
     from absl import flags
 
-    from mtl_keras import flags as mtl_flags
+    from mtl_keras import console, flags as mtl_flags
 
     logging.set_verbosity(logging.WARNING)  # keep TF's INFO lines (export, tf2onnx) out of the run log
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; flags look like --name=value")
+    print(console.hardware_line(), flush=True)
     try:
         run(mtl_flags.to_config(flags.FLAGS))
     except MtlError as e:
         sys.exit(report("train", e))
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """`mtl-keras train` and `python -m mtl_keras.train`."""
     from absl import app, flags
 
     from mtl_keras import flags as mtl_flags
 
     mtl_flags.define_train_flags(flags.FLAGS)
-    flags.adopt_module_key_flags(mtl_flags)  # --help lists these (only train's are defined in this process)
-    app.run(main, flags_parser=mtl_flags.parser_exiting_in_one_line("train"))
+    mtl_flags.adopt_for_help(flags.FLAGS)  # --help lists these (only train's are defined in this process)
+    app.run(main, argv=argv, flags_parser=mtl_flags.parser_exiting_in_one_line("train"))
+
+
+if __name__ == "__main__":
+    cli()

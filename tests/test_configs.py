@@ -1,4 +1,5 @@
-"""Every flagfile in configs/ parses with absl, opens with its purpose and command, and builds its model."""
+"""Every config shipped in mtl_keras/configs/ parses with absl, opens with its purpose and command, and builds its
+model."""
 
 from __future__ import annotations
 
@@ -8,21 +9,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.flags"))
-# Study rows and grids in subfolders: deltas on a base flagfile, run through python -m mtl_keras.experiments.
-ALL_CONFIGS = sorted((REPO / "configs").rglob("*.flags"))
+CONFIG_DIR = REPO / "mtl_keras" / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.flags"))
+# Study rows and grids in subfolders: deltas on a base flagfile, run through `mtl-keras experiments`.
+ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.flags"))
 
 
 def _parse(path: Path, *extra: str):
     from mtl_keras import flags as mtl_flags
 
-    return mtl_flags.config_from_args([f"--flagfile={path}", *extra])
+    return mtl_flags.config_from_args([f"--config={path.relative_to(CONFIG_DIR).with_suffix('')}", *extra])
 
 
 def _comments(path: Path) -> str:
     """The comment lines of a flagfile and of the flagfiles it nests."""
     lines = path.read_text().splitlines()
-    nested = [REPO / line.split("=", 1)[1] for line in lines if line.startswith("--flagfile=")]
+    nested = [path.parent / line.split("=", 1)[1] for line in lines if line.startswith("--flagfile=")]
     return "\n".join([line for line in lines if line.startswith("#")] + [_comments(p) for p in nested])
 
 
@@ -58,7 +60,7 @@ def test_flagfile_opens_with_purpose_and_command(path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# ") and len(lines[0]) > 20, "first line: a comment giving the purpose"
     comments = [line for line in lines if line.startswith("#")]
-    assert any(f"python -m mtl_keras.train --flagfile=configs/{path.name}" in line for line in comments)
+    assert any(f"mtl-keras train --config={path.stem}" in line for line in comments)
     assert all(line.startswith(("#", "--")) for line in lines if line.strip())
 
 
@@ -67,7 +69,7 @@ def test_flagfile_parses_and_builds_its_model(path, monkeypatch):
     from mtl_keras.modeling import build_and_compile
     from mtl_keras.models import ADAPTED_NORM
 
-    monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the repository root
+    monkeypatch.chdir(REPO / "tests")  # nested --flagfile paths are relative to their file, not to here
     config = _parse(path)
     if config.data.dataset == "folder":  # every folder config here is a CIFAR-10 tree, and runs on tfds CIFAR-10 too
         assert config.data.data_dir == "data/cifar10" and "cifar10_tree.py" in _comments(path)

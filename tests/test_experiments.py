@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, run_module
 
 # The Fashion-MNIST flagfiles, shrunk to seconds per run: command-line flags after the flagfile win.
-GRID = "configs/fmnist_mtl.flags,configs/fmnist_stl_fine.flags,configs/fmnist_stl_coarse.flags"
+GRID = "fmnist_mtl,fmnist_stl_fine,fmnist_stl_coarse"  # shipped config names
 TINY = ["--dataset=shapes", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256", "--batch_size=128",
         "--validation_fraction=0.02", "--nojit_compile"]  # XLA compiling costs more than 1 epoch of Pico
 NAMES = ("fmnist_mtl", "fmnist_stl_fine", "fmnist_stl_coarse")
@@ -167,15 +167,15 @@ def test_deltas_are_paired_by_seed():
 def test_extra_flags_override_the_flagfile_and_bad_ones_name_the_file(tmp_path):
     from mtl_keras.experiments import runner as experiments
 
-    [exp] = experiments.plan([REPO / "configs/fmnist_mtl.flags"], [3], tmp_path, ["--epochs=1", "--dataset=shapes"])
+    [exp] = experiments.plan([REPO / "mtl_keras/configs/fmnist_mtl.flags"], [3], tmp_path, ["--epochs=1", "--dataset=shapes"])
     config = exp.configs[3]
     assert (config.optim.epochs, config.data.dataset, config.model.variant, config.run.seed) == (1, "shapes", "Mu/4", 3)
     assert config.run.workdir == str(tmp_path / "runs" / "fmnist_mtl" / "seed3") and config.serving.export is False
     with pytest.raises(experiments.ExperimentError, match="fmnist_mtl.flags: .*--gamma"):
-        experiments.plan([REPO / "configs/fmnist_mtl.flags"], [0], tmp_path, ["--gamma=2"])
+        experiments.plan([REPO / "mtl_keras/configs/fmnist_mtl.flags"], [0], tmp_path, ["--gamma=2"])
     with pytest.raises(experiments.ExperimentError, match="matches no flagfile"):
         experiments.expand_grid(f"{tmp_path}/nothing_*.flags")
-    assert experiments.expand_grid(str(REPO / "configs/fmnist_*.flags"))[0].name == "fmnist_mtl.flags"
+    assert experiments.expand_grid(str(REPO / "mtl_keras/configs/fmnist_*.flags"))[0].name == "fmnist_mtl.flags"
 
 
 def test_cli_sets_seed_and_workdir_per_run(tmp_path):
@@ -232,7 +232,7 @@ def test_results_dir_that_is_a_file_is_one_line_before_any_training(tmp_path, mo
     blocker = tmp_path / "results"
     blocker.write_text("")  # every run failed on it, then writing the table raised FileExistsError
     with pytest.raises(MtlError, match=f"^--results_dir={blocker} cannot be used: {blocker} is not a folder$"):
-        runner.run_experiments([REPO / "configs/fmnist_mtl.flags"], [0], blocker, ["--dataset=shapes"])
+        runner.run_experiments([REPO / "mtl_keras/configs/fmnist_mtl.flags"], [0], blocker, ["--dataset=shapes"])
 
 
 def test_a_finished_run_with_bad_records_stops_the_grid_in_one_line_naming_it(tmp_path, monkeypatch):
@@ -240,7 +240,7 @@ def test_a_finished_run_with_bad_records_stops_the_grid_in_one_line_naming_it(tm
     from mtl_keras.experiments import runner
 
     _no_training(monkeypatch)
-    flagfile, results, extra = REPO / "configs/fmnist_mtl.flags", tmp_path / "results", ["--dataset=shapes"]
+    flagfile, results, extra = REPO / "mtl_keras/configs/fmnist_mtl.flags", tmp_path / "results", ["--dataset=shapes"]
     [exp] = runner.plan([flagfile], [0], results, extra)
     run_dir = exp.run_dir(0)
     run_dir.mkdir(parents=True)

@@ -76,7 +76,7 @@ def test_every_program_parses_a_bad_flag_to_one_line(prog, args, line, capsys):
      "check_onnx: error: --int8_max_drop"),
     ("mtl_keras.predict", ["--top_k=0", "image.png"], "predict: error: --top_k"),
     ("mtl_keras.predict", ["--max_image_pixels=-1", "image.png"], "predict: error: --max_image_pixels"),
-    ("mtl_keras.experiments", ["--grid=configs/quickstart.flags", "--gamma=nan"], "experiments: error: --gamma"),
+    ("mtl_keras.experiments", ["--grid=quickstart", "--gamma=nan"], "experiments: error: --gamma"),
 ])
 def test_every_cli_bad_flag_is_one_line(tmp_path, module, args, line):
     proc = run_module(module, *args, f"--workdir={tmp_path / 'w'}" if module == "mtl_keras.export" else

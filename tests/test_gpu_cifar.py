@@ -131,18 +131,19 @@ def fails_with(capsys, argv, text: str) -> None:
 
 def test_flagfiles_nest_and_later_flags_win(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "base.flags").write_text("# base\n--epochs=7\n--batch_size=32\n--ema\n--model=cct\n")
-    # The nested path is relative to the working directory (as absl reads it), not to the including file.
-    (tmp_path / "top.flags").write_text("--flagfile=sub/base.flags\n\n--epochs=5\n--noema\n--workdir=runs/cpu\n"
-                                        "--dataset=cifar10\n--mixed_precision=bfloat16\n// comment\n")
-    config, options = gpu_cifar.parse_args(["--batch_size=8", "--flagfile=top.flags", "--epochs=2",
+    (tmp_path / "cfg" / "sub").mkdir(parents=True)
+    (tmp_path / "cfg" / "sub" / "base.flags").write_text("# base\n--epochs=7\n--batch_size=32\n--ema\n--model=cct\n")
+    # The nested path is relative to the including file (as mtl_keras.train reads it), not to the working directory.
+    (tmp_path / "cfg" / "top.flags").write_text("--flagfile=sub/base.flags\n\n--epochs=5\n--noema\n"
+                                               "--workdir=runs/cpu\n--dataset=cifar10\n--mixed_precision=bfloat16\n"
+                                               "// comment\n")
+    config, options = gpu_cifar.parse_args(["--batch_size=8", "--flagfile=cfg/top.flags", "--epochs=2",
                                             "--augment=flip_crop,mixup", "--peak_tflops=100", "--workdir=out"])
     assert (config.optim.epochs, config.optim.batch_size, config.optim.ema, config.model.model) == (2, 32, False, "cct")
     assert config.optim.mixed_precision == "bfloat16" and config.data.augment == "flip_crop,mixup"
     assert options.peak_tflops == 100.0 and options.workdir == "out"  # the flagfile's --workdir is not ours
     assert options.config_name == "top"
-    config, options = gpu_cifar.parse_args(["--flagfile=top.flags"])
+    config, options = gpu_cifar.parse_args(["--flagfile=cfg/top.flags"])
     assert options.workdir is None and config.optim.epochs == 5
 
 
@@ -155,16 +156,17 @@ def test_bad_flags_are_one_line_errors(tmp_path, monkeypatch, capsys):
     fails_with(capsys, ["--epochs=0"], "--epochs=0: must be >= 1")
     fails_with(capsys, ["--mixed_precision=fp8"], "choose one of float32, bfloat16, float16")
     fails_with(capsys, ["--augment=flip_crop,randaugment"], "randaugment is not available without TensorFlow")
-    fails_with(capsys, ["--flagfile=missing.flags"], "--flagfile=missing.flags: cannot read it")
+    fails_with(capsys, ["--flagfile=missing.flags"], "--flagfile=missing.flags: no such file")
+    fails_with(capsys, ["--config=no_such_config"], "--config=no_such_config: no such config or file")
     fails_with(capsys, ["--epochs"], "--epochs needs a value")
     fails_with(capsys, ["--given=x"], "unknown flag --given")  # Options fields that are not flags
     fails_with(capsys, ["--noepochs"], "unknown flag --noepochs")  # negation is for booleans only
 
 
-def test_every_repo_flagfile_parses():
-    for path in sorted((REPO / "configs").glob("*.flags")):
-        config, _ = gpu_cifar.parse_args([f"--flagfile={path}"])
-        assert config.optim.epochs >= 1, path
+def test_every_shipped_config_parses():
+    for path in sorted((REPO / "mtl_keras" / "configs").glob("*.flags")):
+        config, options = gpu_cifar.parse_args([f"--config={path.stem}"])
+        assert config.optim.epochs >= 1 and options.config_name == path.stem, path
 
 
 # ---------------------------------------------------------------------------------------- augmentation
@@ -279,7 +281,7 @@ def test_runner_trains_on_cpu_without_tensorflow(tmp_path):
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_TF)
     env = subprocess_env(KERAS_BACKEND="jax", PYTHONPATH=f"{tmp_path / 'block'}:{REPO}", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_cifar.py"), f"--flagfile={REPO / 'configs/quickstart.flags'}",
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_cifar.py"), "--config=quickstart",
            f"--npz={pack}", "--variant=Pico/4", "--epochs=3", "--batch_size=64", "--learning_rate=3e-3",
            "--warmup_epochs=0.5", "--validation_fraction=0.1", "--augment=flip_crop,mixup",
            f"--workdir={tmp_path / 'work'}", f"--pixel_cache={tmp_path / 'cache'}"]

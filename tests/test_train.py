@@ -83,7 +83,7 @@ def test_offline_cifar_download_fails_within_seconds_in_one_line(tmp_path):
     (tmp_path / "offline" / "sitecustomize.py").write_text(OFFLINE)
     env = subprocess_env(PYTHONPATH=f"{tmp_path / 'offline'}:{REPO}")
     start = time.time()
-    proc = run_module("mtl_keras.train", "--flagfile=configs/mtl_vit_c10.flags", f"--data_dir={tmp_path / 'tfds'}",
+    proc = run_module("mtl_keras.train", "--config=mtl_vit_c10", f"--data_dir={tmp_path / 'tfds'}",
                       f"--workdir={tmp_path / 'w'}", env=env, timeout=90)  # tfds alone retries for minutes
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert _last_line(proc).startswith(f"train: error: dataset cifar10 not found in --data_dir={tmp_path / 'tfds'} "
@@ -153,7 +153,7 @@ def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expe
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
 
 
-QUICK = ["--flagfile=configs/quickstart.flags", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256",
+QUICK = ["--config=quickstart", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256",
          "--noexport"]
 
 

@@ -1,8 +1,8 @@
 """The grid runner: a grid of flagfiles x seeds, trained resumably, then a results table (mean ± std over seeds)
 and plots.
 
-    python -m mtl_keras.experiments --grid='configs/fmnist_*.flags' --seeds=0,1,2 --results_dir=results/fashion_mnist
-    python -m mtl_keras.experiments --grid=configs/a.flags,configs/b.flags --seeds=0,1 --results_dir=/tmp/r --epochs=1
+    mtl-keras experiments --grid='fmnist_*' --seeds=0,1,2 --results_dir=results/fashion_mnist
+    mtl-keras experiments --grid=my/a.flags,my/b.flags --seeds=0,1 --results_dir=/tmp/r --epochs=1
 
 Every run trains in-process (one TensorFlow start for the whole grid) with `train.run` in
 RESULTS_DIR/runs/<flagfile stem>/seed<k>, with --noexport; training flags given here override the flagfiles.
@@ -56,15 +56,26 @@ class Experiment:
 
 
 def expand_grid(grid: str) -> list[Path]:
-    """Flagfiles named by a comma-separated list of paths and globs, in order, without duplicates."""
+    """Flagfiles named by a comma-separated list of paths, shipped config names and globs of either (a glob
+    that matches no file here is tried among the shipped configs), in order, without duplicates."""
+    from mtl_keras import flagfiles
+
     paths: list[Path] = []
     for item in filter(None, (s.strip() for s in grid.split(","))):
-        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
-        if not matches or not Path(matches[0]).is_file():
-            raise ExperimentError(f"--grid: {item!r} matches no flagfile")
+        if glob.has_magic(item):
+            shipped = item if item.endswith(flagfiles.SUFFIX) else item + flagfiles.SUFFIX
+            matches = sorted(glob.glob(item)) or sorted(glob.glob(str(flagfiles.CONFIG_DIR / shipped)))
+            matches = [m for m in matches if Path(m).is_file()]
+        else:
+            try:
+                matches = [str(flagfiles.resolve(item))]
+            except flagfiles.FlagfileError as e:
+                raise ExperimentError(f"--grid: {item!r} matches no flagfile ({str(e).split('; ', 1)[1]})") from None
+        if not matches:
+            raise ExperimentError(f"--grid: {item!r} matches no flagfile (`mtl-keras configs` lists the shipped ones)")
         paths += [Path(m) for m in matches if Path(m) not in paths]
     if not paths:
-        raise ExperimentError("--grid is empty; give flagfiles or globs, e.g. --grid='configs/fmnist_*.flags'")
+        raise ExperimentError("--grid is empty; give config names, flagfiles or globs, e.g. --grid='fmnist_*'")
     return paths
 
 

@@ -1,7 +1,7 @@
 """Classifies image files with an exported model: top fine and coarse classes with probabilities.
 
-    python -m mtl_keras.predict --model=export/quickstart/1 cat.png dog.jpg
-    python -m mtl_keras.predict --model=export/quickstart/1/model.onnx --json --top_k=3 *.png
+    mtl-keras predict --model=export/quickstart/1 cat.png dog.jpg
+    mtl-keras predict --model=export/quickstart/1/model.onnx --json --top_k=3 *.png
 
 PATH is a SavedModel version folder (class names from assets.extra/classes.json), an .onnx file (class
 names from its metadata) or a run's model.keras (class names from the run's classes.json), opened by
@@ -45,25 +45,31 @@ def top(probs: np.ndarray, names: list[str] | None, k: int) -> list[dict]:
     return [{"class": names[i] if names else str(i), "id": int(i), "probability": float(probs[i])} for i in order]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`mtl-keras predict` and `python -m mtl_keras.predict`; `argv` as sys.argv (program name first)."""
     from absl import flags
 
+    from mtl_keras import flagfiles
     from mtl_keras.errors import report
     from mtl_keras.flags import define_predict_flags, error_line
     from mtl_keras.serving import runtime
 
     FLAGS = flags.FlagValues()  # its own: a --model path here is not train's trunk
     define_predict_flags(FLAGS)
-    if {"--help", "-h", "--helpfull"} & set(sys.argv[1:]):
+    argv = sys.argv if argv is None else argv
+    if {"--help", "-h", "--helpfull"} & set(argv[1:]):
         print(__doc__.strip() + "\n\nflags:\n" + FLAGS.get_help())
         return 0
     try:
-        files = FLAGS(sys.argv)[1:]
+        files = FLAGS(flagfiles.expand(argv, config=False))[1:]
+    except flagfiles.FlagfileError as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        return 2
     except flags.Error as e:
         print(f"predict: error: {error_line(e)}", file=sys.stderr)
         return 2
     if not FLAGS.model or not files:
-        print("predict: error: usage: python -m mtl_keras.predict --model=PATH IMAGE [IMAGE ...]", file=sys.stderr)
+        print("predict: error: usage: mtl-keras predict --model=PATH IMAGE [IMAGE ...]", file=sys.stderr)
         return 2
     try:
         classifier = runtime.load(FLAGS.model)

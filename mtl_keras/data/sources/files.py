@@ -1,7 +1,7 @@
 """Your own images as a dataset: a class-hierarchy folder tree or a CSV label file.
 
-    python -m mtl_keras.train --flagfile=configs/quickstart.flags --dataset=folder --data_dir=ROOT
-    python -m mtl_keras.train --flagfile=configs/quickstart.flags --dataset=csv --data_dir=labels.csv
+    mtl-keras train --config=quickstart --dataset=folder --data_dir=ROOT
+    mtl-keras train --config=quickstart --dataset=csv --data_dir=labels.csv
 
 `folder`: ROOT/COARSE/FINE/*.{jpg,jpeg,png,bmp,gif} (nested folders below FINE are fine). Optional
 ROOT/train, ROOT/val, ROOT/test trees are the splits; a missing val or test split is carved from train,

@@ -1,0 +1,52 @@
+"""A quiet start: TensorFlow's C++ start-up lines are dropped unless asked for, and what was found is said in words."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO, subprocess_env
+
+from mtl_keras import console
+
+TF_NOISE = ("absl::InitializeLog", "cudart_stub.cc", "port.cc", "cuInit")
+
+
+def test_filtered_stderr_drops_the_start_up_lines_and_keeps_the_rest(capfd):
+    with console.filtered_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1796480390.532743   20644 port.cc:153] oneDNN custom operations are on.\n"
+                    b"E0000 00:00:1796480339.713752   20020 cuda_platform.cc:52] failed call to cuInit: X\n"
+                    b"a line of the user's own\n")
+    assert capfd.readouterr().err == "a line of the user's own\n"
+
+
+def _import_tensorflow(*argv: str, **env: str) -> str:
+    environment = {k: v for k, v in subprocess_env(**env).items() if k != "TF_CPP_MIN_LOG_LEVEL" or env}
+    code = "import mtl_keras, tensorflow as tf; tf.config.list_physical_devices(); print('imported')"
+    proc = subprocess.run(check=False, args=[sys.executable, "-c", code, *argv], cwd=REPO, env=environment, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "imported\n", proc.stderr[-2000:]
+    return proc.stderr
+
+
+def test_importing_tensorflow_through_the_package_prints_nothing_unless_asked():
+    assert not any(noise in _import_tensorflow() for noise in TF_NOISE), _import_tensorflow()
+    # --verbose, or the user's own TF_CPP_MIN_LOG_LEVEL, keeps TensorFlow's lines (this machine prints some).
+    assert "absl::InitializeLog" in _import_tensorflow("--verbose")
+    assert "absl::InitializeLog" in _import_tensorflow(TF_CPP_MIN_LOG_LEVEL="0")
+
+
+def test_hardware_line_names_backend_and_devices():
+    import tensorflow as tf
+
+    line = console.hardware_line()
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    assert line.startswith("Keras 3.") and " on TensorFlow 2." in line
+    assert line.endswith(f": {gpus} GPU{'s' if gpus > 1 else ''}" if gpus else ": CPU only (no GPU found)")
+
+
+def test_epoch_clock_formats_minutes_and_hours():
+    assert [console._clock(s) for s in (0, 59.6, 61, 3599, 3600, 7384)] == \
+        ["0:00", "1:00", "1:01", "59:59", "1:00:00", "2:03:04"]
