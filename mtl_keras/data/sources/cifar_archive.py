@@ -170,9 +170,8 @@ def _batch(batch: dict, name: str, where: str) -> tuple[np.ndarray, np.ndarray, 
             _labels(batch, "coarse_labels", n, 20, where, layout))
 
 
-def _read_folder(folder: str, layout: Layout) -> dict[str, bytes]:
-    """Member name -> bytes of the files `layout` needs, from an extracted folder."""
-    members = {}
+def _read_folder(folder: str, layout: Layout):
+    """Yields (member, bytes) for each file `layout` needs, from an extracted folder."""
     for member in (layout.meta, *layout.train, *layout.test):
         path = os.path.join(folder, member)
         try:
@@ -180,42 +179,40 @@ def _read_folder(folder: str, layout: Layout) -> dict[str, bytes]:
             if size > MAX_MEMBER_BYTES:
                 raise DatasetError(f"{path} is {size} bytes, more than any {layout.title} batch: {_expected(layout)}")
             with open(path, "rb") as f:
-                members[member] = f.read()
+                raw = f.read()
         except OSError as e:
             raise DatasetError(f"{path} cannot be read ({e.strerror or e}): the folder {folder} is incomplete; "
                                f"{_expected(layout)}") from None
-    return members
+        yield member, raw
 
 
-def _read_archive(path: str, layout: Layout, other: Layout) -> dict[str, bytes]:
-    """Member name -> bytes of the members `layout` needs, in one pass over the (gzipped) tar, nothing extracted."""
+def _read_archive(path: str, name: str):
+    """Yields (member, bytes) for each member `layout` needs, in one pass over the (gzipped) tar, extracting
+    nothing; a member is read only after the previous one was used, so one raw batch is in memory at a time."""
+    layout, other = LAYOUTS[name], LAYOUTS[_other(name)]
     wanted = {f"{layout.folder}/{m}": m for m in (layout.meta, *layout.train, *layout.test)}
-    members, foreign = {}, False
+    seen = set()
     try:
         with tarfile.open(path, "r|*") as tar:  # a stream: one gunzip pass, no seeking back
             for info in tar:
-                foreign = foreign or info.name.split("/")[0] == other.folder
+                if not seen and info.name.split("/")[0] == other.folder:
+                    raise DatasetError(f"{path} is the {other.title} archive, not {layout.title}'s: "
+                                       f"{_expected(layout)}, or pass --dataset={_other(name)}")
                 if info.name not in wanted or not info.isfile():
                     continue
                 if info.size > MAX_MEMBER_BYTES:
                     raise DatasetError(f"{path} member {info.name} is {info.size} bytes, more than any "
                                        f"{layout.title} batch: {_expected(layout)}")
-                members[wanted[info.name]] = tar.extractfile(info).read()
+                seen.add(info.name)
+                yield wanted[info.name], tar.extractfile(info).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # a cut gzip stream is EOFError
-        if foreign:
-            members = {}  # a damaged archive of the other dataset: name the mix-up, not the damage
-        else:
-            raise DatasetError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}): cannot read it as a "
-                               f"gzipped tar; {_expected(layout)}") from None
-    if foreign and not members:
-        raise DatasetError(f"{path} is the {other.title} archive, not {layout.title}'s: {_expected(layout)}, or "
-                           f"pass --dataset={'cifar100' if other.folder == 'cifar-100-python' else 'cifar10'}")
-    missing = [name for name, member in wanted.items() if member not in members]
+        raise DatasetError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}): cannot read it as a "
+                           f"gzipped tar; {_expected(layout)}") from None
+    missing = [member for member in wanted if member not in seen]
     if missing:
-        what = "truncated, or not" if members else "not"
+        what = "truncated, or not" if seen else "not"
         raise DatasetError(f"{path} lacks {missing[0]} ({len(missing)} of {len(wanted)} members missing): {what} "
                            f"the {layout.title} python archive ({layout.official})")
-    return members
 
 
 def read(name: str, path: str, fine_names: tuple[str, ...], coarse_names: tuple[str, ...],
@@ -226,33 +223,39 @@ def read(name: str, path: str, fine_names: tuple[str, ...], coarse_names: tuple[
     names match tfds's; CIFAR-100's own coarse labels must agree with `fine_to_coarse`, CIFAR-10's come from it.
     """
     layout = LAYOUTS[name]
-    members = (_read_folder(path, layout) if os.path.isdir(path)
-               else _read_archive(path, layout, LAYOUTS[_other(name)]))
+    lookup = np.asarray(fine_to_coarse, np.int32)
 
     def where(member: str) -> str:
         return os.path.join(path, member) if os.path.isdir(path) else f"{path} member {layout.folder}/{member}"
 
-    meta = _unpickle(members[layout.meta], where(layout.meta), layout)
+    parsed = {}  # member -> meta dict, or a batch's (images, fine, coarse)
+    members = (_read_folder(path, layout) if os.path.isdir(path)
+               else _read_archive(path, name))
+    for member, raw in members:
+        content = _unpickle(raw, where(member), layout)
+        del raw  # the raw pickle can go before the next member is read
+        if member == layout.meta:
+            parsed[member] = content
+            continue
+        images, fine, coarse = _batch(content, name, where(member))
+        if coarse is None:
+            coarse = lookup[fine]
+        elif not np.array_equal(coarse, lookup[fine]):
+            bad = int(np.flatnonzero(coarse != lookup[fine])[0])
+            raise DatasetError(f"{where(member)} gives {fine_names[fine[bad]]} the superclass "
+                               f"{coarse_names[coarse[bad]]}, not {coarse_names[lookup[fine[bad]]]}: corrupt, "
+                               f"or not the {layout.title} archive ({layout.official})")
+        parsed[member] = (images, fine, coarse)
+
+    meta = parsed[layout.meta]
     if name == "cifar10":
         _names(meta, "label_names", fine_names, where(layout.meta), layout)
     else:
         _names(meta, "fine_label_names", fine_names, where(layout.meta), layout)
         _names(meta, "coarse_label_names", coarse_names, where(layout.meta), layout)
-    lookup = np.asarray(fine_to_coarse, np.int32)
 
     def split(member_names: tuple[str, ...]):
-        parts = []
-        for member in member_names:
-            images, fine, coarse = _batch(_unpickle(members.pop(member), where(member), layout), name,
-                                          where(member))
-            if coarse is None:
-                coarse = lookup[fine]
-            elif not np.array_equal(coarse, lookup[fine]):
-                bad = int(np.flatnonzero(coarse != lookup[fine])[0])
-                raise DatasetError(f"{where(member)} gives {fine_names[fine[bad]]} the superclass "
-                                   f"{coarse_names[coarse[bad]]}, not {coarse_names[lookup[fine[bad]]]}: corrupt, "
-                                   f"or not the {layout.title} archive ({layout.official})")
-            parts.append((images, fine, coarse))
+        parts = [parsed.pop(m) for m in member_names]
         return tuple(np.concatenate(arrays) if len(parts) > 1 else arrays[0] for arrays in zip(*parts))
 
     return split(layout.train), split(layout.test)
