@@ -316,3 +316,16 @@ def test_train_refuses_a_foreign_archive_in_one_line_and_writes_nothing(tmp_path
                          "the CIFAR-10 python archive (cifar-10-python.tar.gz) or its folder cifar-10-batches-py/, or "
                          "pass --dataset=cifar100")
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("form", ["archive", "folder"])
+def test_a_member_larger_than_any_batch_is_refused_unread(tmp_path, monkeypatch, form):
+    monkeypatch.setattr(cifar_archive, "MAX_MEMBER_BYTES", 1000)  # the tiny batches are ~10 kB; real ones 31-155 MB
+    if form == "archive":
+        path = write_archive(tmp_path / "cifar-10-python.tar.gz", "cifar10")
+        pattern = rf"^dataset cifar10: {path} member cifar-10-batches-py/data_batch_1 is \d+ bytes, more than any"
+    else:
+        path = write_folder(tmp_path / "cifar-10-batches-py", "cifar10")
+        pattern = rf"^dataset cifar10: {path / 'data_batch_1'} is \d+ bytes, more than any CIFAR-10 batch"
+    with pytest.raises(DatasetError, match=pattern):
+        load("cifar10", path)
