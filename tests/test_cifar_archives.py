@@ -329,3 +329,15 @@ def test_a_member_larger_than_any_batch_is_refused_unread(tmp_path, monkeypatch,
         pattern = rf"^dataset cifar10: {path / 'data_batch_1'} is \d+ bytes, more than any CIFAR-10 batch"
     with pytest.raises(DatasetError, match=pattern):
         load("cifar10", path)
+
+
+def test_cifar_configs_name_user_sources_only():
+    # A config's header is what a user follows: it names the archive, tfds or a folder tree, never a path that exists
+    # only in a development checkout.
+    configs = sorted(Path(__file__).resolve().parents[1].glob("**/configs/**/*.flags"))
+    assert configs
+    assert [str(p) for p in configs if "../shared" in p.read_text()] == []
+    for p in configs:
+        text = p.read_text()
+        if "--dataset=cifar10\n" in text or "--dataset=cifar100\n" in text:
+            assert "official" in text or "--flagfile=" in text, p  # own header, or a base's that says it
