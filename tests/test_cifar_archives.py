@@ -341,3 +341,14 @@ def test_cifar_configs_name_user_sources_only():
         text = p.read_text()
         if "--dataset=cifar10\n" in text or "--dataset=cifar100\n" in text:
             assert "official" in text or "--flagfile=" in text, p  # own header, or a base's that says it
+
+
+def test_source_order_archive_named_then_tfds_then_keras_cache(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    write_archive(tmp_path / "keras_home" / "datasets" / "cifar-10-batches-py-target_archive", "cifar10")
+    named = write_archive(tmp_path / "mine" / "cifar-10-python.tar.gz", "cifar10")
+    with tfds.testing.mock_data(num_examples=7):  # tfds answers with 7 test images where it is asked
+        assert len(load("cifar10", None).test) == N_TEST  # tfds has nothing prepared: Keras's cache
+        (tmp_path / "tfds_home" / "cifar10").mkdir(parents=True)
+        assert len(load("cifar10", None).test) == 7  # tfds's data is present: tfds stays the source
+        assert len(load("cifar10", named).test) == N_TEST  # an archive the user names wins
