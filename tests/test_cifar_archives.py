@@ -344,7 +344,7 @@ def test_cifar_configs_name_user_sources_only():
 
 
 def test_source_order_archive_named_then_tfds_then_keras_cache(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a dependency of the package, imported here for its seconds
     write_archive(tmp_path / "keras_home" / "datasets" / "cifar-10-batches-py-target_archive", "cifar10")
     named = write_archive(tmp_path / "mine" / "cifar-10-python.tar.gz", "cifar10")
     with tfds.testing.mock_data(num_examples=7):  # tfds answers with 7 test images where it is asked
