@@ -44,7 +44,7 @@ EVALUATION = "evaluation"  # how the trained model is evaluated and exported: a 
 PLACE = "place"  # where inputs and outputs live, how they are checked, compile speed: never identifies a run
 # Where the images are read from: identifies a run when the dataset is that folder or file (FILE_DATASETS, by its
 # real path; a resumed folder run on another --data_dir re-scored the old model on new data), else like PLACE
-# (tfds's cache folder for CIFAR).
+# (CIFAR's archive or tfds folder: every CIFAR source holds the same images).
 DATA = "data"
 FILE_DATASETS = ("folder", "csv")
 
@@ -75,7 +75,7 @@ def parse_policies(spec: str) -> tuple[str, ...]:
 @dataclasses.dataclass
 class DataConfig:
     dataset: str = _field("shapes")
-    data_dir: str | None = _field(None, DATA)  # tfds data_dir (CIFAR), image tree ROOT (folder), label file (csv)
+    data_dir: str | None = _field(None, DATA)  # CIFAR archive or tfds data_dir, image tree ROOT (folder), label file (csv)
     download: bool = _field(True, PLACE)
     validation_fraction: float = _field(0.15)
     max_train_examples: int | None = _field(None)

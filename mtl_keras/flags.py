@@ -96,7 +96,9 @@ def _valid_loss_weighting(values: dict) -> bool:
 
 def _data_place_flags(d: _Definer) -> None:
     """Where the data lives and how folder / csv images are read: all a test split needs."""
-    d.string("data_dir", _D.data_dir, "cifar10/cifar100: tensorflow-datasets data_dir with prepared data; "
+    d.string("data_dir", _D.data_dir, "cifar10/cifar100: the official python archive (cifar-10-python.tar.gz, "
+             "cifar-100-python.tar.gz), its extracted folder, a folder holding either (~/.keras/datasets), or a "
+             "tensorflow-datasets data_dir with prepared data; "
              "folder: the image tree ROOT (ROOT/COARSE/FINE/*.jpg); csv: the label file (path,fine,coarse).")
     d.string("fashion_mnist_dir", _D.fashion_mnist_dir,
              "Folder with the Fashion-MNIST idx files (*-ubyte.gz), as `apt-get install "

@@ -71,8 +71,8 @@ def test_flagfile_parses_and_builds_its_model(path, monkeypatch):
 
     monkeypatch.chdir(REPO / "tests")  # nested --flagfile paths are relative to their file, not to here
     config = _parse(path)
-    if config.data.dataset == "folder":  # every folder config here is a CIFAR-10 tree, and runs on tfds CIFAR-10 too
-        assert config.data.data_dir == "data/cifar10" and "cifar10_tree.py" in _comments(path)
+    if config.data.dataset == "folder":  # every folder config here is a CIFAR-10 tree, and runs on CIFAR-10 too
+        assert config.data.data_dir == "data/cifar10" and "data/cifar10/COARSE/FINE/" in _comments(path)
         config = _parse(path, "--dataset=cifar10")
     info, shape = _info_and_shape(config.data.dataset)
     stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model.model in ADAPTED_NORM else None

@@ -1,16 +1,28 @@
-"""CIFAR-10 and CIFAR-100 through tensorflow-datasets, with their class trees.
+"""CIFAR-10 and CIFAR-100, with their class trees, from the official python archives or tensorflow-datasets.
+
+Where the images come from, first match wins:
+1. --data_dir is, or holds, the official python archive or its extracted folder (cifar_archive.py);
+2. tfds's prepared data in --data_dir, or in tfds's own data_dir when --data_dir is not given;
+3. without --data_dir, the archive in Keras's cache ($KERAS_HOME or ~/.keras, then datasets/), where
+   `keras.datasets.cifar10.load_data()` leaves it;
+4. a tfds download, when --download is on and the host answers.
+Every source gives the official splits: 50,000 training images (validation is carved from them) and the
+10,000 test images.
 
 Class names and fine -> coarse maps are shipped because tfds knows them only after a real download. Label ids
-follow tfds (the original CIFAR order: alphabetical for CIFAR-100). Offline, a missing dataset fails within
-seconds with one line (tfds alone retries a download for minutes).
+follow tfds, which is the archives' order (alphabetical for CIFAR-100), so a model trained on one source scores
+on the other. Offline, a missing dataset fails within seconds with one line (tfds alone retries a download for
+minutes).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
 
+from mtl_keras.data.sources import cifar_archive
 from mtl_keras.data.types import DatasetInfo, Source, Split
 from mtl_keras.errors import DatasetError
 
@@ -58,7 +70,8 @@ _TFDS_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"
 def _require_download(name: str, data_dir: str | None, download: bool) -> None:
     """Called when `name` is not prepared: returns if tfds may download it, else raises one clear line."""
     where = f"--data_dir={data_dir}" if data_dir else "the default tfds data_dir (~/tensorflow_datasets)"
-    hint = (f"prepare it on a machine with internet (`tfds build {name} --data_dir=DIR`), "
+    hint = (f"pass --data_dir naming the official archive {cifar_archive.LAYOUTS[name].official} (or the folder "
+            f"holding it), or prepare it on a machine with internet (`tfds build {name} --data_dir=DIR`), "
             "copy DIR here and pass --data_dir=DIR")
     if not download:
         raise DatasetError(f"dataset {name} not found in {where} and --download is off: {hint}")
@@ -70,9 +83,46 @@ def _require_download(name: str, data_dir: str | None, download: bool) -> None:
         raise DatasetError(f"dataset {name} not found in {where} and {host} is unreachable ({e}): {hint}") from None
 
 
+def keras_cache() -> str:
+    """The folder where keras.datasets keeps its downloads, as Keras computes it."""
+    return os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")), "datasets")
+
+
+def _tfds_prepared(name: str) -> bool:
+    """Whether tfds's default data_dir holds `name` (a cheap look, without importing tfds)."""
+    root = os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
+    return os.path.isdir(os.path.join(os.path.expanduser(root), name))
+
+
+def _from_archive(name: str, path: str) -> Source:
+    fine_names, coarse_names, fine_to_coarse = CLASSES[name]
+    try:
+        train, test = cifar_archive.read(name, path, fine_names, coarse_names, fine_to_coarse)
+    except DatasetError as e:
+        raise DatasetError(f"dataset {name}: {e}") from None
+    return Source(DatasetInfo(name, fine_names, coarse_names, fine_to_coarse), Split(*train), Split(*test))
+
+
 def load(settings) -> Source:
-    """CIFAR-10 or -100 (`settings.dataset`) from tfds in `settings.data_dir` (a config.DataConfig)."""
-    import tensorflow_datasets as tfds  # here: it takes seconds to import, and only CIFAR needs it
+    """CIFAR-10 or -100 (`settings.dataset`) from the first source that has it (module docstring)."""
+    name, data_dir = settings.dataset, settings.data_dir
+    try:
+        archive = cifar_archive.find(name, data_dir)
+    except DatasetError as e:
+        raise DatasetError(f"dataset {name}: {e}") from None
+    if not archive and not data_dir and not _tfds_prepared(name):
+        try:
+            archive = cifar_archive.find(name, keras_cache())
+        except DatasetError:  # the cache holds only the other CIFAR: not this run's business
+            archive = None
+    if archive:
+        return _from_archive(name, archive)
+    return _load_tfds(settings)
+
+
+def _load_tfds(settings) -> Source:
+    """CIFAR-10 or -100 from tfds in `settings.data_dir`, downloading it when allowed."""
+    import tensorflow_datasets as tfds  # here: it takes seconds to import, and only tfds CIFAR needs it
 
     name, data_dir, download = settings.dataset, settings.data_dir, settings.download
     fine_names, coarse_names, fine_to_coarse = CLASSES[name]
