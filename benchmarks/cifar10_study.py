@@ -107,7 +107,7 @@ def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path, at
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results/cifar10_cpu")
+    parser.add_argument("--results", default="results/cifar10_study")
     parser.add_argument("--at_gflops", type=float, action="append", default=[],
                         help="print the fit's extrapolated fine-head accuracy at this training compute")
     args = parser.parse_args()
