@@ -86,3 +86,14 @@ def test_license_file_matches_the_declared_license():
     license_text = (REPO / "LICENSE").read_text()
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
     assert "END OF TERMS AND CONDITIONS" in license_text
+
+
+def test_results_index_lists_every_results_folder_with_its_command():
+    index = (REPO / "results" / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in index.splitlines() if line.startswith("| [")}
+    folders = sorted(p.parent.relative_to(REPO / "results").as_posix() for p in (REPO / "results").rglob("results.md"))
+    assert folders, "no results folders found"
+    for folder in folders:
+        row = next((line for cell, line in rows.items() if f"[{folder}/]" in cell), None)
+        assert row, f"results/README.md does not index results/{folder}/"
+        assert f"--results_dir=results/{folder}" in row, f"results/{folder}/'s row lacks the command writing it"
