@@ -1,10 +1,10 @@
 """The CIFAR-10 recipe study's combined table and scaling view, from the experiment runner's results.csv files.
 
     mtl-keras experiments --grid='cifar10_study/a_*' --seeds=0 \
-        --results_dir=results/cifar10_cpu/budget_a
+        --results_dir=results/cifar10_study/budget_a
     mtl-keras experiments --grid='cifar10_study/b_*' --seeds=0 \
-        --results_dir=results/cifar10_cpu/budget_b
-    python benchmarks/cifar10_study.py --results=results/cifar10_cpu
+        --results_dir=results/cifar10_study/budget_b
+    python benchmarks/cifar10_study.py --results=results/cifar10_study
 
 Writes RESULTS/study.md and study.csv (one row per flagfile, with the command that trains it) and scaling.png:
 test error against training compute for the ViT sizes and budgets, with a power-law fit err = a * C^-b over the
@@ -109,7 +109,7 @@ def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path, at
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results/cifar10_cpu")
+    parser.add_argument("--results", default="results/cifar10_study")
     parser.add_argument("--at_gflops", type=float, action="append", default=[],
                         help="print the fit's extrapolated fine-head accuracy at this training compute")
     args = parser.parse_args()

@@ -6,4 +6,4 @@ from mtl_keras import console
 # before anything imports TensorFlow, unless the user sets TF_CPP_MIN_LOG_LEVEL or passes --verbose.
 console.quiet_native_logs()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
