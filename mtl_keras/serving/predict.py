@@ -28,9 +28,9 @@ def load_image(path: str, shape: tuple[int, int, int], max_pixels: int) -> np.nd
     from mtl_keras.data.images import fit_images
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ValueError("no such file")
-    refused = too_large(path, max_pixels)
+    refused = too_large(path, max_pixels)  # also anything but a regular file (a FIFO, /dev/zero): never read
     if refused:
         raise ValueError(refused)
     try:
