@@ -23,6 +23,7 @@ from mtl_keras.data import datasets, pipeline
 from mtl_keras import config as config_lib
 from mtl_keras.config import OptimConfig, ServingConfig, TrainConfig
 from mtl_keras.errors import MtlError, RunError, report
+from mtl_keras.run_checks import check_hierarchy_heads, check_same_classes, class_names
 
 
 def check_workdir(workdir: str, flag: str = "workdir") -> Path:
@@ -116,15 +117,14 @@ def pipelines(config: TrainConfig, splits):
     return train_ds, val_ds
 
 
-def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> tuple[float, int]:
-    """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit and epochs run."""
+def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,
+         initial_epoch: int) -> tuple[float, int]:
+    """Fits from `initial_epoch` (restored from `checkpoint`) to --epochs; returns seconds in fit and epochs run."""
     import keras
 
     from mtl_keras import losses
-    from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars, trim_history
+    from mtl_keras.callbacks import NanGuard, TensorBoardScalars, trim_history
 
-    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
-    initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
         trim_history(workdir / "history.csv", initial_epoch)  # rows logged after the checkpoint go
@@ -178,7 +178,7 @@ def run(config: TrainConfig) -> dict:
     """Runs training (resuming from WORKDIR/checkpoints), evaluation, export and checks; returns metrics."""
     from mtl_keras import distribute
     from mtl_keras.callbacks import Checkpoint
-    from mtl_keras.locks import workdir_lock
+    from mtl_keras.locks import refuse_links, workdir_lock
 
     # Everything that can reject the run happens before anything is written.
     data, optim, seed = config.data, config.optim, config.run.seed
@@ -203,7 +203,11 @@ def run(config: TrainConfig) -> dict:
         raise RunError(f"--dataset={data.dataset} has no test images ({len(train)} train / {len(splits.val)} "
                        "validation): give it more images per class (--folder_test_fraction carves the test split "
                        "per class) or a test split (ROOT/test, a CSV split column)")
-    Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint")).check()  # another run's?
+    check_hierarchy_heads(config.model.coarse_head, splits.info)
+    if Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint")).check()[0]:  # another run's?
+        check_same_classes(workdir, splits.info)
+    if workdir.is_dir():
+        refuse_links(workdir, f"--workdir={config.run.workdir}")
 
     workdir.mkdir(parents=True, exist_ok=True)
     with workdir_lock(workdir, f"--workdir={config.run.workdir}"), disk_full_is_one_line(workdir):
@@ -215,6 +219,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     import keras
 
     from mtl_keras import reports
+    from mtl_keras.callbacks import Checkpoint
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
     from mtl_keras.models import ADAPTED_NORM
@@ -223,11 +228,6 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
 
     data, optim, seed = config.data, config.optim, config.run.seed
     info, train = splits.info, splits.train
-    atomic.write_text(workdir / "flags.txt", flagfile_text(config))
-    atomic.write_text(workdir / "config.json", json.dumps(config_lib.flat(config), indent=1) + "\n")
-    class_names = {"fine": list(info.fine_names), "coarse": list(info.coarse_names),
-                   "fine_to_coarse": list(info.fine_to_coarse)}
-    atomic.write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
     keras.utils.set_random_seed(seed)
     steps = len(train) // optim.batch_size
     train_ds, val_ds = pipelines(config, splits)
@@ -249,7 +249,14 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     print(f"{data.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
           f"model {model.name} ({config.model.variant}), {model.count_params():,} parameters, task "
           f"{config.model.task}, {replicas} replica(s), {optim.mixed_precision}")
-    train_seconds, epochs_run = _fit(model, config, workdir, train_ds, val_ds, steps)
+    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
+    initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
+    # The records only once nothing can refuse the run: a refused rerun once rewrote classes.json for the
+    # checkpoint's model, and predict named a dog "cow".
+    atomic.write_text(workdir / "flags.txt", flagfile_text(config))
+    atomic.write_text(workdir / "config.json", json.dumps(config_lib.flat(config), indent=1) + "\n")
+    atomic.write_text(workdir / "classes.json", json.dumps(class_names(info), indent=1) + "\n")
+    train_seconds, epochs_run = _fit(model, config, workdir, train_ds, val_ds, steps, checkpoint, initial_epoch)
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
                        fine_to_coarse=info.fine_to_coarse, force=replicas > 1)

@@ -15,8 +15,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import REPO, require, subprocess_env
+
 from mtl_keras.data import headers
 
 PIL = require("PIL.Image")

@@ -52,10 +52,11 @@ def image_pixels(path: str) -> tuple[int, int, int] | None:
     TensorFlow would not decode either. ValueError when the file claims to be an image but its header cannot be
     read or its kind is not sized here; NotRegularFile (a ValueError) for anything but a regular file."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opened for reading would block until a writer came
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularFile(f"{_kind(mode)}, not an image file; it is not read")
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFile(f"{_kind(mode)}, not an image file; it is not read")
         head = f.read(_HEAD)
         if head.startswith(b"\x89PNG\r\n\x1a\n"):
             if head[12:16] != b"IHDR" or len(head) < 24:

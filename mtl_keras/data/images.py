@@ -12,7 +12,6 @@ from mtl_keras.data.graph_headers import header_pixels
 from mtl_keras.data.headers import too_large
 from mtl_keras.errors import DatasetError
 
-
 _NO_LIMIT = 2 ** 63  # no pixel limit: the header check still refuses anything but a regular file
 
 
