@@ -22,7 +22,7 @@ from mtl_keras import atomic, evaluate
 from mtl_keras.data import datasets, pipeline
 from mtl_keras import config as config_lib
 from mtl_keras.config import OptimConfig, ServingConfig, TrainConfig
-from mtl_keras.errors import MtlError, RunError, report
+from mtl_keras.errors import MtlError, RunError, interrupted, report
 from mtl_keras.run_checks import check_hierarchy_heads, check_same_classes, class_names
 
 
@@ -309,6 +309,8 @@ def main(argv: list[str]) -> None:
         run(mtl_flags.to_config(flags.FLAGS))
     except MtlError as e:
         sys.exit(report("train", e))
+    except KeyboardInterrupt:
+        sys.exit(interrupted("train", "rerun the same command to resume from the last finished epoch"))
 
 
 if __name__ == "__main__":

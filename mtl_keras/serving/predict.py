@@ -46,6 +46,15 @@ def top(probs: np.ndarray, names: list[str] | None, k: int) -> list[dict]:
 
 
 def main() -> int:
+    from mtl_keras.errors import interrupted
+
+    try:
+        return _main()
+    except KeyboardInterrupt:
+        return interrupted("predict", "the images before it were classified")
+
+
+def _main() -> int:
     from absl import flags
 
     from mtl_keras.errors import report
