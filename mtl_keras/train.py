@@ -51,12 +51,19 @@ def disk_full_is_one_line(workdir: Path):
     only the system's message."""
     try:
         yield
-    except OSError as e:
-        if e.errno not in DISK_FULL and os.strerror(errno.ENOSPC) not in str(e):
+    except Exception as e:  # OSError; h5py's and TensorFlow's (ResourceExhaustedError) carry only the message
+        if getattr(e, "errno", None) not in DISK_FULL and os.strerror(errno.ENOSPC) not in str(e):
             raise
-        where = e.filename or workdir
-        raise RunError(f"no space left on the device writing {where}; free some space and rerun the same "
-                       "command: it resumes from the last finished epoch") from None
+        where = getattr(e, "filename", None) or workdir
+        resume = "it resumes from the last finished epoch" if (workdir / "checkpoints" / "state.json").is_file() \
+            else "no epoch has a checkpoint yet, so it starts over"
+        raise DiskFull(f"no space left on the device writing {where}; free some space and rerun the same "
+                       f"command: {resume}") from None
+
+
+class DiskFull(RunError):
+    """A full disk: reported in one line, then the process ends at once (h5py's objects, half-written, printed
+    dozens of tracebacks while Python shut down, then crashed it)."""
 
 
 def save_model(model, path: Path) -> Path:
@@ -278,7 +285,8 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
-    if config.serving.export:
+    if config.serving.export:  # the metrics so far first: an export that fails (a full disk) leaves them
+        atomic.write_text(workdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         exported = _export(model, config.serving, workdir, splits)
         artifacts |= exported["artifacts"]
         metrics |= exported["metrics"]
@@ -308,7 +316,12 @@ def main(argv: list[str]) -> None:
     try:
         run(mtl_flags.to_config(flags.FLAGS))
     except MtlError as e:
-        sys.exit(report("train", e))
+        status = report("train", e)
+        if isinstance(e, DiskFull):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)  # skip the finalizers of the half-written HDF5 file
+        sys.exit(status)
     except KeyboardInterrupt:
         sys.exit(interrupted("train", "rerun the same command to resume from the last finished epoch"))
 

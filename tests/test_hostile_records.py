@@ -142,3 +142,27 @@ def test_ctrl_c_is_one_line_with_status_130(monkeypatch, capsys):
     assert predict.main() == 130
     assert capsys.readouterr().err.strip() == "predict: error: interrupted (Ctrl-C); the images before it were " \
                                               "classified"
+
+
+def test_a_full_disk_in_tensorflow_or_h5py_is_one_line_that_promises_no_missing_checkpoint(tmp_path):
+    import tensorflow as tf
+
+    from mtl_keras import train
+
+    errors = [tf.errors.ResourceExhaustedError(None, None, "model.onnx; No space left on device"),
+              RuntimeError("Can't write data (file write failed: errno = 28, error message = 'No space left on "
+                           "device')")]
+    for error in errors:
+        with pytest.raises(train.DiskFull, match=rf"^no space left on the device writing {tmp_path}; free some space "
+                                                 r"and rerun the same command: no epoch has a checkpoint yet, so it "
+                                                 r"starts over$"):
+            with train.disk_full_is_one_line(tmp_path):
+                raise error
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "state.json").write_text("{}")
+    with pytest.raises(train.DiskFull, match="it resumes from the last finished epoch$"):
+        with train.disk_full_is_one_line(tmp_path):
+            raise OSError(28, "No space left on device")
+    with pytest.raises(ValueError):
+        with train.disk_full_is_one_line(tmp_path):
+            raise ValueError("another error passes through")
