@@ -201,3 +201,12 @@ def test_runtime_checks_the_names_of_an_onnx_file_and_a_saved_model_too():
     assert _checked({"fine": ["a", "b"]}, {"fine": 2, "coarse": 3}, "x") == {"fine": ["a", "b"]}
     with pytest.raises(ExportError, match=r"^x names 1 coarse classes for the model's 3 coarse outputs"):
         _checked({"coarse": ["a"]}, {"fine": 2, "coarse": 3}, "x")
+
+
+def test_a_nul_byte_in_a_csv_is_one_line(tmp_path):
+    from mtl_keras.data.sources.csv_labels import list_csv
+
+    png(tmp_path / "a.png")
+    (tmp_path / "labels.csv").write_text("path,fine,coarse\na.png,c\0t,animal\n")
+    with pytest.raises(DatasetError, match=r"labels.csv:2: a NUL byte; is it a label file\?"):
+        list_csv(str(tmp_path / "labels.csv"))

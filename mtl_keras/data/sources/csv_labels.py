@@ -38,6 +38,9 @@ def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         line = raw[:e.start].count(b"\n") + 1
         raise DatasetError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8, "
                            f"e.g. `iconv -f latin1 -t utf-8`") from None
+    if "\0" in text:  # csv accepts it since Python 3.11; as a class name it reached the exported model
+        raise DatasetError(f"{path}:{text[:text.index(chr(0))].count(chr(10)) + 1}: a NUL byte; is it a label "
+                           f"file? (save it as UTF-8 text)")
     reader = csv.reader(io.StringIO(text, newline=""))
     rows = []
     try:
