@@ -126,6 +126,7 @@ def test_predict_refuses_each_bomb_in_one_line_under_1_gb(corpus, tmp_path):
     assert [line.split(": ")[2] for line in lines] == paths, err
     assert all("above --max_image_pixels=40000000" in line for line in lines), err
     assert out.startswith(f"{ok}: fine=") and status == 1
+    print(f"predict: maximum RSS {rss / GB:.2f} GB")
     assert rss < GB, f"predict peaked at {rss / GB:.2f} GB"
 
 
@@ -153,6 +154,7 @@ def test_folder_loader_skips_bombs_and_special_files_under_1_gb(corpus, tmp_path
     assert f"skipping {hostile[-2]}: a character device, not an image file; it is not read" in err
     assert f"skipping {hostile[-1]}: a FIFO, not an image file; it is not read" in err
     assert err.count("above --max_image_pixels=40000000") == len(CORPUS)
+    print(f"the loader: maximum RSS {rss / GB:.2f} GB")
     assert rss < GB, f"the loader peaked at {rss / GB:.2f} GB"
 
 
@@ -180,4 +182,5 @@ def test_serving_bytes_refuses_each_bomb_by_index_under_1_gb(corpus, tmp_path):
         pixels = int(line.split(" holds ")[1].split()[0])
         assert line.startswith("image_bytes[1] holds") and pixels >= cost, (name, line)
     assert lines[-1].startswith("image_bytes[0] holds"), lines[-1]  # four bombs in one request
+    print(f"serving_bytes: maximum RSS {rss / GB:.2f} GB")
     assert rss < GB, f"serving_bytes peaked at {rss / GB:.2f} GB"

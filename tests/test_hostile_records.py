@@ -166,3 +166,17 @@ def test_a_full_disk_in_tensorflow_or_h5py_is_one_line_that_promises_no_missing_
     with pytest.raises(ValueError):
         with train.disk_full_is_one_line(tmp_path):
             raise ValueError("another error passes through")
+
+
+def test_a_link_planted_in_the_results_dir_stops_the_grid_before_training(tmp_path, monkeypatch):
+    from mtl_keras.errors import RunError
+    from mtl_keras.experiments import runner
+
+    trained = _no_training(monkeypatch)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mtl_vs_stl.png").symlink_to(victim)
+    with pytest.raises(RunError, match=r"mtl_vs_stl.png is a symbolic link .*never through a link"):
+        runner.run_experiments([FLAGFILE], [0], tmp_path / "results", EXTRA)
+    assert trained == [] and victim.read_bytes() == b"precious"

@@ -284,10 +284,12 @@ def write_outputs(experiments: list[Experiment], seeds: list[int], results_dir: 
 def run_experiments(flagfiles: list[Path], seeds: list[int], results_dir: str | Path, extra_args: list[str],
                     command: str = "") -> list[str]:
     """Plans, trains (resumably) and reports the grid; returns one line per failed run."""
+    from mtl_keras.locks import refuse_links
     from mtl_keras.train import check_workdir
 
     results_dir = check_workdir(str(results_dir), "results_dir")  # a file there failed after the whole grid
     check_own_results(results_dir)
+    refuse_links(results_dir, f"--results_dir={results_dir}")  # tables, plots and every run's records
     experiments = plan(flagfiles, seeds, results_dir, extra_args)
     for exp in experiments:  # before any training: a bad finished run stops the grid now, not hours later
         for seed in seeds:
