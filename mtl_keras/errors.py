@@ -44,3 +44,10 @@ def report(prog: str, error: BaseException) -> int:
     line = str(error) if isinstance(error, MtlError) else f"{type(error).__name__}: {error}"
     print(f"{prog}: error: {line.splitlines()[0] if line else type(error).__name__}", file=sys.stderr)
     return 1
+
+
+def interrupted(prog: str, what_next: str = "nothing half-written is kept") -> int:
+    """Prints Ctrl-C as `PROG: error: interrupted (Ctrl-C); WHAT_NEXT` and returns 130, the shell's status for
+    SIGINT, instead of a KeyboardInterrupt traceback."""
+    print(f"\n{prog}: error: interrupted (Ctrl-C); {what_next}", file=sys.stderr)
+    return 130

@@ -50,6 +50,10 @@ def main(argv: list[str]) -> int:
             raise ExportError("export check failed: " + "; ".join(result["metrics"]["onnx_parity_problems"]))
     except Exception as e:  # one clear line for the user, not a traceback
         return report("export", e)
+    except KeyboardInterrupt:
+        from mtl_keras.errors import interrupted
+
+        return interrupted("export", "its temporary version folder is removed; export again")
     print(f"exported {result['artifacts']['saved_model']}")
     for key in ("onnx", "onnx_int8"):
         if key in result["artifacts"]:

@@ -23,7 +23,8 @@ from mtl_keras import atomic, evaluate
 from mtl_keras.data import datasets, pipeline
 from mtl_keras import config as config_lib
 from mtl_keras.config import OptimConfig, ServingConfig, TrainConfig
-from mtl_keras.errors import MtlError, RunError, report
+from mtl_keras.errors import MtlError, RunError, interrupted, report
+from mtl_keras.run_checks import check_hierarchy_heads, check_same_classes, class_names
 
 
 def check_workdir(workdir: str, flag: str = "workdir") -> Path:
@@ -51,12 +52,19 @@ def disk_full_is_one_line(workdir: Path):
     only the system's message."""
     try:
         yield
-    except OSError as e:
-        if e.errno not in DISK_FULL and os.strerror(errno.ENOSPC) not in str(e):
+    except Exception as e:  # OSError; h5py's and TensorFlow's (ResourceExhaustedError) carry only the message
+        if getattr(e, "errno", None) not in DISK_FULL and os.strerror(errno.ENOSPC) not in str(e):
             raise
-        where = e.filename or workdir
-        raise RunError(f"no space left on the device writing {where}; free some space and rerun the same "
-                       "command: it resumes from the last finished epoch") from None
+        where = getattr(e, "filename", None) or workdir
+        resume = "it resumes from the last finished epoch" if (workdir / "checkpoints" / "state.json").is_file() \
+            else "no epoch has a checkpoint yet, so it starts over"
+        raise DiskFull(f"no space left on the device writing {where}; free some space and rerun the same "
+                       f"command: {resume}") from None
+
+
+class DiskFull(RunError):
+    """A full disk: reported in one line, then the process ends at once (h5py's objects, half-written, printed
+    dozens of tracebacks while Python shut down, then crashed it)."""
 
 
 def save_model(model, path: Path) -> Path:
@@ -119,17 +127,16 @@ def pipelines(config: TrainConfig, splits):
     return train_ds, val_ds
 
 
-def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int) -> tuple[float, int, dict]:
-    """Fits from the last checkpoint (if any) to --epochs or the end of --time_budget; returns seconds spent in
-    fit, epochs run and, under a time budget, its record for metrics.json (else {})."""
+def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,
+         initial_epoch: int) -> tuple[float, int, dict]:
+    """Fits from `initial_epoch` (restored from `checkpoint`) to --epochs or the end of --time_budget; returns
+    seconds spent in fit, epochs run and, under a time budget, its record for metrics.json (else {})."""
     import keras
 
     from mtl_keras import console, losses
     from mtl_keras.budget import TimeBudget
-    from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars, trim_history
+    from mtl_keras.callbacks import NanGuard, TensorBoardScalars, trim_history
 
-    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
-    initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
         trim_history(workdir / "history.csv", initial_epoch)  # rows logged after the checkpoint go
@@ -205,7 +212,7 @@ def run(config: TrainConfig) -> dict:
     """Runs training (resuming from WORKDIR/checkpoints), evaluation, export and checks; returns metrics."""
     from mtl_keras import distribute
     from mtl_keras.callbacks import Checkpoint
-    from mtl_keras.locks import workdir_lock
+    from mtl_keras.locks import refuse_links, workdir_lock
 
     # Everything that can reject the run happens before anything is written.
     data, optim, seed = config.data, config.optim, config.run.seed
@@ -230,7 +237,11 @@ def run(config: TrainConfig) -> dict:
         raise RunError(f"--dataset={data.dataset} has no test images ({len(train)} train / {len(splits.val)} "
                        "validation): give it more images per class (--folder_test_fraction carves the test split "
                        "per class) or a test split (ROOT/test, a CSV split column)")
-    Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint")).check()  # another run's?
+    check_hierarchy_heads(config.model.coarse_head, splits.info)
+    if Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint")).check()[0]:  # another run's?
+        check_same_classes(workdir, splits.info)
+    if workdir.is_dir():
+        refuse_links(workdir, f"--workdir={config.run.workdir}")
 
     workdir.mkdir(parents=True, exist_ok=True)
     with workdir_lock(workdir, f"--workdir={config.run.workdir}"), disk_full_is_one_line(workdir):
@@ -242,6 +253,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     import keras
 
     from mtl_keras import reports
+    from mtl_keras.callbacks import Checkpoint
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
     from mtl_keras.models import ADAPTED_NORM
@@ -250,11 +262,6 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
 
     data, optim, seed = config.data, config.optim, config.run.seed
     info, train = splits.info, splits.train
-    atomic.write_text(workdir / "flags.txt", flagfile_text(config))
-    atomic.write_text(workdir / "config.json", json.dumps(config_lib.flat(config), indent=1) + "\n")
-    class_names = {"fine": list(info.fine_names), "coarse": list(info.coarse_names),
-                   "fine_to_coarse": list(info.fine_to_coarse)}
-    atomic.write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
     keras.utils.set_random_seed(seed)
     steps = len(train) // optim.batch_size
     train_ds, val_ds = pipelines(config, splits)
@@ -276,7 +283,15 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     print(f"{data.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
           f"model {model.name} ({config.model.variant}), {model.count_params():,} parameters, task "
           f"{config.model.task}, {replicas} replica(s), {optim.mixed_precision}")
-    train_seconds, epochs_run, budget_record = _fit(model, config, workdir, train_ds, val_ds, steps)
+    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
+    initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
+    # The records only once nothing can refuse the run: a refused rerun once rewrote classes.json for the
+    # checkpoint's model, and predict named a dog "cow".
+    atomic.write_text(workdir / "flags.txt", flagfile_text(config))
+    atomic.write_text(workdir / "config.json", json.dumps(config_lib.flat(config), indent=1) + "\n")
+    atomic.write_text(workdir / "classes.json", json.dumps(class_names(info), indent=1) + "\n")
+    train_seconds, epochs_run, budget_record = _fit(model, config, workdir, train_ds, val_ds, steps, checkpoint,
+                                                    initial_epoch)
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
                        fine_to_coarse=info.fine_to_coarse, force=replicas > 1)
@@ -299,7 +314,8 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
-    if config.serving.export:
+    if config.serving.export:  # the metrics so far first: an export that fails (a full disk) leaves them
+        atomic.write_text(workdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         exported = _export(model, config.serving, workdir, splits)
         artifacts |= exported["artifacts"]
         metrics |= exported["metrics"]
@@ -330,7 +346,14 @@ def main(argv: list[str]) -> None:
     try:
         run(mtl_flags.to_config(flags.FLAGS))
     except MtlError as e:
-        sys.exit(report("train", e))
+        status = report("train", e)
+        if isinstance(e, DiskFull):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)  # skip the finalizers of the half-written HDF5 file
+        sys.exit(status)
+    except KeyboardInterrupt:
+        sys.exit(interrupted("train", "rerun the same command to resume from the last finished epoch"))
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -244,7 +244,8 @@ def test_a_finished_run_with_bad_records_stops_the_grid_in_one_line_naming_it(tm
     [exp] = runner.plan([flagfile], [0], results, extra)
     run_dir = exp.run_dir(0)
     run_dir.mkdir(parents=True)
-    for name, text in (("metrics.json", "{}"), ("classes.json", "{}"), ("config.json", '{"epochs": 2')):
+    for name, text in (("metrics.json", "{}"), ("classes.json", '{"fine": ["a"], "coarse": ["b"], "fine_to_coarse": [0]}'),
+                       ("config.json", '{"epochs": 2')):
         (run_dir / name).write_text(text)
     hint = f"; delete {run_dir} to train that run again$"
 

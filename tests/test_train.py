@@ -291,6 +291,8 @@ def test_full_disk_saving_the_model_is_one_line_and_leaves_no_temporary_file(tmp
 def test_full_disk_during_training_is_one_line(tmp_path, error):
     from mtl_keras import train
 
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "state.json").write_text("{}")  # without one, the line says the run starts over
     with pytest.raises(train.RunError, match=r"^no space left on the device writing .*; free some space and rerun the "
                                              "same command: it resumes from the last finished epoch$"):
         with train.disk_full_is_one_line(tmp_path):

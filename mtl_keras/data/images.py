@@ -8,8 +8,11 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from mtl_keras.data.graph_headers import header_pixels
 from mtl_keras.data.headers import too_large
 from mtl_keras.errors import DatasetError
+
+_NO_LIMIT = 2 ** 63  # no pixel limit: the header check still refuses anything but a regular file
 
 
 def fit_images(images, shape: tuple[int, int, int]):
@@ -39,9 +42,19 @@ def decode(path: tf.Tensor, size: int) -> tf.Tensor:
     return decode_bytes(tf.io.read_file(path), size)
 
 
-def decode_bytes(contents: tf.Tensor, size: int) -> tf.Tensor:
+def decode_bytes(contents: tf.Tensor, size: int, max_pixels: int | None = None) -> tf.Tensor:
     """One encoded JPEG / PNG / BMP / GIF string as uint8 [size, size, 3], exactly as `decode` reads a file (the
-    SavedModel's serving_bytes signature runs this too, so a served image gets the pixels training saw)."""
+    SavedModel's serving_bytes signature runs this too, so a served image gets the pixels training saw). With
+    `max_pixels`, an image whose headers say decoding costs more (graph_headers.py) is an InvalidArgument before
+    any decoder runs: the guard for callers that hold bytes, not a file that headers.py has checked."""
+    if max_pixels is not None:
+        pixels = header_pixels(contents)
+        check = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
+            "the image holds {} pixels, above --max_image_pixels={} (a guard against decompression bombs)",
+            (pixels, max_pixels))])
+        with tf.control_dependencies([check]):
+            contents = tf.identity(contents)
+
     def jpeg() -> tf.Tensor:
         # libjpeg can decode at 1/2, 1/4 or 1/8 scale (DCT scaling): a phone photo bound for 32 px decodes
         # many times faster at 1/8 than in full, and the resize below still starts from >= `size` pixels.
@@ -64,7 +77,8 @@ def decode_files(paths, size: int | None, max_pixels: int | None = None) -> tupl
     """Decodes every file in tf.data: (uint8 [N, size, size, 3] or None when size is None, ok mask [N]).
 
     `size=None` only validates (decodes without keeping pixels). Failed files leave zeros and ok False, as do
-    files whose header says they hold more than `max_pixels` (never decoded: see headers.py).
+    files whose header says they hold more than `max_pixels` and anything but a regular file (a FIFO would hang
+    the read, a link to /dev/zero never ends it): those are never opened by a decoder (see headers.py).
     """
     paths = np.asarray(paths, object).astype(str)
     ok = np.zeros(len(paths), bool)
@@ -72,8 +86,8 @@ def decode_files(paths, size: int | None, max_pixels: int | None = None) -> tupl
     work = (lambda p: decode(p, size)) if size else (
         lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False))[0])
     # The header check costs ~10 us a file in Python (50,000 files: 0.5 s), far below decoding them.
-    index = np.arange(len(paths)) if max_pixels is None else np.flatnonzero(
-        [too_large(p, max_pixels) is None for p in paths])
+    limit = _NO_LIMIT if max_pixels is None else max_pixels
+    index = np.flatnonzero([too_large(p, limit) is None for p in paths])
     ds = tf.data.Dataset.from_tensor_slices((index.astype(np.int64), paths[index]))
     ds = ds.map(lambda i, p: (i, work(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     for index, pixels in ds.ignore_errors().batch(256).prefetch(2).as_numpy_iterator():  # Python per batch
@@ -85,7 +99,8 @@ def decode_files(paths, size: int | None, max_pixels: int | None = None) -> tupl
 
 def why_skipped(path: str, max_pixels: int | None = None) -> str:
     """Why `decode_files` left one file out, for the warning (runs only for the few failures)."""
-    return (max_pixels and too_large(path, max_pixels)) or f"cannot decode it ({why_undecodable(path)})"
+    return too_large(path, _NO_LIMIT if max_pixels is None else max_pixels) or \
+        f"cannot decode it ({why_undecodable(path)})"
 
 
 def why_undecodable(path: str) -> str:
@@ -129,8 +144,7 @@ class FileImages:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         images, ok = decode_files(self.paths, self.image_size)
         if not ok.all():  # validated at load: the file changed since
-            bad = self.paths[~ok][0]
-            raise DatasetError(f"{bad}: can no longer be decoded ({why_undecodable(bad)})")
+            raise DatasetError(f"{self.paths[~ok][0]}: can no longer be decoded ({why_skipped(self.paths[~ok][0])})")
         return images if dtype is None else images.astype(dtype)
 
     def astype(self, dtype) -> np.ndarray:

@@ -6,7 +6,7 @@ import sys
 from absl import app, flags, logging
 
 from mtl_keras import flags as mtl_flags
-from mtl_keras.errors import ExperimentError, MtlError, report
+from mtl_keras.errors import ExperimentError, MtlError, interrupted, report
 from mtl_keras.experiments.runner import expand_grid, run_experiments
 
 
@@ -32,6 +32,9 @@ def main(argv: list[str]) -> None:
         failures = run_experiments(expand_grid(fv.grid), seeds, fv.results_dir, extra, command)
     except MtlError as e:
         sys.exit(report("experiments", e))
+    except KeyboardInterrupt:
+        sys.exit(interrupted("experiments", "rerun the same command: finished runs are kept, the interrupted one "
+                                            "resumes from its last finished epoch"))
     if failures:
         sys.exit(f"experiments: {len(failures)} run(s) failed (rerun to retry them): " + " | ".join(failures))
 

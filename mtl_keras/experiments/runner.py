@@ -32,9 +32,10 @@ from mtl_keras import config as config_lib
 from mtl_keras import evaluate
 from mtl_keras.config import TrainConfig
 from mtl_keras.errors import ExperimentError, MtlError
+from mtl_keras.experiments import records
 from mtl_keras.experiments.plots import mean_history, mtl_vs_stl_png
-from mtl_keras.experiments.tables import (COMPUTE, HEADS, METRICS, VAL_METRICS, Row, markdown_table, write_csv,
-                                          write_markdown)
+from mtl_keras.experiments.tables import (COMPUTE, HEADS, METRICS, RESULTS_HEADER, VAL_METRICS, Row, markdown_table,
+                                          write_csv, write_markdown)
 
 
 @dataclasses.dataclass
@@ -114,8 +115,10 @@ def check_finished(run_dir: Path, config: TrainConfig) -> None:
     """A finished run (its metrics.json exists) must be readable, with its test predictions or its model.keras,
     and trained with today's settings; an ExperimentError line naming the run otherwise."""
     hint = f"delete {run_dir} to train that run again"
-    for name in ("metrics.json", "classes.json"):
-        _read_json(run_dir / name, hint)
+    records.check_metrics(_read_json(run_dir / "metrics.json", hint), run_dir / "metrics.json", hint)
+    classes = _read_json(run_dir / "classes.json", hint)
+    records.check_classes(classes, run_dir / "classes.json", hint)
+    records.check_history(run_dir / "history.csv", hint)
     if (run_dir / "config.json").exists():  # (runs of early versions have none)
         _check_same_config(run_dir, config)
     try:
@@ -125,6 +128,7 @@ def check_finished(run_dir: Path, config: TrainConfig) -> None:
                               f"{hint}") from None
     if predictions is None and not (run_dir / "model.keras").is_file():
         raise ExperimentError(f"{run_dir} has neither {evaluate.PREDICTIONS_FILE} nor model.keras; {hint}")
+    records.check_predictions(predictions, classes, run_dir / evaluate.PREDICTIONS_FILE, hint)
 
 
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
@@ -141,6 +145,15 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     if diff:
         raise ExperimentError(f"{run_dir} was trained with other settings ({'; '.join(diff[:3])}); delete it or "
                               f"choose another --results_dir")
+
+
+def check_own_results(results_dir: Path) -> None:
+    """An ExperimentError when RESULTS_DIR/results.md exists but was not written by this runner (a user's own
+    notes there were overwritten once every run had failed)."""
+    md = results_dir / "results.md"
+    if md.is_symlink() or md.exists() and not md.read_bytes().startswith(RESULTS_HEADER.encode()):
+        raise ExperimentError(f"{md} was not written by the experiments runner; move it away or choose another "
+                              f"--results_dir")
 
 
 def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
@@ -161,8 +174,9 @@ def run_all(experiments: list[Experiment], seeds: list[int]) -> list[str]:
             keras.backend.clear_session()  # free the previous run's graphs; in-process runs would grow otherwise
             try:
                 train.run(exp.configs[seed])
-            except MtlError as e:
-                failures.append(f"{exp.name} seed {seed}: {e}")
+            except Exception as e:  # any failure of one run (not only MtlError): reported, and the grid goes on
+                line = str(e) if isinstance(e, MtlError) else f"{type(e).__name__}: {e}"
+                failures.append(f"{exp.name} seed {seed}: {(line.splitlines() or [type(e).__name__])[0]}")
                 print(f"FAILED {failures[-1]}", flush=True)
             except Exception as e:  # noqa: BLE001 - any failed run is reported and the grid goes on
                 failures.append(f"{exp.name} seed {seed}: {type(e).__name__}: {e}")
@@ -284,9 +298,12 @@ def write_outputs(experiments: list[Experiment], seeds: list[int], results_dir: 
 def run_experiments(flagfiles: list[Path], seeds: list[int], results_dir: str | Path, extra_args: list[str],
                     command: str = "") -> list[str]:
     """Plans, trains (resumably) and reports the grid; returns one line per failed run."""
+    from mtl_keras.locks import refuse_links
     from mtl_keras.train import check_workdir
 
     results_dir = check_workdir(str(results_dir), "results_dir")  # a file there failed after the whole grid
+    check_own_results(results_dir)
+    refuse_links(results_dir, f"--results_dir={results_dir}")  # tables, plots and every run's records
     experiments = plan(flagfiles, seeds, results_dir, extra_args)
     for exp in experiments:  # before any training: a bad finished run stops the grid now, not hours later
         for seed in seeds:

@@ -18,6 +18,7 @@ METRICS = ("fine_accuracy", "coarse_accuracy", "hierarchy_consistency", "both_wr
 LOWER_IS_BETTER = {"both_wrong"}
 PAIR_METRICS = METRICS[2:]  # what compares an STL pair with MTL (a pair's accuracies are its STL rows')
 VAL_METRICS = ("val_fine_accuracy", "val_coarse_accuracy")
+RESULTS_HEADER = "# Results: "  # results.md's first bytes: the runner overwrites no results.md without them
 # Size and cost columns, from the runs' metrics.json (train.compute_figures): key, header, format.
 COMPUTE = (("train_seconds", "train s / run", "{:.0f}"), ("train_images_per_second", "images/s", "{:,.0f}"),
            ("parameters", "parameters", "{:,.0f}"), ("train_gflops", "train GFLOPs", "{:,.0f}"))
@@ -179,7 +180,7 @@ def chosen_on_validation(rows: list[Row]) -> dict[str, tuple[Row, list[Row]]]:
 def write_markdown(rows: list[Row], path: Path, title: str, command: str) -> None:
     """The table, how to read it, the MTL settings chosen on validation, and the MTL-minus-STL differences
     paired by seed with 95 % confidence intervals."""
-    md = [f"# Results: {title}", "", f"Command: `{command}`", "",
+    md = [f"{RESULTS_HEADER}{title}", "", f"Command: `{command}`", "",
           "Test split. Mean ± sample standard deviation (ddof=1) over seeds, in %. `stl pair`: the fine-only and "
           "coarse-only models of the same seed taken together; their hierarchy consistency is the share of test "
           "images whose coarse prediction is the parent of the fine prediction. Seed study: its reported CIFAR "

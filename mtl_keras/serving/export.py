@@ -39,6 +39,7 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_REPORT = "int8.json"  # in assets.extra: quantize.write_int8's decision and figures
 WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_VERSION = 2 ** 63 - 1  # TF Serving's versions are int64
 TMP_PREFIX = ".tmp-"  # TMP_PREFIX + VERSION + "-" + random: a version folder being written
 
 
@@ -85,6 +86,9 @@ def _reserve(model_dir: Path, version: int | None) -> tuple[int, Path, int | Non
             print(f"removed {stale}, left by an interrupted export")
         if version is None:
             version = next_version(model_dir)
+            if version > MAX_VERSION:
+                raise ExportError(f"the next version under {model_dir} would be {version}, past {MAX_VERSION} "
+                                  "(TF Serving reads versions as int64); give a free --version below it")
         elif (model_dir / str(version)).exists():
             raise ExportError(f"export version {model_dir / str(version)} exists; pick another --version or remove it")
         elif version in {_reserved_version(p) for p in model_dir.glob(TMP_PREFIX + "*")}:

@@ -28,9 +28,9 @@ def load_image(path: str, shape: tuple[int, int, int], max_pixels: int) -> np.nd
     from mtl_keras.data.images import fit_images
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ValueError("no such file")
-    refused = too_large(path, max_pixels)
+    refused = too_large(path, max_pixels)  # also anything but a regular file (a FIFO, /dev/zero): never read
     if refused:
         raise ValueError(refused)
     try:
@@ -47,6 +47,15 @@ def top(probs: np.ndarray, names: list[str] | None, k: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """`mtl-keras predict` and `python -m mtl_keras.predict`; `argv` as sys.argv (program name first)."""
+    from mtl_keras.errors import interrupted
+
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return interrupted("predict", "the images before it were classified")
+
+
+def _main(argv: list[str] | None) -> int:
     from absl import flags
 
     from mtl_keras import flagfiles

@@ -18,6 +18,7 @@ from mtl_keras import config as config_lib
 from mtl_keras.data import datasets, pipeline
 from mtl_keras.data.images import fit_images
 from mtl_keras.errors import ExportError, MtlError
+from mtl_keras.flags import MAX_IMAGE_PIXELS
 from mtl_keras.serving import export, quantize, runtime, verify
 
 CALIBRATION_IMAGES = 256  # training images the int8 calibration sees
@@ -37,6 +38,11 @@ def read_run(workdir: str | Path, need_model: bool = True) -> tuple[config_lib.T
         if not (run / name).is_file():
             raise ExportError(f"--workdir={workdir} has no {name}: is it a finished training run?")
     config = config_lib.read_json(run / "config.json")
+    pixels = config.data.max_image_pixels
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or not 1 <= pixels <= MAX_IMAGE_PIXELS:
+        # The export's serving_bytes guard comes from here: 1e18 in a hand-edited file turned it off.
+        raise ExportError(f"{run / 'config.json'} has max_image_pixels {pixels!r}, outside 1..{MAX_IMAGE_PIXELS:,} "
+                          f"(the --max_image_pixels bounds); export the run that wrote it")
     flags_text = (run / "flags.txt").read_text() if (run / "flags.txt").is_file() else ""
     return config, json.loads((run / "classes.json").read_text()), flags_text
 

@@ -41,12 +41,25 @@ def _class_names(path: Path) -> dict[str, list[str]]:
     return {head: list(names[head]) for head in ("fine", "coarse") if head in names}
 
 
+def _checked(names: dict[str, list[str]], widths: dict[str, int], where: str) -> dict[str, list[str]]:
+    """`names` when each head's list is as long as that output; ExportError otherwise: the names are another
+    model's (a refused rerun once rewrote classes.json, and predict called a dog "cow")."""
+    for head, given in names.items():
+        if head in widths and widths[head] is not None and len(given) != widths[head]:
+            raise ExportError(f"{where} names {len(given)} {head} classes for the model's {widths[head]} {head} "
+                              f"outputs, so they are not this model's names; use the classes of the run that "
+                              f"trained it")
+    return names
+
+
 def from_keras_model(model, path: str = "<memory>", names: dict | None = None) -> Runtime:
     """A Keras model already in memory (what train has just fitted) as a `Runtime`."""
     def run_batch(x):
         return {k: np.asarray(v) for k, v in model.predict_on_batch(x).items()}
 
-    return Runtime("keras", path, tuple(model.input_shape[1:]), names or {}, run_batch, model)
+    widths = {head: t.shape[-1] for head, t in zip(model.output_names, model.outputs)}
+    return Runtime("keras", path, tuple(model.input_shape[1:]), _checked(names or {}, widths, path), run_batch,
+                   model)
 
 
 def _keras(path: Path) -> Runtime:
@@ -59,7 +72,9 @@ def _keras(path: Path) -> Runtime:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a file from elsewhere or damaged
         raise ExportError(f"{path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return from_keras_model(model, str(path), _class_names(path.parent / CLASSES_FILE))
+    names_file = path.parent / CLASSES_FILE
+    widths = {head: t.shape[-1] for head, t in zip(model.output_names, model.outputs)}
+    return from_keras_model(model, str(path), _checked(_class_names(names_file), widths, str(names_file)))
 
 
 def _saved_model(path: Path) -> Runtime:
@@ -72,7 +87,9 @@ def _saved_model(path: Path) -> Runtime:
         return {k: v.numpy() for k, v in serving(image=tf.constant(x)).items()}
 
     shape = tuple(serving.structured_input_signature[1]["image"].shape[1:])
-    return Runtime("saved_model", str(path), shape, _class_names(path / "assets.extra" / CLASSES_FILE),
+    names_file = path / "assets.extra" / CLASSES_FILE
+    widths = {head: spec.shape[-1] for head, spec in serving.structured_outputs.items()}
+    return Runtime("saved_model", str(path), shape, _checked(_class_names(names_file), widths, str(names_file)),
                    run_batch, loaded)
 
 
@@ -92,7 +109,8 @@ def _onnx(path: Path) -> Runtime:
         return dict(zip(outputs, session.run(outputs, {input_name: x})))
 
     shape = tuple(int(d) for d in session.get_inputs()[0].shape[1:])
-    return Runtime("onnx", str(path), shape, names, run_batch, session)
+    widths = {o.name: o.shape[-1] if isinstance(o.shape[-1], int) else None for o in session.get_outputs()}
+    return Runtime("onnx", str(path), shape, _checked(names, widths, f"{path}'s metadata"), run_batch, session)
 
 
 def load(path, flag: str = "--model") -> Runtime:

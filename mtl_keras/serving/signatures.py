@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.config import DataConfig
+from mtl_keras.data.graph_headers import GIF_MAGIC, header_pixels
 from mtl_keras.data.images import decode_bytes, fit_images
 from mtl_keras.errors import ExportError
 
@@ -49,44 +50,19 @@ def _check_formats(image_bytes: tf.Tensor) -> tf.Operation:
         return _starts(image_bytes, magic)
 
     # The magic numbers decode_bytes's decoders accept (tf.io.is_jpeg tests the same three JPEG bytes).
-    known = starts(b"\xff\xd8\xff") | starts(b"\x89PNG\r\n\x1a\n") | starts(b"GIF8") | starts(b"BM")
+    known = starts(b"\xff\xd8\xff") | starts(b"\x89PNG\r\n\x1a\n") | starts(GIF_MAGIC) | starts(b"BM")
     first_bad = tf.reduce_min(tf.concat([tf.cast(tf.where(~known)[:, 0], tf.int32), [-1]], 0)[:1])
     return tf.debugging.Assert(tf.reduce_all(known), [
         tf.strings.format("serving_bytes: image_bytes[{}] is not a JPEG, PNG, BMP or GIF image", first_bad)])
-
-
-def header_pixels(contents: tf.Tensor) -> tf.Tensor:
-    """width x height (int64) from one encoded image's header, in the graph (data/headers.py reads files the same
-    way in Python): PNG's IHDR, BMP's info header, GIF's logical screen, JPEG's frame (extract_jpeg_shape)."""
-    def number(offset: int, size: int, big_endian: bool = False, signed: bool = False) -> tf.Tensor:
-        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, offset, size), tf.uint8), tf.int64)
-        raw = tf.pad(raw, [[0, size - tf.shape(raw)[0]]])  # a string cut short reads as zeros; its decoder fails
-        weights = tf.constant([256 ** i for i in range(size)][::-1] if big_endian else [256 ** i for i in range(size)],
-                              tf.int64)
-        value = tf.reduce_sum(raw * weights)
-        return tf.abs(tf.where(value >= 2 ** (8 * size - 1), value - 2 ** (8 * size), value)) if signed else value
-
-    def starts(magic: bytes) -> tf.Tensor:
-        return _starts(contents, magic)
-
-    def bmp() -> tf.Tensor:  # a negative height is a top-down BMP; a 12-byte header is OS/2's, 16-bit sizes
-        return tf.cond(tf.equal(number(14, 4), 12), lambda: number(18, 2) * number(20, 2),
-                       lambda: number(18, 4, signed=True) * number(22, 4, signed=True))
-
-    return tf.case([(starts(b"\x89PNG"), lambda: number(16, 4, True) * number(20, 4, True)),
-                    (starts(b"BM"), bmp),
-                    (starts(b"GIF8"), lambda: number(6, 2) * number(8, 2)),
-                    (tf.io.is_jpeg(contents),
-                     lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(contents)[:2], tf.int64)))],
-                   default=lambda: tf.constant(0, tf.int64), exclusive=True)
 
 
 def decode_batch(image_bytes: tf.Tensor, shape: tuple[int, int, int],
                  max_pixels: int = DataConfig.max_image_pixels) -> tf.Tensor:
     """Encoded images [N] -> float32 [N, H, W, C], pixel for pixel as the folder dataset decodes its files
     (`decode_bytes` at H, then `fit_images` to `shape`, as the pipeline adapts images to the model). An image
-    whose header holds more than `max_pixels` is an InvalidArgument naming it, before anything is decoded (a
-    decompression bomb: a 420 KB PNG can claim 12000 x 12000 pixels)."""
+    whose headers say decoding it costs more than `max_pixels` (graph_headers.py: a GIF's frames count, each at
+    its own size) is an InvalidArgument naming it, before anything is decoded (a decompression bomb: a 420 KB PNG
+    can claim 12000 x 12000 pixels)."""
     with tf.control_dependencies([_check_formats(image_bytes)]):
         image_bytes = tf.identity(image_bytes)
     size = int(shape[0])

@@ -4,8 +4,8 @@ paths relative to the CSV's folder, classes as names or as ids; files.py turns t
 Every error is one line naming the file and line. What a hostile or careless file could do and does not:
 - read files elsewhere: a path that is absolute, starts with ~ or resolves (symlinks too) outside the CSV's
   folder is refused unless `allow_outside` (--csv_allow_outside_paths);
-- put one image in train and test: a path listed twice (by its real path) counts once when both rows say the
-  same, and is an error naming both lines when they do not;
+- put one image in train and test: a file listed twice (by device and inode, so through a symlink or a hard
+  link too) counts once when both rows say the same, and is an error naming both lines when they do not;
 - slip past the fine -> coarse check: a head whose cells are all numbers holds ids, normalised to their
   integer ('01' and '1' are id 1) before any check; negative, fractional or > int32 ids are refused;
 - end in a traceback: a non-UTF-8 file, a NUL byte or a field over csv's 128 KB limit are one line.
@@ -38,6 +38,9 @@ def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         line = raw[:e.start].count(b"\n") + 1
         raise DatasetError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8, "
                            f"e.g. `iconv -f latin1 -t utf-8`") from None
+    if "\0" in text:  # csv accepts it since Python 3.11; as a class name it reached the exported model
+        raise DatasetError(f"{path}:{text[:text.index(chr(0))].count(chr(10)) + 1}: a NUL byte; is it a label "
+                           f"file? (save it as UTF-8 text)")
     reader = csv.reader(io.StringIO(text, newline=""))
     rows = []
     try:
@@ -91,6 +94,16 @@ def _image_path(where: str, folder: Path, base: str, cell: str, allow_outside: b
     return file
 
 
+def _identity(file: str) -> object:
+    """What makes two rows one image: the file's (device, inode), as the folder source compares files, so a hard
+    link is the same image (its real path is another); the real path where it cannot be stat'ed (missing)."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return os.path.realpath(file)
+    return st.st_dev, st.st_ino
+
+
 def _cells(record: tuple) -> str:
     return f"{record[1] or ''},{record[2] or ''},{SPLITS[record[3]]}"
 
@@ -105,7 +118,7 @@ def list_csv(csv_file: str, allow_outside: bool = False) -> tuple[list, str]:
         _normalise_ids(path, rows, head)
     base = os.path.realpath(path.parent)
     records, others, lines = [], [], {}
-    first: dict[str, tuple[int, tuple]] = {}  # real path -> (line, record) of its first row
+    first: dict[object, tuple[int, tuple]] = {}  # the file's identity -> (line, record) of its first row
     repeated = []
     for line, value in rows:
         where = f"{path}:{line}"
@@ -118,7 +131,7 @@ def list_csv(csv_file: str, allow_outside: bool = False) -> tuple[list, str]:
             raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
         file = _image_path(where, path.parent, base, value["path"], allow_outside)
         record = (file, value["fine"] or None, value["coarse"] or None, SPLITS.index(split))
-        seen_line, seen = first.setdefault(os.path.realpath(file), (line, record))
+        seen_line, seen = first.setdefault(_identity(file), (line, record))
         if seen_line != line:
             if seen[1:] != record[1:]:
                 raise DatasetError(f"{where}: {value['path']!r} is the image of line {seen_line} again with other "
