@@ -180,7 +180,7 @@ def test_pipeline_choice_and_refusals_by_name(monkeypatch):
     split = datasets.load("shapes", max_train_examples=64).train
     split = dataclasses.replace(split, fine=np.where(np.arange(len(split)) % 2, split.fine, -1))
     with pytest.raises(ConfigError, match="MixUp / CutMix would mix labelled and unlabelled heads"):
-        feeds.refuse_mixing_partial(split, "flip_crop,cutmix")
+        host_augment.refuse_mixing_partial(split, "flip_crop,cutmix")
 
 
 # The modules a training run on the host pipeline imports (train's whole path, lazy imports included).

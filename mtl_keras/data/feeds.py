@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 
 from mtl_keras.config import INPUT_PIPELINES, TASKS, DataConfig, parse_policies
-from mtl_keras.data.host_augment import HOST_POLICIES
+from mtl_keras.data.host_augment import HOST_POLICIES, refuse_mixing_partial
 from mtl_keras.errors import ConfigError
 
 TFDS_DATASETS = ("cifar10", "cifar100")  # read through tensorflow-datasets
@@ -60,14 +60,6 @@ def _policies(augment: str) -> tuple[str, ...]:
         return parse_policies(augment)
     except ValueError as e:
         raise ConfigError(f"--augment: {e}") from None
-
-
-def refuse_mixing_partial(split, augment: str) -> None:
-    """MixUp / CutMix on a split with partial labels would mix labelled and unlabelled heads: one ConfigError."""
-    partial = bool((split.fine < 0).any() or (split.coarse < 0).any())
-    if partial and {"mixup", "cutmix"} & set(_policies(augment)):
-        raise ConfigError(f"--augment={augment}: MixUp / CutMix would mix labelled and unlabelled heads; the data "
-                          f"has images with one label only, so drop mixup and cutmix")
 
 
 def fit_feeds(data: DataConfig, splits, *, task: str, batch_size: int, seed: int):

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtl_keras.config import parse_policies
+from mtl_keras.errors import ConfigError
+
 HOST_POLICIES = ("flip_crop", "mixup", "cutmix")
 
 
@@ -84,3 +87,11 @@ def augment_batch(images: np.ndarray, labels: np.ndarray, rng: np.random.Generat
         fn, alpha = mixers[0] if len(mixers) == 1 or rng.random() < 0.5 else mixers[1]
         return fn(images, labels, rng, alpha)
     return images.astype(np.float32), labels
+
+
+def refuse_mixing_partial(split, augment: str) -> None:
+    """MixUp / CutMix on a split with partial labels would mix labelled and unlabelled heads: one ConfigError."""
+    partial = bool((split.fine < 0).any() or (split.coarse < 0).any())
+    if partial and {"mixup", "cutmix"} & set(parse_policies(augment)):
+        raise ConfigError(f"--augment={augment}: MixUp / CutMix would mix labelled and unlabelled heads; the data "
+                          f"has images with one label only, so drop mixup and cutmix")

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from mtl_keras.config import TASKS
 from mtl_keras.data import augment as augment_lib
-from mtl_keras.data.feeds import refuse_mixing_partial
+from mtl_keras.data.host_augment import refuse_mixing_partial
 from mtl_keras.data.host_images import FileImages
 from mtl_keras.data.images import decode, fit_images
 from mtl_keras.data.types import DatasetInfo, Split
