@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 # Dense peak TFLOP/s per device kind: (bf16/fp16, fp32). JAX's default matmul precision runs float32 matmuls as
@@ -93,6 +92,7 @@ def timed_fit():
 def report(metrics: dict, seconds: list[float], config, peak_override: float | None) -> dict:
     """metrics.json's figures with the steady images/s and MFU of this device."""
     import jax
+    import keras
 
     device = jax.devices()[0]
     name = device.device_kind if device.platform != "cpu" else f"cpu ({os.cpu_count()} cores)"
@@ -101,7 +101,7 @@ def report(metrics: dict, seconds: list[float], config, peak_override: float | N
     steady = sorted(seconds[1:] or seconds)
     rate = images / steady[len(steady) // 2] if steady else None
     flops = metrics["forward_gflops"] * 1e9
-    return {"device": name, "backend": "jax", "peak_tflops": peak, "peak_note": how,
+    return {"device": name, "backend": keras.backend.backend(), "peak_tflops": peak, "peak_note": how,
             "images_per_s": round(rate, 1) if rate else None,
             "mfu": round(mfu(flops, rate, peak), 4) if rate and peak else None,
             "per_epoch_images_per_s": [round(images / s, 1) for s in seconds],
@@ -131,6 +131,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # before Keras is imported; importing this module sets nothing
     from absl import app, flags
 
     from mtl_keras import flags as mtl_flags

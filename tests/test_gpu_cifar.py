@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, subprocess_env
 
 BENCHMARK = REPO / "benchmarks" / "gpu_cifar.py"
 sys.path.insert(0, str(REPO / "benchmarks"))
-import gpu_cifar  # noqa: E402
+import gpu_cifar
 
 
 def test_peak_table_and_mfu_formula():
@@ -40,7 +39,7 @@ def test_benchmark_reports_mfu_of_a_real_run_on_cpu_with_a_fake_peak(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCHMARK), "--dataset=shapes", "--model=vit", "--variant=Pico/4",
                            "--epochs=2", "--batch_size=64", "--max_train_examples=256", "--noexport", "--peak_tflops=0.001",
                            "--input_pipeline=host", f"--workdir={work}"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env=subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"))
+                          check=False, timeout=600, env=subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["device"].startswith("cpu") and result["peak_tflops"] == 0.001

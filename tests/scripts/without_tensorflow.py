@@ -36,7 +36,7 @@ if sys.argv[1].startswith("--kill_after_epoch="):
     callbacks.Checkpoint.on_epoch_end = on_epoch_end
 if sys.argv[1] == "-c":
     code, sys.argv = sys.argv[2], ["-c", *sys.argv[3:]]
-    exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})
+    exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102  (python -c, as Python runs it)
 else:
     module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
