@@ -127,7 +127,7 @@ def test_checkpoint_of_the_previous_version_still_resumes(tmp_path):
                         "fashion_mnist_dir", "jit_compile"}
     flat = config.flat(config.make())
     added_since = {"atol", "int8_max_drop", "tta_flip", "top_k", "onnx_converter", "max_image_pixels",
-                   "csv_allow_outside_paths"}  # none identifies a checkpoint
+                   "csv_allow_outside_paths", "input_pipeline"}  # none identifies a checkpoint
     old = {k: v for k, v in flat.items() if k not in old_not_training | added_since}
     assert old == config.identity(config.make(), "checkpoint")
 
