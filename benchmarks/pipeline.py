@@ -2,6 +2,11 @@
 
     PYTHONPATH=. python benchmarks/pipeline.py            # in-memory datasets, then image folders
     PYTHONPATH=. python benchmarks/pipeline.py folders    # image folders only (or: memory)
+    PYTHONPATH=. python benchmarks/pipeline.py feed [--dataset=folder --data_dir=ROOT]   # tf_data vs host
+
+`feed` compares the two input pipelines (--input_pipeline=tf_data and host) feeding the CPU config's model
+(configs/mtl_vit_c10_cpu.flags; default data: the built-in shapes set, any train flag overrides): images/s of
+`model.fit` steps after a warm-up epoch, so the model's step time is included, as in training.
 
 Data: the built-in `shapes` set (CIFAR-shaped, 32x32x3) and Fashion-MNIST (28x28x1, skipped when the
 Debian package is absent). "1 core" runs the same pipeline with tf.data's thread pool and intra-op
@@ -117,7 +122,45 @@ def folder_benchmarks(cores: int) -> None:
                       flush=True)
 
 
+FEED_STEPS = 60
+
+
+def feed_benchmarks(argv: list[str]) -> None:
+    """images/s of fit on the CPU config's model, fed by each input pipeline (same splits, same settings)."""
+    import dataclasses
+
+    import keras
+    from absl import flags
+
+    from mtl_keras import flags as mtl_flags
+    from mtl_keras.data import feeds
+    from mtl_keras.modeling import build_and_compile
+
+    fv = flags.FlagValues()
+    mtl_flags.define_train_flags(fv)
+    fv(["feed", "--flagfile=configs/mtl_vit_c10_cpu.flags", "--dataset=shapes", *argv])
+    config = mtl_flags.to_config(fv)
+    splits = datasets.prepare(config.data, config.run.seed)
+    bs = config.optim.batch_size
+    print(f"model.fit fed by each input pipeline: {config.model.model} {config.model.variant}, batch {bs}, augment "
+          f"{config.data.augment}, {config.data.dataset} ({len(splits.train)} train), Keras on "
+          f"{keras.backend.backend()}; {FEED_STEPS} steps after a warm-up epoch of {FEED_STEPS}")
+    for kind in ("tf_data", "host"):
+        data = dataclasses.replace(config.data, input_pipeline=kind)
+        train, _ = feeds.fit_feeds(data, splits, task=config.model.task, batch_size=bs, seed=config.run.seed)
+        keras.utils.set_random_seed(0)
+        model = build_and_compile(config.model, config.optim, splits.info.num_classes, splits.train.images.shape[1:],
+                                  FEED_STEPS, fine_to_coarse=splits.info.fine_to_coarse)
+        model.fit(train, steps_per_epoch=FEED_STEPS, epochs=1, verbose=0, shuffle=False)  # compiles
+        start = time.perf_counter()
+        model.fit(train, steps_per_epoch=FEED_STEPS, epochs=1, verbose=0, shuffle=False)
+        rate = FEED_STEPS * bs / (time.perf_counter() - start)
+        print(f"  --input_pipeline={kind:<8} {rate:>10,.0f} images/s", flush=True)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["feed"]:
+        return feed_benchmarks(sys.argv[2:])
     cores = len(os.sched_getaffinity(0))
     print(f"tf.data pipeline throughput, batch {BATCH}, {cores} CPU cores, TensorFlow {tf.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")

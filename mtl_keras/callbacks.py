@@ -146,8 +146,16 @@ class TensorBoardScalars(keras.callbacks.Callback):
         self._writers: dict = {}
 
     def _write(self, split: str, values: dict[str, float], step: int) -> None:
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
+        if self._writers is None:
+            return
+        try:
+            import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+        except ImportError:  # a run without TensorFlow (host input pipeline): history.csv has the same values
+            print(f"note: no TensorBoard scalars in {self.log_dir}: they are written with TensorFlow, which is not "
+                  "installed here (history.csv has them)")
+            self._writers = None
+            return
 
         if split not in self._writers:
             self._writers[split] = tf.summary.create_file_writer(str(self.log_dir / split))
@@ -168,7 +176,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
             self._write("validation", val, epoch)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        for writer in self._writers.values():
+        for writer in (self._writers or {}).values():
             writer.close()
         self._writers = {}
 

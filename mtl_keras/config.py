@@ -32,6 +32,8 @@ WEIGHTINGS = ("fixed", "uncertainty", "dwa", "famo")
 DYNAMIC_WEIGHTINGS = ("uncertainty", "dwa", "famo")  # learned or updated during training
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
+# Input pipelines (data/feeds.py): auto is tf_data where TensorFlow is installed, else host (numpy, no TensorFlow).
+INPUT_PIPELINES = ("auto", "tf_data", "host")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
 ONNX_CONVERTERS = ("tf2onnx", "keras")  # serving/onnx_convert.py
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -92,6 +94,7 @@ class DataConfig:
     randaugment_magnitude: float = _field(0.5)
     mixup_alpha: float = _field(0.2)
     cutmix_alpha: float = _field(1.0)
+    input_pipeline: str = _field("auto", PLACE)  # how batches are made, not what they hold: never identifies a run
 
 
 @dataclasses.dataclass

@@ -20,17 +20,17 @@ PREDICTIONS_FILE = "test_predictions.npz"  # {head: predicted class ids, "true_"
 TOP_CONFUSIONS = 25
 
 
-def predict_split(model, split, info, batch_size: int = 256) -> tuple[dict, dict]:
-    """(true labels, probabilities) per head of `model` on `split`."""
-    from mtl_keras.data.pipeline import pipeline  # TensorFlow: only for the pass itself
+def predict_split(model, split, info, batch_size: int = 256, input_pipeline: str = "auto") -> tuple[dict, dict]:
+    """(true labels, probabilities) per head of `model` on `split`, batched by `input_pipeline` (data/feeds.py)."""
+    from mtl_keras.data import feeds
 
     truth: dict[str, list] = {}
     probs: dict[str, list] = {}
-    for images, labels, *_ in pipeline(split, info, batch_size=batch_size):  # *_: partial labels' weights
+    for images, labels, *_ in feeds.eval_batches(split, info, batch_size, input_pipeline):  # *_: weights
         outputs = model.predict_on_batch(np.asarray(images))  # numpy: any Keras backend takes it
         for head, p in outputs.items():
             probs.setdefault(head, []).append(np.asarray(p))
-            onehot = labels[head].numpy()
+            onehot = np.asarray(labels[head])
             truth.setdefault(head, []).append(np.where(onehot.max(-1) > 0, onehot.argmax(-1), -1))
     return ({h: np.concatenate(v) for h, v in truth.items()}, {h: np.concatenate(v) for h, v in probs.items()})
 

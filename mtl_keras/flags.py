@@ -186,6 +186,9 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.float("cutmix_alpha", _D.cutmix_alpha, "CutMix: Beta(alpha, alpha) box areas (> 0; with "
             "--augment=...,cutmix).", lower_bound=0.0)
     d.validator("cutmix_alpha", lambda v: v > 0, "--cutmix_alpha must be > 0")
+    d.enum("input_pipeline", _D.input_pipeline, config.INPUT_PIPELINES, "How training batches are made: tf_data "
+           "(TensorFlow's tf.data), host (numpy in threads, no TensorFlow; no randaugment) or auto (tf_data where "
+           "TensorFlow is installed, else host). Same splits, pixels, labels and augmentation policies.")
     _data_place_flags(d)
     # model
     d.enum("task", _D.task, config.TASKS, "mtl: both heads; fine or coarse: a single-task baseline.")

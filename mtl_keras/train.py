@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from mtl_keras import atomic, evaluate
-from mtl_keras.data import datasets, pipeline
+from mtl_keras.data import datasets, feeds
 from mtl_keras import config as config_lib
 from mtl_keras.config import OptimConfig, ServingConfig, TrainConfig
 from mtl_keras.errors import MtlError, RunError, interrupted, report
@@ -116,15 +116,9 @@ def _setup_runtime(optim: OptimConfig) -> None:
 
 
 def pipelines(config: TrainConfig, splits):
-    """The run's (training, validation or None) tf.data pipelines: the data section's augmentation settings
-    reach the training pipeline here and only here."""
-    data, optim = config.data, config.optim
-    common = dict(task=config.model.task, batch_size=optim.batch_size)
-    train_ds = pipeline.pipeline(splits.train, splits.info, training=True, augment=data.augment, seed=config.run.seed,
-                                 randaugment_ops=data.randaugment_ops, randaugment_magnitude=data.randaugment_magnitude,
-                                 mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha, **common)
-    val_ds = pipeline.pipeline(splits.val, splits.info, **common) if len(splits.val) else None
-    return train_ds, val_ds
+    """The run's (training, validation or None) batches from its input pipeline (data/feeds.py)."""
+    return feeds.fit_feeds(config.data, splits, task=config.model.task, batch_size=config.optim.batch_size,
+                           seed=config.run.seed)
 
 
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,
@@ -190,6 +184,10 @@ def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
     import keras
 
     settings = {k: v for k, v in dataclasses.asdict(serving).items() if k != "export"}
+    if not feeds.tensorflow_installed():  # the export and its checks are TensorFlow programs
+        print(f"export skipped: TensorFlow is not installed here; run `python -m mtl_keras.export "
+              f"--workdir={workdir}` where it is")
+        return {"artifacts": {}, "metrics": {}}
     if keras.backend.backend() == "tensorflow":
         from mtl_keras.serving.runs import export_run
 
@@ -216,6 +214,7 @@ def run(config: TrainConfig) -> dict:
 
     # Everything that can reject the run happens before anything is written.
     data, optim, seed = config.data, config.optim, config.run.seed
+    feeds.check(data)  # the input pipeline exists here and implements what the flags ask
     _setup_runtime(optim)
     workdir = check_workdir(config.run.workdir)
     if config.serving.export:  # found only after training, it lost the run's metrics.json
@@ -299,11 +298,13 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
         model = with_flip_average(model)
     model_path = save_model(model, workdir / "model.keras")  # first: nothing after fit may lose the model
 
-    truth, probs = evaluate.predict_split(model, splits.test, info, optim.batch_size)  # the one test pass
+    # the one test pass
+    truth, probs = evaluate.predict_split(model, splits.test, info, optim.batch_size, data.input_pipeline)
     consistent = config.model.coarse_head != "learned"  # hierarchy-aware heads predict a consistent pair
     metrics = evaluate.test_metrics(truth, probs, info, consistent)
     if len(splits.val):  # the final weights (EMA swapped in) on validation: what experiments choose gamma by
-        val = evaluate.accuracy_metrics(*evaluate.predict_split(model, splits.val, info, optim.batch_size), info,
+        val = evaluate.accuracy_metrics(*evaluate.predict_split(model, splits.val, info, optim.batch_size,
+                                                              data.input_pipeline), info,
                                         consistent)
         metrics |= {f"val_{k}": v for k, v in val.items() if k.endswith("_accuracy")}
     reports.write_run_reports(truth, evaluate.predicted_classes(probs, info, consistent), info, workdir)

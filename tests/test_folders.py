@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from conftest import require, run_module
 from mtl_keras.data import datasets, pipeline, types
+from mtl_keras.data import host_images
 from mtl_keras.data import images as images_lib
 from mtl_keras.data.sources import fashion_mnist
 from mtl_keras.errors import DatasetError
@@ -139,7 +140,7 @@ def test_undecodable_files_are_skipped_named_and_counted(tmp_path, caplog):
 def test_streamed_split_matches_cached_and_survives_a_file_breaking(tmp_path):
     make_tree(tmp_path, per_class=8)
     cached, streamed = load(tmp_path), load(tmp_path, cache_mb=0)
-    assert isinstance(streamed.train.images, images_lib.FileImages) and isinstance(cached.train.images, np.ndarray)
+    assert isinstance(streamed.train.images, host_images.FileImages) and isinstance(cached.train.images, np.ndarray)
     np.testing.assert_array_equal(np.asarray(streamed.test.images), cached.test.images)
     assert streamed.train.images[2:5].shape == (3, 32, 32, 3) and streamed.train.images[0].shape == (32, 32, 3)
     x, labels = next(iter(pipeline.pipeline(streamed.test, streamed.info, batch_size=64)))

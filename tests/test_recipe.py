@@ -174,7 +174,7 @@ def test_randaugment_flags_reach_the_pipeline(shapes_small):
 def test_folder_flags_reach_the_splits_and_the_pipeline(tmp_path):
     import tensorflow as tf
 
-    from mtl_keras.data.images import FileImages
+    from mtl_keras.data.host_images import FileImages
 
     rng = np.random.default_rng(0)
     for coarse, fines in {"animal": ("cat", "dog"), "vehicle": ("car", "ship")}.items():

@@ -1,5 +1,5 @@
-"""Images: `fit_images` (the one place channels and size adapt), decoding image files in tf.data, and
-`FileImages`, files read like a uint8 array (slicing stays lazy; only what is converted is decoded)."""
+"""Images: `fit_images` (the one place channels and size adapt) and decoding image files in tf.data (its Pillow
+twin, and `FileImages`, are in host_images.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import tensorflow as tf
 
 from mtl_keras.data.graph_headers import header_pixels
 from mtl_keras.data.headers import too_large
-from mtl_keras.errors import DatasetError
 
 _NO_LIMIT = 2 ** 63  # no pixel limit: the header check still refuses anything but a regular file
 
@@ -59,8 +58,13 @@ def decode_bytes(contents: tf.Tensor, size: int, max_pixels: int | None = None) 
         # libjpeg can decode at 1/2, 1/4 or 1/8 scale (DCT scaling): a phone photo bound for 32 px decodes
         # many times faster at 1/8 than in full, and the resize below still starts from >= `size` pixels.
         side = tf.reduce_min(tf.io.extract_jpeg_shape(contents)[:2])
-        return tf.case([(side >= size * r, lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r))
-                        for r in (8, 4, 2)], default=lambda: tf.io.decode_jpeg(contents, channels=3))
+        return tf.case([(side >= size * r, lambda r=r: jpeg_at(r))
+                        for r in (8, 4, 2)], default=lambda: jpeg_at(1))
+
+    def jpeg_at(ratio: int) -> tf.Tensor:
+        # libjpeg's accurate integer IDCT, Pillow's: the host pipeline (host_images.py) then decodes the same
+        # pixels (TF's default INTEGER_FAST differed from it by up to 5 levels on 4:2:0 JPEGs).
+        return tf.io.decode_jpeg(contents, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
 
     image = tf.cond(tf.io.is_jpeg(contents), jpeg,
                     lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
@@ -104,7 +108,7 @@ def why_skipped(path: str, max_pixels: int | None = None) -> str:
 
 
 def why_undecodable(path: str) -> str:
-    """Why one file failed to decode (call `why_skipped` for a file that may be a decompression bomb)."""
+    """Why one file failed to decode (sources/files.py first checks for a decompression bomb)."""
     try:
         tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return "decodes now (changed while loading?)"
@@ -113,39 +117,3 @@ def why_undecodable(path: str) -> str:
     except tf.errors.OpError as e:
         text = re.sub(r"\{\{.*?\}\}\s*", "", e.message).strip()  # drop TF's {{function_node ...}} prefix
         return text.splitlines()[0][:120] if text else type(e).__name__
-
-
-class FileImages:
-    """Images still in files, read like a uint8 array [N, size, size, 3]: slicing stays lazy, and
-    `np.asarray`, `astype` or an integer index decode (in tf.data). `pipeline.pipeline` streams them."""
-
-    dtype = np.dtype(np.uint8)
-    ndim = 4
-
-    def __init__(self, paths, size: int):
-        self.paths, self.image_size = np.asarray(paths, object), size
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.image_size, self.image_size, 3)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            return np.asarray(FileImages(self.paths[[index]], self.image_size))[0]
-        return FileImages(self.paths[index], self.image_size)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        images, ok = decode_files(self.paths, self.image_size)
-        if not ok.all():  # validated at load: the file changed since
-            raise DatasetError(f"{self.paths[~ok][0]}: can no longer be decoded ({why_skipped(self.paths[~ok][0])})")
-        return images if dtype is None else images.astype(dtype)
-
-    def astype(self, dtype) -> np.ndarray:
-        return np.asarray(self, dtype)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from mtl_keras.config import TASKS, parse_policies
+from mtl_keras.config import TASKS
 from mtl_keras.data import augment as augment_lib
-from mtl_keras.data.images import FileImages, decode, fit_images
+from mtl_keras.data.host_augment import refuse_mixing_partial
+from mtl_keras.data.host_images import FileImages
+from mtl_keras.data.images import decode, fit_images
 from mtl_keras.data.types import DatasetInfo, Split
-from mtl_keras.errors import ConfigError
 
 
 def split_heads(labels: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf.Tensor]:
@@ -66,9 +67,8 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
     fine, coarse = tf.constant(split.fine), tf.constant(split.coarse)
     n = info.num_classes
     partial = bool((split.fine < 0).any() or (split.coarse < 0).any())
-    if partial and augmenter is not None and {"mixup", "cutmix"} & set(parse_policies(augment)):
-        raise ConfigError(f"--augment={augment}: MixUp / CutMix would mix labelled and unlabelled heads; the data "
-                          f"has images with one label only, so drop mixup and cutmix")
+    if augmenter is not None:
+        refuse_mixing_partial(split, augment)
 
     def prepare(x: tf.Tensor, index: tf.Tensor, step: tf.Tensor):
         # One label vector per example, so MixUp / CutMix mix both heads with the same weights.

@@ -27,7 +27,7 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # uint8 [N, H, W, C], or images.FileImages (decoded lazily, sliced without decoding)
+    images: np.ndarray  # uint8 [N, H, W, C], or host_images.FileImages (decoded lazily, sliced without decoding)
     fine: np.ndarray  # int32 [N]
     coarse: np.ndarray  # int32 [N]
 

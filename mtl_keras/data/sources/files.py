@@ -14,9 +14,10 @@ carry the coarse label only (fine id -1: no fine loss, left out of fine metrics)
 cell takes its fine class's superclass from the other rows (the hierarchy says which it is); a fine class that
 no row places in a superclass is an error.
 
-Files are listed once, then decoded and resized to `image_size` x `image_size` x 3 in tf.data (parallel map,
-no Python per image). When the decoded pixels fit in `cache_mb` they are decoded once into the same uint8
-arrays the built-in datasets use; otherwise splits hold `FileImages` and `pipeline.pipeline` streams the files
+Files are listed once, then decoded and resized to `image_size` x `image_size` x 3 by the input pipeline's
+decoder (tf.data's parallel map, or Pillow in threads for the host pipeline: the same pixels, host_images.py).
+When the decoded pixels fit in `cache_mb` they are decoded once into the same uint8 arrays the built-in
+datasets use; otherwise splits hold `FileImages` and the input pipeline streams the files
 every epoch. Files that cannot be decoded are found by that first pass, skipped with a warning naming each,
 and listed in `DatasetInfo.skipped_files`; the streaming pipeline also drops (never dies on) a file that
 breaks later. Files whose header says they hold more than `max_image_pixels` are skipped the same way, never
@@ -32,7 +33,9 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from mtl_keras.data.images import FileImages, decode_files, why_skipped
+from mtl_keras.data import feeds
+from mtl_keras.data.headers import too_large
+from mtl_keras.data.host_images import FileImages, decoder
 from mtl_keras.data.sources.csv_labels import list_csv
 from mtl_keras.data.sources.folder_tree import list_folder
 from mtl_keras.data.splits import assign_splits, train_subset
@@ -94,16 +97,22 @@ def load(settings) -> Source:
     # A file above --max_image_pixels (read from its header) is never decoded and is skipped like a file that
     # cannot be decoded: named in a warning, counted, listed in skipped_files.txt; the others train.
     max_pixels = settings.max_image_pixels
+    input_pipeline = feeds.resolve(settings.input_pipeline)  # the pipeline's decoder: its pixels, its failures
+    decode_files, why_undecodable = decoder(input_pipeline)
+
+    def why_skipped(path: str) -> str:
+        return (max_pixels and too_large(path, max_pixels)) or f"cannot decode it ({why_undecodable(path)})"
+
     images, ok = decode_files(paths[keep], image_size if in_memory else None, max_pixels)
     bad = paths[keep][~ok]
     for path in bad[:_NAMED_WARNINGS]:
-        logging.warning("skipping %s: %s", path, why_skipped(path, max_pixels))
+        logging.warning("skipping %s: %s", path, why_skipped(path))
     if len(bad) > _NAMED_WARNINGS:
         logging.warning("skipping %d more files that cannot be decoded or are too large (a training run lists "
                         "all in WORKDIR/skipped_files.txt)", len(bad) - _NAMED_WARNINGS)
     if not ok.any():
         raise DatasetError(f"{source}: none of its {len(keep)} image files could be decoded, e.g. {bad[0]}: "
-                           f"{why_skipped(bad[0], max_pixels)}")
+                           f"{why_skipped(bad[0])}")
     info = DatasetInfo(kind, fine_names, coarse_names, tuple(fine_to_coarse.tolist()),
                             skipped_files=tuple(bad.tolist()))
     bounds = np.cumsum([0, len(train), np.count_nonzero(split == 1), np.count_nonzero(split == 2)])
@@ -114,7 +123,7 @@ def load(settings) -> Source:
 
     def part(s: int) -> Split:
         rows = slice(edges[s], edges[s + 1])
-        pixels = images[rows] if in_memory else FileImages(paths[keep[rows]], image_size)
+        pixels = images[rows] if in_memory else FileImages(paths[keep[rows]], image_size, input_pipeline)
         return Split(pixels, fine[keep[rows]], coarse[keep[rows]])
 
     return Source(info, part(0), part(2), val=part(1))
