@@ -71,12 +71,9 @@ def hierarchy_consistency(fine_pred, coarse_pred, fine_to_coarse) -> float:
 
 def predicted_classes(probs: dict[str, np.ndarray], info, consistent: bool = False) -> dict[str, np.ndarray]:
     """Class ids per head: each head's argmax, or the hierarchy-consistent pair (`consistent`, two heads)."""
-    if consistent and set(probs) == {"fine", "coarse"}:
-        from mtl_keras.models.hierarchy import consistent_pair  # numpy only at call time; no TF
+    from mtl_keras.serving.answers import pair  # what predict and serving_bytes answer
 
-        fine, coarse = consistent_pair(probs["fine"], probs["coarse"], info.fine_to_coarse)
-        return {"fine": fine, "coarse": coarse}
-    return {name: p.argmax(-1) for name, p in probs.items()}
+    return pair(probs, info.fine_to_coarse if consistent else None, consistent)
 
 
 def _mean_where(hit: np.ndarray, labelled: np.ndarray) -> float | None:

@@ -292,6 +292,7 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.string("model", None, "SavedModel version folder (e.g. export/quickstart/1), .onnx file or a run's model.keras.")
     d.integer("top_k", 1, "Classes to print per head.", lower_bound=1)
     d.boolean("json", False, "Print one JSON document instead of lines.")
+    d.integer("batch_size", 64, "Images classified per model call.", lower_bound=1)
     _max_image_pixels_flag(d)
 
 

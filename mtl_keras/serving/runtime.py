@@ -26,6 +26,7 @@ class Runtime:
     names: dict[str, list[str]]  # head -> class names ({} when the artifact holds none)
     run_batch: Callable[[np.ndarray], dict[str, np.ndarray]]
     handle: object = None  # keeps what owns the variables (a loaded SavedModel) alive
+    decoding: dict = dataclasses.field(default_factory=dict)  # answers.Decoding's keys the artifact carries
 
     def __call__(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Probabilities per head for float32 images, run `batch_size` images at a time."""
@@ -36,9 +37,23 @@ class Runtime:
         return {head: np.concatenate([p[head] for p in parts]) for head in parts[0]}
 
 
+def _read_classes(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path} cannot be read ({e})") from None
+
+
 def _class_names(path: Path) -> dict[str, list[str]]:
-    names = json.loads(path.read_text()) if path.is_file() else {}
+    names = _read_classes(path)
     return {head: list(names[head]) for head in ("fine", "coarse") if head in names}
+
+
+def _decoding(path: Path) -> dict:
+    from mtl_keras.serving.answers import KEYS
+
+    values = _read_classes(path)
+    return {k: values[k] for k in KEYS if k in values}
 
 
 def from_keras_model(model, path: str = "<memory>", names: dict | None = None) -> Runtime:
@@ -59,7 +74,9 @@ def _keras(path: Path) -> Runtime:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a file from elsewhere or damaged
         raise ExportError(f"{path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return from_keras_model(model, str(path), _class_names(path.parent / CLASSES_FILE))
+    runtime = from_keras_model(model, str(path), _class_names(path.parent / CLASSES_FILE))
+    runtime.decoding = _decoding(path.parent / CLASSES_FILE)
+    return runtime
 
 
 def _saved_model(path: Path) -> Runtime:
@@ -72,8 +89,8 @@ def _saved_model(path: Path) -> Runtime:
         return {k: v.numpy() for k, v in serving(image=tf.constant(x)).items()}
 
     shape = tuple(serving.structured_input_signature[1]["image"].shape[1:])
-    return Runtime("saved_model", str(path), shape, _class_names(path / "assets.extra" / CLASSES_FILE),
-                   run_batch, loaded)
+    classes = path / "assets.extra" / CLASSES_FILE
+    return Runtime("saved_model", str(path), shape, _class_names(classes), run_batch, loaded, _decoding(classes))
 
 
 def _onnx(path: Path) -> Runtime:
@@ -92,7 +109,13 @@ def _onnx(path: Path) -> Runtime:
         return dict(zip(outputs, session.run(outputs, {input_name: x})))
 
     shape = tuple(int(d) for d in session.get_inputs()[0].shape[1:])
-    return Runtime("onnx", str(path), shape, names, run_batch, session)
+    from mtl_keras.serving.answers import Decoding
+
+    try:
+        decoding = Decoding.from_metadata(meta).to_dict()
+    except ValueError as e:
+        raise ExportError(f"{path}: its decoding metadata cannot be read ({e})") from None
+    return Runtime("onnx", str(path), shape, names, run_batch, session, decoding)
 
 
 def load(path, flag: str = "--model") -> Runtime:
