@@ -101,6 +101,8 @@ class ModelConfig:
     coarse_head: str = _field("learned", TASK)  # how the coarse output relates to the fine one (models/hierarchy.py)
     consistency_weight: float = _field(1.0, TASK)  # coarse_head=both: weight of the consistency loss
     tta_flip: bool = _field(False, EVALUATION)  # average over the image and its mirror, inside the exported model
+    hedge_target: float = _field(0.95, EVALUATION)  # validation fine-level precision the hedge threshold aims at
+    calibrate: bool = _field(False, EVALUATION)  # a validation-fitted temperature inside the model (confidence.py)
 
 
 @dataclasses.dataclass

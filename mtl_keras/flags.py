@@ -205,6 +205,12 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
             "the coarse head and the fine head's superclass sums.", lower_bound=0.0, upper_bound=100.0)
     d.boolean("tta_flip", _D.tta_flip, "Evaluate and export the average of the model on each image and on its mirror "
               "image (deterministic, inside the exported model; 2x inference cost, no training change).")
+    d.float("hedge_target", _D.hedge_target, "Hedged answer (label / level in serving_bytes and predict): the fine "
+            "class when its probability reaches a threshold chosen on validation images so that such answers reach "
+            "this precision, else its superclass. Strictly between 0 and 1.")
+    d.validator("hedge_target", lambda v: 0 < v < 1, "--hedge_target must lie strictly between 0 and 1")
+    d.boolean("calibrate", _D.calibrate, "Fit a temperature on validation images and put it inside the exported "
+              "model, kept only where it lowers validation ECE (needs --validation_fraction above 0).")
     # optimisation
     d.integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
     d.integer("batch_size", _D.batch_size, "Global batch size.", lower_bound=1)
