@@ -7,7 +7,9 @@ probabilities into metrics.json's entries: accuracy per head over the images lab
 Predicted classes are each head's argmax, or with `consistent=True` (hierarchy-aware heads, `--coarse_head`
 marginal / both) the pair of models.hierarchy.consistent_pair, which never contradicts the hierarchy.
 `save_predictions` / `load_predictions` keep the predicted and true classes in WORKDIR/test_predictions.npz,
-so experiments compare runs without predicting again.
+so experiments compare runs without predicting again. `fit_on_validation` fits what train takes from the
+validation images (a `--calibrate` temperature, the hedge threshold) and `trust_metrics` adds the calibration,
+mistake-severity and hedged-answer figures (confidence.py) to metrics.json.
 """
 
 from __future__ import annotations
