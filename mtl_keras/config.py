@@ -113,13 +113,16 @@ class ModelConfig:
     consistency_weight: float = _field(1.0, TASK, before=1.0)  # coarse_head=both: weight of the consistency loss
     # average over the image and its mirror, inside the exported model
     tta_flip: bool = _field(False, EVALUATION, before=False)
+    # validation fine-level precision the hedge threshold aims at (an answer older runs never gave)
+    hedge_target: float = _field(0.95, EVALUATION, before=0.95)
+    calibrate: bool = _field(False, EVALUATION, before=False)  # a validation-fitted temperature inside the model
 
 
 @dataclasses.dataclass
 class OptimConfig:
     epochs: int = _field(10)
     # Wall-clock seconds of training (budget.py): the schedule follows the elapsed share and --epochs is a cap.
-    time_budget: float | None = _field(None)
+    time_budget: float | None = _field(None, before=None)
     batch_size: int = _field(128)
     learning_rate: float = _field(1e-3)
     weight_decay: float = _field(0.05)

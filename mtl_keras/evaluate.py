@@ -7,7 +7,9 @@ probabilities into metrics.json's entries: accuracy per head over the images lab
 Predicted classes are each head's argmax, or with `consistent=True` (hierarchy-aware heads, `--coarse_head`
 marginal / both) the pair of models.hierarchy.consistent_pair, which never contradicts the hierarchy.
 `save_predictions` / `load_predictions` keep the predicted and true classes in WORKDIR/test_predictions.npz,
-so experiments compare runs without predicting again.
+so experiments compare runs without predicting again. `fit_on_validation` fits what train takes from the
+validation images (a `--calibrate` temperature, the hedge threshold) and `trust_metrics` adds the calibration,
+mistake-severity and hedged-answer figures (confidence.py) to metrics.json.
 """
 
 from __future__ import annotations
@@ -71,12 +73,9 @@ def hierarchy_consistency(fine_pred, coarse_pred, fine_to_coarse) -> float:
 
 def predicted_classes(probs: dict[str, np.ndarray], info, consistent: bool = False) -> dict[str, np.ndarray]:
     """Class ids per head: each head's argmax, or the hierarchy-consistent pair (`consistent`, two heads)."""
-    if consistent and set(probs) == {"fine", "coarse"}:
-        from mtl_keras.models.hierarchy import consistent_pair  # numpy only at call time; no TF
+    from mtl_keras.serving.answers import pair  # what predict and serving_bytes answer
 
-        fine, coarse = consistent_pair(probs["fine"], probs["coarse"], info.fine_to_coarse)
-        return {"fine": fine, "coarse": coarse}
-    return {name: p.argmax(-1) for name, p in probs.items()}
+    return pair(probs, info.fine_to_coarse if consistent else None, consistent)
 
 
 def _mean_where(hit: np.ndarray, labelled: np.ndarray) -> float | None:
@@ -149,3 +148,75 @@ def load_predictions(workdir: str | Path) -> tuple[dict, dict] | None:
     if not heads or any(f"true_{h}" not in arrays for h in heads):
         return None
     return {h: arrays[f"true_{h}"] for h in heads}, {h: arrays[h] for h in heads}
+
+
+def check_validation(model_config, validation_examples: int, hedge_default: float) -> None:
+    """RunError (one line, before anything is written) when the run asks for what needs validation images
+    and has none: --calibrate, or a --hedge_target other than the default (the default hedges when it can)."""
+    from mtl_keras.errors import RunError
+
+    if not 0 < model_config.hedge_target < 1:
+        raise RunError(f"--hedge_target={model_config.hedge_target} must lie strictly between 0 and 1")
+    if validation_examples:
+        return
+    asked = [f for f, on in (("--calibrate", model_config.calibrate),
+                             (f"--hedge_target={model_config.hedge_target}",
+                              model_config.hedge_target != hedge_default)) if on]
+    if asked:
+        raise RunError(f"{' and '.join(asked)} need validation images, and this run has none: set "
+                       "--validation_fraction above 0")
+
+
+def fit_on_validation(model, splits, info, model_config, batch_size: int = 256, input_pipeline: str = "auto"):
+    """(model, decoding, metrics, validation (truth, probabilities) or None): with `--calibrate` the model with
+    the temperature kept inside it (confidence.calibrate), and the hedge threshold chosen on validation images
+    for --hedge_target fine-level precision (answers.choose_threshold). `decoding`: answers.Decoding's keys for
+    classes.json; `metrics`: the calibration report."""
+    from mtl_keras import confidence
+    from mtl_keras.serving import answers
+
+    if not len(splits.val):
+        return model, {}, {}, None
+    truth, probs = predict_split(model, splits.val, info, batch_size, input_pipeline)
+    consistent = model_config.coarse_head != "learned"
+    tied = info.fine_to_coarse if consistent and {"fine", "coarse"} <= set(probs) else None
+    decoding, metrics = {}, {}
+    if model_config.calibrate:
+        from mtl_keras.models.hierarchy import with_temperature
+
+        kept, metrics["calibration"] = confidence.calibrate(truth, probs, tied)
+        if kept:
+            model = with_temperature(model, kept, tied)
+            probs = confidence.apply(probs, kept, tied)
+            decoding["temperature"] = kept
+    if {"fine", "coarse"} <= set(probs):
+        ids = answers.pair(probs, info.fine_to_coarse, consistent)
+        keep = truth["fine"] >= 0
+        decoding["hedge_threshold"] = answers.choose_threshold(answers.fine_confidence(probs, ids)[keep],
+                                                               (ids["fine"] == truth["fine"])[keep],
+                                                               model_config.hedge_target)
+        decoding["hedge_target"] = model_config.hedge_target
+    return model, decoding, metrics, (truth, probs)
+
+
+def trust_metrics(truth: dict, probs: dict, info, consistent: bool, decoding: dict) -> dict:
+    """metrics.json's trust entries on test images: ECE per head (and before calibration, where a temperature
+    was kept), the share of fine errors inside the true superclass, and the hedged answer's figures."""
+    from mtl_keras import confidence
+    from mtl_keras.serving import answers
+
+    metrics = {f"{h}_ece": confidence.ece(p, truth[h]) for h, p in probs.items()}
+    kept = decoding.get("temperature")
+    if kept:  # softmax(log p * t) undoes the temperature t exactly: the model's test probabilities before it
+        tied = info.fine_to_coarse if consistent and {"fine", "coarse"} <= set(probs) else None
+        raw = confidence.apply(probs, {h: 1.0 / t for h, t in kept.items()}, tied)
+        metrics |= {f"{h}_ece_uncalibrated": confidence.ece(p, truth[h]) for h, p in raw.items()}
+    ids = answers.pair(probs, info.fine_to_coarse, consistent)
+    if {"fine", "coarse"} <= set(probs):
+        metrics["fine_errors_within_superclass"] = confidence.within_superclass(truth, ids, info.fine_to_coarse)
+        metrics |= confidence.hedge_metrics(truth, probs, ids, decoding.get("hedge_threshold"))
+        metrics["hedge_target"] = decoding.get("hedge_target")
+    elif "fine" in probs:
+        preds = {"fine": ids["fine"]}
+        metrics["fine_errors_within_superclass"] = confidence.within_superclass(truth, preds, info.fine_to_coarse)
+    return metrics

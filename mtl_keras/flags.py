@@ -215,6 +215,12 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
             "the coarse head and the fine head's superclass sums.", lower_bound=0.0, upper_bound=100.0)
     d.boolean("tta_flip", _D.tta_flip, "Evaluate and export the average of the model on each image and on its mirror "
               "image (deterministic, inside the exported model; 2x inference cost, no training change).")
+    d.float("hedge_target", _D.hedge_target, "Hedged answer (label / level in serving_bytes and predict): the fine "
+            "class when its probability reaches a threshold chosen on validation images so that such answers reach "
+            "this precision, else its superclass. Strictly between 0 and 1.")
+    d.validator("hedge_target", lambda v: 0 < v < 1, "--hedge_target must lie strictly between 0 and 1")
+    d.boolean("calibrate", _D.calibrate, "Fit a temperature on validation images and put it inside the exported "
+              "model, kept only where it lowers validation ECE (needs --validation_fraction above 0).")
     # optimisation
     d.integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
     d.float("time_budget", _D.time_budget, "Train for this many wall-clock seconds (fit, validation passes "
@@ -313,6 +319,7 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.string("model", None, "SavedModel version folder (e.g. export/quickstart/1), .onnx file or a run's model.keras.")
     d.integer("top_k", 1, "Classes to print per head.", lower_bound=1)
     d.boolean("json", False, "Print one JSON document instead of lines.")
+    d.integer("batch_size", 64, "Images classified per model call.", lower_bound=1)
     _max_image_pixels_flag(d)
     _verbose_flag(d)
 

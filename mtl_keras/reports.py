@@ -153,3 +153,61 @@ def per_class_table(metrics_json: str | Path, head: str = "fine") -> str:
     lines += [f"| {name} | {'-' if r['accuracy'] is None else format(r['accuracy'], '.1%')} | {r['examples']} |"
               for name, r in ordered]
     return "\n".join(lines)
+
+
+def reliability_png(truth: dict, probs: dict, out_png: str | Path) -> Path:
+    """Reliability diagram per head (15 bins): accuracy against mean confidence, the diagonal is calibrated;
+    each panel's title gives its ECE (confidence.ece)."""
+    from mtl_keras.confidence import ECE_BINS, ece, reliability
+
+    heads = [h for h in HEADS if h in probs]
+    fig = _figure(4 * len(heads), 4)
+    for ax, head in zip(fig.subplots(1, len(heads), squeeze=False)[0], heads):
+        r = reliability(probs[head], truth[head])
+        centers = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
+        acc = [a if a is not None else 0.0 for a in r["accuracy"]]
+        ax.bar(centers, acc, width=1 / ECE_BINS, edgecolor="black", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+        ax.set_title(f"{head}: ECE {ece(probs[head], truth[head]):.3f}", **PLAIN)
+        ax.legend(loc="upper left")
+    fig.savefig(out_png)
+    return Path(out_png)
+
+
+def risk_coverage_png(confidence: np.ndarray, correct: np.ndarray, out_png: str | Path,
+                      threshold_coverage: float | None = None) -> Path:
+    """Fine-level risk (error) against coverage (share answered at the fine level), most confident first; the
+    title gives the AURC, a dotted line the coverage the hedge threshold gives."""
+    from mtl_keras.confidence import risk_coverage
+
+    coverage, risk, aurc = risk_coverage(confidence, correct)
+    fig = _figure(5, 4)
+    ax = fig.subplots()
+    ax.plot(coverage, risk)
+    if threshold_coverage is not None:
+        ax.axvline(threshold_coverage, ls=":", color="gray", label="hedge threshold")
+        ax.legend(loc="upper left")
+    ax.set(xlim=(0, 1), ylim=(0, max(float(risk.max()), 0.01) if len(risk) else 1), xlabel="coverage (fine answers)",
+           ylabel="fine risk (error)")
+    ax.set_title(f"risk-coverage, AURC {aurc:.4f}", **PLAIN)
+    fig.savefig(out_png)
+    return Path(out_png)
+
+
+def write_trust_reports(truth: dict, probs: dict, info, consistent: bool, decoding: dict,
+                        workdir: str | Path) -> list[Path]:
+    """WORKDIR/reliability.png and, with both heads, risk_coverage.png from the test pass."""
+    from mtl_keras.serving import answers
+
+    workdir = Path(workdir)
+    written = [reliability_png(truth, probs, workdir / "reliability.png")]
+    if {"fine", "coarse"} <= set(probs):
+        ids = answers.pair(probs, info.fine_to_coarse, consistent)
+        keep = (truth["fine"] >= 0) & (truth["coarse"] >= 0)
+        level = answers.at_fine_level(probs, ids, decoding.get("hedge_threshold"))[keep]
+        written.append(risk_coverage_png(answers.fine_confidence(probs, ids)[keep],
+                                         (ids["fine"] == truth["fine"])[keep], workdir / "risk_coverage.png",
+                                         float(level.mean()) if keep.any() else None))
+    print("trust reports: " + ", ".join(str(p) for p in written))
+    return written

@@ -230,6 +230,7 @@ def run(config: TrainConfig) -> dict:
                        f"--distribution={optim.distribution}")
     splits = datasets.prepare(data, seed)
     train = splits.train
+    evaluate.check_validation(config.model, len(splits.val), config_lib.ModelConfig.hedge_target)
     if len(train) < optim.batch_size:
         raise RunError(f"--batch_size={optim.batch_size} exceeds the {len(train)} training examples")
     if not len(splits.test):  # found after training, it crashed the test pass and lost the model
@@ -297,17 +298,24 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     if config.model.tta_flip:  # the flipped-view average is what is evaluated, saved and exported
         model = with_flip_average(model)
     model_path = save_model(model, workdir / "model.keras")  # first: nothing after fit may lose the model
+    # Temperature (--calibrate) and hedge threshold from validation images; they travel in classes.json.
+    model, decoding, calibration, val_pass = evaluate.fit_on_validation(model, splits, info, config.model,
+                                                                        optim.batch_size, data.input_pipeline)
+    if "temperature" in decoding:
+        model_path = save_model(model, workdir / "model.keras")
+    if decoding:
+        atomic.write_text(workdir / "classes.json", json.dumps(class_names(info) | decoding, indent=1) + "\n")
 
     # the one test pass
     truth, probs = evaluate.predict_split(model, splits.test, info, optim.batch_size, data.input_pipeline)
     consistent = config.model.coarse_head != "learned"  # hierarchy-aware heads predict a consistent pair
-    metrics = evaluate.test_metrics(truth, probs, info, consistent)
-    if len(splits.val):  # the final weights (EMA swapped in) on validation: what experiments choose gamma by
-        val = evaluate.accuracy_metrics(*evaluate.predict_split(model, splits.val, info, optim.batch_size,
-                                                              data.input_pipeline), info,
-                                        consistent)
+    metrics = evaluate.test_metrics(truth, probs, info, consistent) | calibration
+    metrics |= evaluate.trust_metrics(truth, probs, info, consistent, decoding)
+    if val_pass:  # the final weights (EMA swapped in) on validation: what experiments choose gamma by
+        val = evaluate.accuracy_metrics(*val_pass, info, consistent)
         metrics |= {f"val_{k}": v for k, v in val.items() if k.endswith("_accuracy")}
     reports.write_run_reports(truth, evaluate.predicted_classes(probs, info, consistent), info, workdir)
+    reports.write_trust_reports(truth, probs, info, consistent, decoding, workdir)
     metrics["train_labelled"] = labelled
     metrics["train_seconds"] = round(train_seconds, 1)
     trained = budget_record["time_budget"]["steps_this_attempt"] * optim.batch_size if budget_record else None

@@ -487,7 +487,7 @@ def test_checker_fails_when_the_bytes_signature_disagrees(trained_run):
                                                               for k, v in saved.run_batch(x).items()})
     problems = verify.bytes_parity(shifted, images, 1e-5).problems
     assert any(p.startswith("fine: max |diff|") for p in problems)
-    assert "fine_classes: first name is not the most probable class" in problems
+    assert "fine_classes: first name is not the answered class" in problems
 
 
 @pytest.mark.parametrize("where", ["in-process", "child"])

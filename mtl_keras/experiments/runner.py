@@ -34,8 +34,8 @@ from mtl_keras.config import TrainConfig
 from mtl_keras.errors import ExperimentError, MtlError
 from mtl_keras.experiments import records
 from mtl_keras.experiments.plots import mean_history, mtl_vs_stl_png
-from mtl_keras.experiments.tables import (COMPUTE, HEADS, METRICS, RESULTS_HEADER, VAL_METRICS, Row, markdown_table,
-                                          write_csv, write_markdown)
+from mtl_keras.experiments.tables import (COMPUTE, HEADS, METRICS, RESULTS_HEADER, TRUST, VAL_METRICS, Row,
+                                          markdown_table, write_csv, write_markdown)
 
 
 @dataclasses.dataclass
@@ -244,7 +244,7 @@ def collect(experiments: list[Experiment], seeds: list[int]) -> tuple[list[Row],
             if exp.task == "mtl" and metrics.get("both_wrong") is None:  # runs of versions before both_wrong
                 true, pred = test_predictions(exp.run_dir(seed), exp.configs[seed])
                 metrics["both_wrong"] = evaluate.both_wrong(true, pred)
-            for key in (*METRICS, *VAL_METRICS, *(k for k, _, _ in COMPUTE)):
+            for key in (*METRICS, *VAL_METRICS, *(k for k, _, _ in COMPUTE), *(k for k, _ in TRUST)):
                 if metrics.get(key) is not None:
                     values.setdefault(key, {})[seed] = float(metrics[key])
         rows.append(Row(exp.name, exp.task, exp.key, values))

@@ -19,6 +19,10 @@ LOWER_IS_BETTER = {"both_wrong"}
 PAIR_METRICS = METRICS[2:]  # what compares an STL pair with MTL (a pair's accuracies are its STL rows')
 VAL_METRICS = ("val_fine_accuracy", "val_coarse_accuracy")
 RESULTS_HEADER = "# Results: "  # results.md's first bytes: the runner overwrites no results.md without them
+# Trust columns (evaluate.trust_metrics), mean over seeds in %: calibration, mistake severity, the hedged answer.
+TRUST = (("fine_ece", "fine ECE %"), ("coarse_ece", "coarse ECE %"),
+         ("fine_errors_within_superclass", "fine errors in true superclass %"),
+         ("hedge_coverage", "hedged: fine-level coverage %"), ("hedge_fine_precision", "hedged: fine precision %"))
 # Size and cost columns, from the runs' metrics.json (train.compute_figures): key, header, format.
 COMPUTE = (("train_seconds", "train s / run", "{:.0f}"), ("train_images_per_second", "images/s", "{:,.0f}"),
            ("parameters", "parameters", "{:,.0f}"), ("train_gflops", "train GFLOPs", "{:,.0f}"))
@@ -99,13 +103,14 @@ def markdown_table(rows: list[Row]) -> str:
     with the seed study's figures and the runs' size and cost."""
     header = ["experiment", "task", "seeds", "fine acc %", "coarse acc %", "hierarchy consistency %",
               "wrong at both levels %",
-              "seed study fine / coarse %", *(h for _, h, _ in COMPUTE)]
+              "seed study fine / coarse %", *(h for _, h, _ in COMPUTE), *(h for _, h in TRUST)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
         ref = " / ".join("–" if v is None else f"{v:.1f}" for v in seed_study(r))
         lines.append(f"| {r.experiment} | {r.task} | {len(r.seeds)} | "
                      + " | ".join(_pct(r.stats(m)) for m in METRICS)
-                     + f" | {ref} | " + " | ".join(_compute_cells(r)) + " |")
+                     + f" | {ref} | " + " | ".join(_compute_cells(r)) + " | "
+                     + " | ".join(_pct(r.stats(k)) for k, _ in TRUST) + " |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@
 With `marginal` and `both` the outputs are one distribution seen at two levels, but the argmax of a marginal can
 still fall outside the superclass of the fine argmax (fine 0.4 / 0.3 / 0.3 with the last two in one superclass);
 `consistent_pair` is the decision rule that never contradicts the hierarchy (the superclass first, then the
-best fine class inside it), used by evaluation for these heads.
+best fine class inside it), used by evaluation and every served answer for these heads (serving/answers.py). `with_temperature` puts a
+`--calibrate` temperature inside a model (`Tempered`).
 
 Constants (the fine -> coarse matrix) are built inside `call`, like models.preprocess, so tf2onnx sees no
 captured tensors. Only keras.ops: runs on every backend.
@@ -125,3 +126,35 @@ def heads(features, num_classes: dict[str, int], make_head, coarse_head: str, fi
     # Identity layers carry the task names, so every export names its outputs fine / coarse.
     return {"fine": layers.Identity(name="fine", dtype="float32")(fine),
             "coarse": layers.Identity(name="coarse", dtype="float32")(coarse)}
+
+
+@keras.saving.register_keras_serializable(package="mtl_keras")
+class Tempered(layers.Layer):
+    """Probabilities at a temperature, softmax(log p / t): `--calibrate`'s temperature inside the exported model
+    (confidence.temper is the same in numpy)."""
+
+    def __init__(self, temperature: float, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, p):
+        return ops.softmax(ops.log(ops.clip(p, EPSILON, 1.0)) / self.temperature, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def with_temperature(model: keras.Model, temperature: dict[str, float], fine_to_coarse=None) -> keras.Model:
+    """`model` with its heads at the given temperatures, output names kept; with `fine_to_coarse` (a coarse
+    output tied to the fine one) the coarse output is the marginal of the tempered fine output."""
+    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    raw = model(inputs)
+    out = {h: Tempered(temperature[h], name=f"{h}_tempered")(p) if h in temperature else p for h, p in raw.items()}
+    if fine_to_coarse is not None and "fine" in temperature and "coarse" in out:
+        out["coarse"] = Marginalize(fine_to_coarse, name="coarse_marginal")(out["fine"])
+    outputs = {h: layers.Identity(name=h, dtype="float32")(p) for h, p in out.items()}
+    return keras.Model(inputs, outputs, name=f"{model.name}_calibrated")

@@ -4,7 +4,9 @@ Layout (EXPORT_DIR/MODEL_NAME is a TF Serving model base path):
 
     EXPORT_DIR/MODEL_NAME/VERSION/saved_model.pb, variables/   signatures serving_default: image -> fine, coarse
                                                                 and serving_bytes: image_bytes -> probabilities + top k
-    EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/classes.json     class names of both heads
+    EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/classes.json     class names of both heads and how answers are
+                                                                decoded (fine_to_coarse, coarse_head, hedge
+                                                                threshold; serving/answers.py)
     EXPORT_DIR/MODEL_NAME/VERSION/assets.extra/tf_serving_warmup_requests   PredictionLog records, both signatures
     EXPORT_DIR/MODEL_NAME/VERSION/model.onnx                    opset 17, dynamic batch, same names (--onnx_converter)
     EXPORT_DIR/MODEL_NAME/VERSION/model.int8.onnx               int8 (quantize.py), only when faster than fp32
@@ -32,7 +34,7 @@ import numpy as np
 from mtl_keras import atomic, locks
 from mtl_keras.config import DataConfig, ServingConfig
 from mtl_keras.errors import ExportError
-from mtl_keras.serving import onnx_convert, quantize, signatures
+from mtl_keras.serving import answers, onnx_convert, quantize, signatures
 
 ONNX_OPSET = onnx_convert.ONNX_OPSET
 ONNX_FILE = "model.onnx"
@@ -120,6 +122,13 @@ def write_onnx(saved_model_dir: Path, path: Path, metadata: dict[str, str],
 
 
 
+def image_metadata(shape: tuple[int, int, int]) -> dict[str, str]:
+    """ONNX's standard `Image.*` metadata (onnx docs/MetadataProps.md) for the `image` input, which is marked
+    with the IMAGE type denotation: raw 8-bit sRGB values 0-255, as float32 NHWC (`image_layout`)."""
+    return {"Image.BitmapPixelFormat": "Gray8" if shape[-1] == 1 else "Rgb8", "Image.ColorSpaceGamma": "SRGB",
+            "Image.NominalPixelRange": "NominalRange_0_255", "image_layout": "NHWC"}
+
+
 def export(model, export_dir: str, model_name: str, *, class_names: dict | None = None,
            flags_text: str = "", version: int | None = None, onnx: bool = True,
            calibration_images: np.ndarray | None = None, warmup_images: np.ndarray | None = None,
@@ -148,7 +157,10 @@ def export(model, export_dir: str, model_name: str, *, class_names: dict | None 
             signatures.write_warmup(extra / WARMUP_FILE, model_name, warmup_images)
         if onnx:
             metadata = {"model_name": model_name, "training_flags": flags_text}
-            metadata |= {f"{head}_classes": json.dumps(names) for head, names in (class_names or {}).items()}
+            metadata |= {f"{head}_classes": json.dumps(class_names[head]) for head in ("fine", "coarse")
+                         if head in (class_names or {})}
+            metadata |= answers.Decoding.from_dict(class_names or {}).metadata()
+            metadata |= image_metadata(tuple(model.input_shape[1:]))
             write_onnx(tmp, tmp / ONNX_FILE, metadata, onnx_converter, model)
             if calibration_images is not None:
                 decision = quantize.write_int8(tmp / ONNX_FILE, tmp / INT8_FILE, calibration_images, int8_settings)

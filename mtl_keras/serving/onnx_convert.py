@@ -166,6 +166,8 @@ def convert(converter: str, path: Path, metadata: dict[str, str], *, saved_model
                 convert_in_child(converter, Path(tmp) / "model.keras", path)
         proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {**metadata, "onnx_converter": converter})
+    if any(k.startswith("Image.") for k in metadata):  # the Image.* keys describe inputs denoted IMAGE
+        proto.graph.input[0].type.denotation = "IMAGE"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 

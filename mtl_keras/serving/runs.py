@@ -64,6 +64,18 @@ def run_splits(config: config_lib.TrainConfig, workdir: str | Path, int8: bool):
         return None
 
 
+def export_classes(config: config_lib.TrainConfig, classes: dict) -> dict:
+    """What an export's classes.json holds: both heads' names and how answers are decoded (answers.Decoding:
+    the fine-to-coarse map, the run's --coarse_head, the hedge threshold and temperature train chose)."""
+    from mtl_keras.serving.answers import KEYS
+
+    out = {h: classes[h] for h in ("fine", "coarse") if h in classes}
+    out |= {k: classes[k] for k in KEYS if classes.get(k) is not None}
+    if config.model.task == "mtl":
+        out["coarse_head"] = config.model.coarse_head
+    return out
+
+
 def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version: int | None = None,
                int8: bool = True, check: bool = True, atol: float = 1e-5, int8_max_drop: float = 1.0,
                num_random: int = 32, num_real: int = 256, top_k: int = config_lib.ServingConfig.top_k,
@@ -89,7 +101,7 @@ def export_run(workdir: str | Path, *, export_dir: str, model_name: str, version
         real, warmup = np.zeros((0, *shape), np.float32), verify.random_pixels(shape, WARMUP_IMAGES, config.run.seed)
     calibration = fit_images(splits.train.images[:CALIBRATION_IMAGES], shape) if int8 else None
     version_dir = export.export(model, export_dir, model_name, flags_text=flags_text, version=version,
-                                class_names={h: class_names[h] for h in ("fine", "coarse") if h in class_names},
+                                class_names=export_classes(config, class_names),
                                 calibration_images=calibration, warmup_images=warmup, top_k=top_k,
                                 onnx_converter=onnx_converter, int8_settings=int8_settings,
                                 max_pixels=config.data.max_image_pixels)

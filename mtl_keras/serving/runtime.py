@@ -26,6 +26,7 @@ class Runtime:
     names: dict[str, list[str]]  # head -> class names ({} when the artifact holds none)
     run_batch: Callable[[np.ndarray], dict[str, np.ndarray]]
     handle: object = None  # keeps what owns the variables (a loaded SavedModel) alive
+    decoding: dict = dataclasses.field(default_factory=dict)  # answers.Decoding's keys the artifact carries
 
     def __call__(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Probabilities per head for float32 images, run `batch_size` images at a time."""
@@ -36,8 +37,15 @@ class Runtime:
         return {head: np.concatenate([p[head] for p in parts]) for head in parts[0]}
 
 
+def _read_classes(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path} cannot be read ({e})") from None
+
+
 def _class_names(path: Path) -> dict[str, list[str]]:
-    names = json.loads(path.read_text()) if path.is_file() else {}
+    names = _read_classes(path)
     return {head: list(names[head]) for head in ("fine", "coarse") if head in names}
 
 
@@ -50,6 +58,13 @@ def _checked(names: dict[str, list[str]], widths: dict[str, int], where: str) ->
                               f"outputs, so they are not this model's names; use the classes of the run that "
                               f"trained it")
     return names
+
+
+def _decoding(path: Path) -> dict:
+    from mtl_keras.serving.answers import KEYS
+
+    values = _read_classes(path)
+    return {k: values[k] for k in KEYS if k in values}
 
 
 def from_keras_model(model, path: str = "<memory>", names: dict | None = None) -> Runtime:
@@ -74,7 +89,9 @@ def _keras(path: Path) -> Runtime:
         raise ExportError(f"{path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     names_file = path.parent / CLASSES_FILE
     widths = {head: t.shape[-1] for head, t in zip(model.output_names, model.outputs)}
-    return from_keras_model(model, str(path), _checked(_class_names(names_file), widths, str(names_file)))
+    runtime = from_keras_model(model, str(path), _checked(_class_names(names_file), widths, str(names_file)))
+    runtime.decoding = _decoding(names_file)
+    return runtime
 
 
 def _saved_model(path: Path) -> Runtime:
@@ -90,7 +107,7 @@ def _saved_model(path: Path) -> Runtime:
     names_file = path / "assets.extra" / CLASSES_FILE
     widths = {head: spec.shape[-1] for head, spec in serving.structured_outputs.items()}
     return Runtime("saved_model", str(path), shape, _checked(_class_names(names_file), widths, str(names_file)),
-                   run_batch, loaded)
+                   run_batch, loaded, _decoding(names_file))
 
 
 def _onnx(path: Path) -> Runtime:
@@ -109,8 +126,15 @@ def _onnx(path: Path) -> Runtime:
         return dict(zip(outputs, session.run(outputs, {input_name: x})))
 
     shape = tuple(int(d) for d in session.get_inputs()[0].shape[1:])
+    from mtl_keras.serving.answers import Decoding
+
+    try:
+        decoding = Decoding.from_metadata(meta).to_dict()
+    except ValueError as e:
+        raise ExportError(f"{path}: its decoding metadata cannot be read ({e})") from None
     widths = {o.name: o.shape[-1] if isinstance(o.shape[-1], int) else None for o in session.get_outputs()}
-    return Runtime("onnx", str(path), shape, _checked(names, widths, f"{path}'s metadata"), run_batch, session)
+    return Runtime("onnx", str(path), shape, _checked(names, widths, f"{path}'s metadata"), run_batch, session,
+                   decoding)
 
 
 def load(path, flag: str = "--model") -> Runtime:

@@ -2,7 +2,14 @@
 
     serving_default   image: float32 [N, H, W, C] raw pixels 0-255        -> fine, coarse (probabilities)
     serving_bytes     image_bytes: string [N] encoded JPEG / PNG / BMP / GIF -> fine, coarse (probabilities),
-                      fine_classes, fine_scores, coarse_classes, coarse_scores (the top k per head, best first)
+                      fine_classes, fine_scores, coarse_classes, coarse_scores (top k per head: the answered
+                      class first, then the most probable others) and, with both heads, label and level (the
+                      hedged answer: the fine class, or its superclass when the fine probability is under the
+                      export's threshold)
+    decoding          no input -> fine_to_coarse, hedge_threshold (-1: none), consistent (1: marginal / both)
+
+The answered (fine, coarse) pair is serving/answers.py's, computed in the graph: the consistent pair for
+--coarse_head=marginal | both, each head's argmax for learned; the same as predict prints and evaluation scores.
 
 serving_bytes decodes and resizes in the graph with `data.images.decode_bytes`, the function the folder dataset
 decodes its files with, so a served image gets exactly the pixels `--dataset=folder` trained and tested on. A
@@ -24,6 +31,7 @@ from mtl_keras.errors import ExportError
 
 DEFAULT = "serving_default"
 BYTES = "serving_bytes"
+DECODING = "decoding"
 IMAGE_INPUT = "image"
 BYTES_INPUT = "image_bytes"
 WARMUP_BATCHES = (1, 8)  # warmup records per signature: these batch sizes of the warmup images
@@ -78,6 +86,12 @@ def decode_batch(image_bytes: tf.Tensor, shape: tuple[int, int, int],
 
     pixels = tf.map_fn(decode, (tf.range(tf.shape(image_bytes)[0]), image_bytes),
                        fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
+    return model_input(pixels, shape)
+
+
+def model_input(pixels, shape: tuple[int, int, int]):
+    """Decoded uint8 images [N, size, size, 3] (decode_bytes) -> the model's float32 input of `shape`: the one
+    step after decoding, shared by serving_bytes and predict."""
     return tf.cast(fit_images(pixels, tuple(shape)), tf.float32)
 
 
@@ -94,22 +108,65 @@ def head_names(model, class_names: dict | None) -> dict[str, list[str]]:
     return names
 
 
+def answered_ids(probabilities: dict, decoding) -> dict[str, tf.Tensor]:
+    """Class ids per head, in the graph, as answers.pair: the consistent pair (the most probable superclass,
+    then the best fine class inside it) for a consistent `decoding`, else each head's argmax."""
+    if decoding.consistent and set(probabilities) == {"fine", "coarse"}:
+        from mtl_keras.models.hierarchy import membership
+
+        coarse = tf.argmax(probabilities["coarse"], -1, output_type=tf.int32)
+        inside = tf.gather(tf.constant(membership(decoding.fine_to_coarse).T), coarse) > 0  # [N, fine]
+        fine_p = probabilities["fine"]
+        fine = tf.argmax(tf.where(inside, fine_p, tf.fill(tf.shape(fine_p), -np.inf)), -1, output_type=tf.int32)
+        return {"fine": fine, "coarse": coarse}
+    return {head: tf.argmax(p, -1, output_type=tf.int32) for head, p in probabilities.items()}
+
+
 def bytes_function(model, class_names: dict | None, top_k: int, max_pixels: int = DataConfig.max_image_pixels):
-    """serving_bytes: encoded images -> each head's probabilities and its top `top_k` class names and scores
-    (a head with fewer classes returns all of them); images above `max_pixels` are refused (decode_batch)."""
+    """serving_bytes: encoded images -> each head's probabilities, its top `top_k` class names and scores
+    (the answered class first; a head with fewer classes returns all of them) and the hedged label / level;
+    images above `max_pixels` are refused (decode_batch). `class_names`: classes.json (names and decoding)."""
+    from mtl_keras.serving.answers import Decoding
+
     names = head_names(model, class_names)
+    decoding = Decoding.from_dict(class_names or {})
     shape = tuple(model.input_shape[1:])
 
     def serve(image_bytes):
         probabilities = model(decode_batch(image_bytes, shape, max_pixels), training=False)
         out = dict(probabilities)
+        ids = answered_ids(probabilities, decoding)
         for head, p in probabilities.items():
-            scores, ids = tf.math.top_k(p, k=min(top_k, len(names[head])))
-            out[f"{head}_classes"] = tf.gather(tf.constant(names[head]), ids)
-            out[f"{head}_scores"] = scores
+            n = len(names[head])
+            _, order = tf.math.top_k(p + 2.0 * tf.one_hot(ids[head], n, dtype=p.dtype), k=min(top_k, n))
+            out[f"{head}_classes"] = tf.gather(tf.constant(names[head]), order)
+            out[f"{head}_scores"] = tf.gather(p, order, batch_dims=1)
+        if set(ids) == {"fine", "coarse"}:
+            confidence = tf.gather(probabilities["fine"], ids["fine"], batch_dims=1)
+            threshold = -1.0 if decoding.hedge_threshold is None else decoding.hedge_threshold
+            fine_level = confidence >= tf.constant(threshold, confidence.dtype)
+            out["label"] = tf.where(fine_level, tf.gather(tf.constant(names["fine"]), ids["fine"]),
+                                    tf.gather(tf.constant(names["coarse"]), ids["coarse"]))
+            out["level"] = tf.where(fine_level, tf.constant("fine"), tf.constant("coarse"))
         return out
 
     return serve
+
+
+def decoding_function(class_names: dict | None):
+    """The `decoding` signature: the export's fine-to-coarse map, hedge threshold and whether its pair is the
+    consistent one, for a client of the SavedModel alone."""
+    from mtl_keras.serving.answers import Decoding
+
+    decoding = Decoding.from_dict(class_names or {})
+
+    def describe():
+        return {"fine_to_coarse": tf.constant(decoding.fine_to_coarse or [], tf.int32),
+                "hedge_threshold": tf.constant(-1.0 if decoding.hedge_threshold is None
+                                               else decoding.hedge_threshold, tf.float32),
+                "consistent": tf.constant(int(decoding.consistent), tf.int32)}
+
+    return describe
 
 
 def write_saved_model(model, path: Path, class_names: dict | None, top_k: int,
@@ -124,6 +181,7 @@ def write_saved_model(model, path: Path, class_names: dict | None, top_k: int,
     # #23553): twice the SavedModel size and twice the variable memory in TF Serving and in whatever loads it.
     archive.add_endpoint("serve", model.__call__, [input_spec(model)])  # the first endpoint: serving_default
     archive.add_endpoint(BYTES, bytes_function(model, class_names, top_k, max_pixels), [bytes_spec()])
+    archive.add_endpoint(DECODING, decoding_function(class_names), [])
     archive.write_out(str(path), verbose=False)
 
 

@@ -120,22 +120,35 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
 
 def bytes_parity(saved: runtime.Runtime, images: np.ndarray, atol: float) -> ParityResult:
     """serving_bytes on `images` (rounded to uint8) sent as PNG strings against serving_default on the same
-    pixels; its top-k scores must be the largest probabilities and its first class name the argmax's."""
+    pixels; its top-k lists must be serving/answers.py's (the answered class first, then the most probable
+    others) and its label / level the hedged answer."""
+    from mtl_keras.serving import answers
+
     pixels = np.clip(np.round(images), 0, 255).astype(np.uint8)
     out = signatures.run_bytes(saved.handle, signatures.encode_png(pixels))
     reference = saved(pixels.astype(np.float32))
     result = compare(reference, {head: out[head] for head in reference if head in out}, atol,
                      f"serving_default vs {signatures.BYTES}")
+    decoding = answers.Decoding.from_dict(saved.decoding)
+    ids = answers.pair({h: out.get(h, p) for h, p in reference.items()}, decoding.fine_to_coarse,
+                       decoding.consistent)
+    names = {h: np.asarray(saved.names.get(h) or [str(i) for i in range(p.shape[1])]) for h, p in reference.items()}
     for head, probabilities in reference.items():
         scores, classes = out.get(f"{head}_scores"), out.get(f"{head}_classes")
         if scores is None or classes is None:
             result.problems.append(f"{head}: {signatures.BYTES} has no {head}_scores / {head}_classes")
             continue
-        if not np.allclose(scores, -np.sort(-probabilities)[:, :scores.shape[1]], rtol=0, atol=atol):
-            result.problems.append(f"{head}_scores: not the {scores.shape[1]} largest probabilities")
-        names = np.asarray(saved.names.get(head) or [str(i) for i in range(probabilities.shape[1])])
-        if [c.decode() for c in classes[:, 0]] != names[probabilities.argmax(-1)].tolist():
-            result.problems.append(f"{head}_classes: first name is not the most probable class")
+        order = answers.ranked(probabilities, ids[head], scores.shape[1])
+        if not np.allclose(scores, np.take_along_axis(probabilities, order, -1), rtol=0, atol=atol):
+            result.problems.append(f"{head}_scores: not the answered class's, then the largest probabilities")
+        if [c.decode() for c in classes[:, 0]] != names[head][ids[head]].tolist():
+            result.problems.append(f"{head}_classes: first name is not the answered class")
+    if set(ids) == {"fine", "coarse"}:
+        fine_level = answers.at_fine_level({h: out.get(h, p) for h, p in reference.items()}, ids,
+                                           decoding.hedge_threshold)
+        expected = np.where(fine_level, names["fine"][ids["fine"]], names["coarse"][ids["coarse"]])
+        if "label" not in out or [c.decode() for c in out["label"]] != expected.tolist():
+            result.problems.append(f"label: {signatures.BYTES} does not give the hedged answer")
     return result
 
 

@@ -1,0 +1,9 @@
+#!/bin/sh
+# Trust figures on Fashion-MNIST (shared 2-core box): learned / marginal / both, --calibrate, per seed.
+#   sh results/trust_fmnist/run.sh 0 1 2 && python3 results/trust_fmnist/table.py
+for seed in "$@"; do
+  for head in learned marginal both; do
+    python -m mtl_keras.train --flagfile=configs/fmnist_hierarchy/mtl_$head.flags --calibrate --noexport \
+      --seed=$seed --workdir=results/trust_fmnist/runs/$head/seed$seed
+  done
+done

@@ -1,0 +1,31 @@
+"""Writes results/trust_fmnist/table.md from the runs of run.sh (metrics.json of each head and seed)."""
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+COLUMNS = (("fine_accuracy", "fine acc %"), ("coarse_accuracy", "coarse acc %"),
+           ("hedge_coverage", "coverage at the hedge threshold %"), ("hedge_fine_precision", "fine precision there %"),
+           ("hedge_accuracy", "hedged answers right %"), ("fine_aurc", "fine AURC"),
+           ("fine_ece_raw", "fine ECE % (no temperature)"), ("fine_ece", "fine ECE % (--calibrate)"),
+           ("coarse_ece_raw", "coarse ECE % (no temperature)"), ("coarse_ece", "coarse ECE % (--calibrate)"),
+           ("fine_errors_within_superclass", "fine errors in true superclass %"))
+
+
+def row(m: dict) -> dict:
+    # Where the temperature was not kept the exported model is the raw one: its ECE is both columns.
+    return m | {f"{h}_ece_raw": m.get(f"{h}_ece_uncalibrated", m.get(f"{h}_ece")) for h in ("fine", "coarse")}
+
+
+lines = ["| coarse head | seed | hedge threshold | temperature kept | " + " | ".join(h for _, h in COLUMNS) + " |",
+         "|" + " --- |" * (len(COLUMNS) + 4)]
+for head in ("learned", "marginal", "both"):
+    for run in sorted((HERE / "runs" / head).glob("seed*/metrics.json")):
+        m = row(json.loads(run.read_text()))
+        kept = {h: r["temperature"] for h, r in m.get("calibration", {}).items() if r["kept"]}
+        cells = [f"{m[k]:.4f}" if k == "fine_aurc" else f"{100 * m[k]:.2f}" if m.get(k) is not None else "–"
+                 for k, _ in COLUMNS]
+        lines.append(f"| {head} | {run.parent.name[4:]} | {m['hedge_threshold']:.4f} | {kept or 'none'} | "
+                     + " | ".join(cells) + " |")
+(HERE / "table.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
