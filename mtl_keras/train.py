@@ -104,11 +104,11 @@ def _setup_runtime(optim: OptimConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def pipelines(config: TrainConfig, splits):
+def pipelines(config: TrainConfig, splits, shard: tuple[int, int] = (0, 1)):
     """The run's (training, validation or None) tf.data pipelines: the data section's augmentation settings
-    reach the training pipeline here and only here."""
+    reach the training pipeline here and only here. `shard`: this process's slice of each global batch."""
     data, optim = config.data, config.optim
-    common = dict(task=config.model.task, batch_size=optim.batch_size)
+    common = dict(task=config.model.task, batch_size=optim.batch_size, shard=shard)
     train_ds = pipeline.pipeline(splits.train, splits.info, training=True, augment=data.augment, seed=config.run.seed,
                                  randaugment_ops=data.randaugment_ops, randaugment_magnitude=data.randaugment_magnitude,
                                  mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha, **common)
@@ -120,11 +120,14 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
     """Fits from the last checkpoint (if any) to --epochs; returns seconds spent in fit and epochs run."""
     import keras
 
-    from mtl_keras import losses
+    from mtl_keras import losses, processes
     from mtl_keras.callbacks import Checkpoint, NanGuard, TensorBoardScalars, trim_history
 
-    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
+    # Every process resumes from process 0's checkpoints; only process 0 writes them.
+    checkpoint = Checkpoint(Path(config.run.workdir).expanduser() / "checkpoints",
+                            config_lib.identity(config, "checkpoint"), write=processes.is_primary())
     initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
+    processes.same_everywhere(initial_epoch, "the checkpoint epoch to resume from")
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
         trim_history(workdir / "history.csv", initial_epoch)  # rows logged after the checkpoint go
@@ -176,7 +179,7 @@ def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
 
 def run(config: TrainConfig) -> dict:
     """Runs training (resuming from WORKDIR/checkpoints), evaluation, export and checks; returns metrics."""
-    from mtl_keras import distribute
+    from mtl_keras import distribute, processes
     from mtl_keras.callbacks import Checkpoint
     from mtl_keras.locks import workdir_lock
 
@@ -189,7 +192,7 @@ def run(config: TrainConfig) -> dict:
         if model_dir.is_symlink() and not model_dir.exists() or model_dir.exists() and not model_dir.is_dir():
             raise RunError(f"--model_name={config.serving.model_name} cannot be used: {model_dir} is not a folder")
     try:
-        scope, replicas = distribute.strategy_scope(optim.distribution)
+        scope, replicas = distribute.strategy_scope(optim.distribution, optim)
     except ValueError as e:
         raise RunError(str(e)) from None
     if optim.batch_size % replicas:
@@ -205,6 +208,7 @@ def run(config: TrainConfig) -> dict:
                        "per class) or a test split (ROOT/test, a CSV split column)")
     Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint")).check()  # another run's?
 
+    workdir = processes.own_folder(workdir)  # process K > 0 of a multi-process run: its scratch folder
     workdir.mkdir(parents=True, exist_ok=True)
     with workdir_lock(workdir, f"--workdir={config.run.workdir}"), disk_full_is_one_line(workdir):
         return _run_locked(config, workdir, splits, scope, replicas)
@@ -214,7 +218,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     """`run` once its checks passed and it holds the workdir: records, fit, evaluate, save, export."""
     import keras
 
-    from mtl_keras import reports
+    from mtl_keras import processes, reports
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
     from mtl_keras.models import ADAPTED_NORM
@@ -230,7 +234,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     atomic.write_text(workdir / "classes.json", json.dumps(class_names, indent=1) + "\n")
     keras.utils.set_random_seed(seed)
     steps = len(train) // optim.batch_size
-    train_ds, val_ds = pipelines(config, splits)
+    train_ds, val_ds = pipelines(config, splits, processes.shard())
 
     input_shape = train.images.shape[1:]
     norm_stats = channel_stats(train.images) if config.model.model in ADAPTED_NORM else None
@@ -250,6 +254,12 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
           f"model {model.name} ({config.model.variant}), {model.count_params():,} parameters, task "
           f"{config.model.task}, {replicas} replica(s), {optim.mixed_precision}")
     train_seconds, epochs_run = _fit(model, config, workdir, train_ds, val_ds, steps)
+    group = processes.active()
+    if group:  # every process's weights digest; then process 0 goes on alone
+        digests = processes.finish(model)
+        print(f"weights sha256 {digests[0][:16]}... identical in all {group.num_processes} processes")
+        if group.process_id:
+            return {"process_id": group.process_id, "weights_sha256": digests[group.process_id]}
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
                        fine_to_coarse=info.fine_to_coarse, force=replicas > 1)
@@ -266,6 +276,8 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
         metrics |= {f"val_{k}": v for k, v in val.items() if k.endswith("_accuracy")}
     reports.write_run_reports(truth, evaluate.predicted_classes(probs, info, consistent), info, workdir)
     metrics["train_labelled"] = labelled
+    if group:
+        metrics |= {"processes": group.num_processes, "weights_sha256": digests}
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds)
     evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
@@ -289,19 +301,35 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
 
 
 def main(argv: list[str]) -> None:
-    from absl import logging
-
-    from absl import flags
+    import keras
+    from absl import flags, logging
 
     from mtl_keras import flags as mtl_flags
+    from mtl_keras import processes
 
     logging.set_verbosity(logging.WARNING)  # keep TF's INFO lines (export, tf2onnx) out of the run log
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; flags look like --name=value")
+    config = mtl_flags.to_config(flags.FLAGS)
+    if config.optim.distribution == "multi_worker" and keras.backend.backend() == "jax" and not processes.is_child():
+        try:  # the work runs in a child process, so a native abort (lost coordinator) still ends in one line
+            sys.exit(processes.supervise("train", processes.resolve(config.optim)))
+        except MtlError as e:
+            sys.exit(report("train", e))
     try:
-        run(mtl_flags.to_config(flags.FLAGS))
-    except MtlError as e:
-        sys.exit(report("train", e))
+        run(config)
+    except Exception as e:  # in a process group, exit without JAX's shutdown barrier (it waits for the peers)
+        error = e if isinstance(e, MtlError) else processes.lost_peer(e)
+        if error is None and not processes.active():
+            raise
+        if error is None:
+            import traceback
+
+            traceback.print_exc()
+        status = report("train", error) if error is not None else 1
+        processes.exit_now(status) if processes.active() else sys.exit(status)
+    if processes.active():
+        processes.exit_now(0)
 
 
 if __name__ == "__main__":
