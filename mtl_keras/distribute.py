@@ -13,7 +13,6 @@ import contextlib
 from mtl_keras.config import DISTRIBUTIONS
 
 
-
 def use_logical_cpus(n: int) -> None:
     """Splits the CPU into `n` logical devices (TensorFlow), to test data parallelism without GPUs.
 

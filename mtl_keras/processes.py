@@ -158,8 +158,8 @@ def finish(model) -> list[str]:
     """After fit: every process's weights digest (RunError if they differ), then the group ends (a clean
     shutdown, so process 0 can evaluate and export alone) and the model's mesh is dropped."""
     global _group
-    import keras
     import jax
+    import keras
 
     digest = weights_digest(model)
     # 16-bit pieces: JAX gathers integers as int32 unless x64 is on
@@ -186,7 +186,7 @@ def lost_peer(error: BaseException) -> RunError | None:
 
             live = distributed.global_state.client.get_live_nodes(list(range(_group.num_processes)))
             others = [k for k in others if k not in live] or others
-        except Exception:  # the coordinator itself is gone
+        except Exception:  # noqa: BLE001  (the coordinator itself is gone: any error of its client)
             others = [0]
     return RunError(_lost_line(_group, others))
 
@@ -214,10 +214,14 @@ def is_child() -> bool:
     return os.environ.get(_CHILD) == "1"
 
 
-def _die_with_parent() -> None:
+def follow_parent() -> None:
+    """In the child: die with the supervising parent (PR_SET_PDEATHSIG), so kill -9 of the command ends its work
+    too, as a lost peer. Set here rather than in a preexec_fn, which is unsafe in a process with threads."""
     import ctypes
 
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: kill -9 of the command ends its work too
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the line above
+        exit_now(1)
 
 
 def diagnose(native_log: str, group: Group, status: int) -> str:
@@ -240,7 +244,7 @@ def supervise(prog: str, group: Group) -> int:
     back (native runtime logs) and shown once it ends: Python's lines on success, one line on failure."""
     cmd = [sys.executable, "-m", f"mtl_keras.{prog}", *sys.argv[1:]]
     child = subprocess.Popen(cmd, env={**os.environ, _CHILD: "1"}, stderr=subprocess.PIPE, text=True,
-                             errors="replace", preexec_fn=_die_with_parent)
+                             errors="replace")
     tail: collections.deque[str] = collections.deque(maxlen=2000)
     try:
         for line in child.stderr:

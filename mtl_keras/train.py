@@ -311,7 +311,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; flags look like --name=value")
     config = mtl_flags.to_config(flags.FLAGS)
-    if config.optim.distribution == "multi_worker" and keras.backend.backend() == "jax" and not processes.is_child():
+    if processes.is_child():
+        processes.follow_parent()
+    elif config.optim.distribution == "multi_worker" and keras.backend.backend() == "jax":
         try:  # the work runs in a child process, so a native abort (lost coordinator) still ends in one line
             sys.exit(processes.supervise("train", processes.resolve(config.optim)))
         except MtlError as e:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, require, run_module, subprocess_env
 
 # Tiny and unaugmented: the two processes together see exactly the global batches one process sees.
@@ -43,7 +42,8 @@ def start(k: int, port: int, workdir: Path, *args: str, n: int = 2) -> subproces
 def both(workdir: Path, *args: str, timeout: int = 900) -> list[tuple[int, str, str]]:
     port = free_port()
     procs = [start(k, port, workdir, *args) for k in (0, 1)]
-    return [(p.returncode, *p.communicate(timeout=timeout)) for p in procs]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, *out) for p, out in zip(procs, outs)]
 
 
 def history(workdir: Path) -> list[dict[str, float]]:
@@ -113,13 +113,13 @@ def test_killed_peer_stops_the_other_in_one_line_and_a_rerun_resumes(tmp_path):
 
 def test_peer_that_never_comes_up_is_one_line(tmp_path):
     require("jax")
-    proc = start(0, free_port(), tmp_path / "w", "--peer_timeout=5")
-    out, err = proc.communicate(timeout=120)
+    port = free_port()
+    proc = start(0, port, tmp_path / "w", "--peer_timeout=5")
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert error_lines(err) == [
-        f"train: error: not every process joined within --peer_timeout=5 s (2 expected at the coordinator "
-        f"localhost:{err.split('coordinator localhost:')[1].split(')')[0]}); start each with the same command and "
-        "its own --process_id"], err[-3000:]
+    expected = (f"train: error: not every process joined within --peer_timeout=5 s (2 expected at the coordinator "
+                f"localhost:{port}); start each with the same command and its own --process_id")
+    assert error_lines(err) == [expected], err[-3000:]
     assert "Check failure" not in err and "Traceback" not in err
     assert not (tmp_path / "w").exists()
 
@@ -146,6 +146,6 @@ def test_global_batch_not_dividing_by_the_devices_is_one_line(tmp_path):
     require("jax")
     for status, _, err in both(tmp_path / "w", "--batch_size=63", timeout=300):
         assert status == 1
-        assert error_lines(err) == ["train: error: --batch_size=63 does not divide by the 2 replicas of "
-                                    "--distribution=multi_worker"], err[-2000:]
+        expected = "train: error: --batch_size=63 does not divide by the 2 replicas of --distribution=multi_worker"
+        assert error_lines(err) == [expected], err[-2000:]
     assert not (tmp_path / "w").exists()
