@@ -3,6 +3,7 @@ scalars (the loss-weighting callbacks live with the weighting, in losses.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,9 +23,11 @@ class Checkpoint(keras.callbacks.Callback):
     leaves the previous complete checkpoint in force.
     """
 
-    def __init__(self, directory: str | Path, run_config: dict):
-        """`run_config`: what identifies the run (`config.identity(cfg, "checkpoint")`); another run's is refused."""
+    def __init__(self, directory: str | Path, run_config: dict, write: bool = True):
+        """`run_config`: what identifies the run (`config.identity(cfg, "checkpoint")`); another run's is refused.
+        `write=False`: restore only (the processes of a multi-process run other than process 0)."""
         super().__init__()
+        self.write = write
         self.directory = Path(directory)
         self.run_config = dict(run_config)
         self.state_path = self.directory / "state.json"
@@ -75,13 +78,14 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if not self.write or loss is not None and not math.isfinite(float(loss)):
             return  # keep the last good checkpoint
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1}.weights.h5"
         tmp = self.directory / f".tmp-{name}"
         try:
-            self.model.save_weights(tmp)
+            with _without_mesh():
+                self.model.save_weights(tmp)
             os.replace(tmp, self.directory / name)
         except BaseException:  # a full disk: no half-written file left beside the last good checkpoint
             tmp.unlink(missing_ok=True)
@@ -90,6 +94,20 @@ class Checkpoint(keras.callbacks.Callback):
         for old in self.directory.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink()
+
+
+@contextlib.contextmanager
+def _without_mesh():
+    """No keras.distribution for the block: saving builds a throwaway optimizer, whose variable would be a
+    collective over a multi-process mesh that only process 0 (the writer) joins, and wait forever."""
+    current = keras.distribution.distribution()
+    if current is not None:
+        keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        if current is not None:
+            keras.distribution.set_distribution(current)
 
 
 def trim_history(path: str | Path, epochs: int) -> None:

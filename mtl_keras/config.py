@@ -141,6 +141,12 @@ class OptimConfig:
     jit_compile: bool = _field(True, PLACE)  # XLA or not: the same training, faster or slower
     mixed_precision: str = _field("float32")
     distribution: str = _field("auto")
+    # --distribution=multi_worker (JAX): the process group, else the KERAS_DISTRIBUTION_* variables (processes.py)
+    job_addresses: str | None = _field(None, PLACE)
+    num_processes: int | None = _field(None, PLACE)
+    process_id: int | None = _field(None, PLACE)
+    # How long a process waits for all the others at start (a peer that never comes up), in seconds.
+    peer_timeout: int = _field(300, PLACE)
     cpu_devices: int = _field(1)
     deterministic: bool = _field(False)
 

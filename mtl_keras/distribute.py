@@ -9,10 +9,8 @@ SGD-like optimisers; for AdamW start with sqrt(k) and keep warmup).
 from __future__ import annotations
 
 import contextlib
-import os
 
 from mtl_keras.config import DISTRIBUTIONS
-
 
 
 def use_logical_cpus(n: int) -> None:
@@ -26,16 +24,21 @@ def use_logical_cpus(n: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
 
 
-def _jax(name: str):
+def _jax(name: str, optim):
     import jax
     import keras
 
+    from mtl_keras import processes
+
+    if name == "multi_worker":
+        processes.initialize(processes.resolve(optim))  # before JAX lists its devices: they span the group
+        # Each process feeds its own slice of every global batch (pipeline's `shard`), so Keras must not shard.
+        mesh = keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
+        keras.distribution.set_distribution(mesh)
+        return contextlib.nullcontext(), len(jax.devices())
     devices = jax.devices()
     if name == "none" or (name == "auto" and len(devices) == 1):
         return contextlib.nullcontext(), 1
-    if name == "multi_worker":
-        raise ValueError("--distribution=multi_worker runs on the TensorFlow backend; on JAX call "
-                         "jax.distributed.initialize() and use --distribution=mirrored")
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     return contextlib.nullcontext(), len(devices)
 
@@ -53,18 +56,26 @@ def _tensorflow(name: str):
     elif name == "mirrored":
         devices = gpus or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
-    else:
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--distribution=multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster and task of this worker); see README 'Scaling out'")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:  # multi_worker: refused in strategy_scope before TensorFlow is touched
+        raise AssertionError(name)
     return strategy.scope(), strategy.num_replicas_in_sync
 
 
-def strategy_scope(name: str):
-    """(context manager to build and compile the model in, number of replicas) for `--distribution`."""
+# Keras 3 does not run tf.distribute.MultiWorkerMirroredStrategy (its collectives must be configured before
+# TensorFlow's first op, and Keras's fit does not support the strategy); several processes train on JAX.
+TF_MULTI_WORKER = ("--distribution=multi_worker runs on the JAX backend only (Keras 3 does not support "
+                   "TensorFlow's multi-worker strategy): run every process with KERAS_BACKEND=jax; see 'Scaling out'")
+
+
+def strategy_scope(name: str, optim=None):
+    """(context manager to build and compile the model in, number of replicas) for `--distribution`;
+    `optim` (an OptimConfig) gives the process group of multi_worker."""
     import keras
 
     if name not in DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {name!r}; choose one of {', '.join(DISTRIBUTIONS)}")
-    return _jax(name) if keras.backend.backend() == "jax" else _tensorflow(name)
+    if keras.backend.backend() == "jax":
+        return _jax(name, optim)
+    if name == "multi_worker":
+        raise ValueError(TF_MULTI_WORKER)
+    return _tensorflow(name)

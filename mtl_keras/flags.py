@@ -261,7 +261,16 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
            "exports stay float32; float16 gets loss scaling).")
     d.enum("distribution", _D.distribution, config.DISTRIBUTIONS,
            "Data parallelism: auto (mirrored on 2+ GPUs), none, mirrored (all local devices), "
-           "multi_worker (TF_CONFIG). --batch_size is global and must divide by the replicas.")
+           "multi_worker (several processes, JAX backend: see --job_addresses). --batch_size is global and must "
+           "divide by the replicas.")
+    d.string("job_addresses", _D.job_addresses, "--distribution=multi_worker: HOST:PORT of process 0 (the "
+             "coordinator), or every process's, comma-separated (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES).")
+    d.integer("num_processes", _D.num_processes, "--distribution=multi_worker: processes in the job (default: "
+              "$KERAS_DISTRIBUTION_NUM_PROCESSES).", lower_bound=1)
+    d.integer("process_id", _D.process_id, "--distribution=multi_worker: this process's id, 0 to NUM_PROCESSES - 1; "
+              "0 writes the run's outputs (default: $KERAS_DISTRIBUTION_PROCESS_ID).", lower_bound=0)
+    d.integer("peer_timeout", _D.peer_timeout, "--distribution=multi_worker: seconds to wait for every process "
+              "to join at start.", lower_bound=1)
     d.integer("cpu_devices", _D.cpu_devices, "Split the CPU into N logical devices (to try "
               "--distribution=mirrored without GPUs; TensorFlow backend).", lower_bound=1)
     d.boolean("deterministic", _D.deterministic, "Enable TensorFlow's deterministic ops: the same --seed "

@@ -115,10 +115,11 @@ def _setup_runtime(optim: OptimConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def pipelines(config: TrainConfig, splits):
-    """The run's (training, validation or None) batches from its input pipeline (data/feeds.py)."""
+def pipelines(config: TrainConfig, splits, shard: tuple[int, int] = (0, 1)):
+    """The run's (training, validation or None) batches from its input pipeline (data/feeds.py). `shard`: this
+    process's slice of each global batch (a multi-process run)."""
     return feeds.fit_feeds(config.data, splits, task=config.model.task, batch_size=config.optim.batch_size,
-                           seed=config.run.seed)
+                           seed=config.run.seed, shard=shard)
 
 
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,
@@ -208,7 +209,7 @@ def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
 
 def run(config: TrainConfig) -> dict:
     """Runs training (resuming from WORKDIR/checkpoints), evaluation, export and checks; returns metrics."""
-    from mtl_keras import distribute
+    from mtl_keras import distribute, processes
     from mtl_keras.callbacks import Checkpoint
     from mtl_keras.locks import refuse_links, workdir_lock
 
@@ -222,7 +223,7 @@ def run(config: TrainConfig) -> dict:
         if model_dir.is_symlink() and not model_dir.exists() or model_dir.exists() and not model_dir.is_dir():
             raise RunError(f"--model_name={config.serving.model_name} cannot be used: {model_dir} is not a folder")
     try:
-        scope, replicas = distribute.strategy_scope(optim.distribution)
+        scope, replicas = distribute.strategy_scope(optim.distribution, optim)
     except ValueError as e:
         raise RunError(str(e)) from None
     if optim.batch_size % replicas:
@@ -243,6 +244,7 @@ def run(config: TrainConfig) -> dict:
     if workdir.is_dir():
         refuse_links(workdir, f"--workdir={config.run.workdir}")
 
+    workdir = processes.own_folder(workdir)  # process K > 0 of a multi-process run: its scratch folder
     workdir.mkdir(parents=True, exist_ok=True)
     with workdir_lock(workdir, f"--workdir={config.run.workdir}"), disk_full_is_one_line(workdir):
         return _run_locked(config, workdir, splits, scope, replicas)
@@ -252,7 +254,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     """`run` once its checks passed and it holds the workdir: records, fit, evaluate, save, export."""
     import keras
 
-    from mtl_keras import reports
+    from mtl_keras import processes, reports
     from mtl_keras.callbacks import Checkpoint
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
@@ -264,7 +266,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     info, train = splits.info, splits.train
     keras.utils.set_random_seed(seed)
     steps = len(train) // optim.batch_size
-    train_ds, val_ds = pipelines(config, splits)
+    train_ds, val_ds = pipelines(config, splits, processes.shard())
 
     input_shape = train.images.shape[1:]
     norm_stats = channel_stats(train.images) if config.model.model in ADAPTED_NORM else None
@@ -283,8 +285,11 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     print(f"{data.dataset}: {len(train)} train / {len(splits.val)} val / {len(splits.test)} test; "
           f"model {model.name} ({config.model.variant}), {model.count_params():,} parameters, task "
           f"{config.model.task}, {replicas} replica(s), {optim.mixed_precision}")
-    checkpoint = Checkpoint(workdir / "checkpoints", config_lib.identity(config, "checkpoint"))
+    # Every process resumes from process 0's checkpoints; only process 0 writes them.
+    checkpoint = Checkpoint(Path(config.run.workdir).expanduser() / "checkpoints",
+                            config_lib.identity(config, "checkpoint"), write=processes.is_primary())
     initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
+    processes.same_everywhere(initial_epoch, "the checkpoint epoch to resume from")
     # The records only once nothing can refuse the run: a refused rerun once rewrote classes.json for the
     # checkpoint's model, and predict named a dog "cow".
     atomic.write_text(workdir / "flags.txt", flagfile_text(config))
@@ -292,6 +297,12 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     atomic.write_text(workdir / "classes.json", json.dumps(class_names(info), indent=1) + "\n")
     train_seconds, epochs_run, budget_record = _fit(model, config, workdir, train_ds, val_ds, steps, checkpoint,
                                                     initial_epoch)
+    group = processes.active()
+    if group:  # every process's weights digest; then process 0 goes on alone
+        digests = processes.finish(model)
+        print(f"weights sha256 {digests[0][:16]}... identical in all {group.num_processes} processes")
+        if group.process_id:
+            return {"process_id": group.process_id, "weights_sha256": digests[group.process_id]}
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
     model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
                        fine_to_coarse=info.fine_to_coarse, force=replicas > 1)
@@ -317,6 +328,8 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     reports.write_run_reports(truth, evaluate.predicted_classes(probs, info, consistent), info, workdir)
     reports.write_trust_reports(truth, probs, info, consistent, decoding, workdir)
     metrics["train_labelled"] = labelled
+    if group:
+        metrics |= {"processes": group.num_processes, "weights_sha256": digests}
     metrics["train_seconds"] = round(train_seconds, 1)
     trained = budget_record["time_budget"]["steps_this_attempt"] * optim.batch_size if budget_record else None
     metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds, trained) | budget_record
@@ -342,27 +355,45 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
 
 
 def main(argv: list[str]) -> None:
-    from absl import logging
+    import keras
+    from absl import flags, logging
 
-    from absl import flags
-
-    from mtl_keras import console, flags as mtl_flags
+    from mtl_keras import console, processes
+    from mtl_keras import flags as mtl_flags
 
     logging.set_verbosity(logging.WARNING)  # keep TF's INFO lines (export, tf2onnx) out of the run log
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; flags look like --name=value")
-    print(console.hardware_line(), flush=True)
+    config = mtl_flags.to_config(flags.FLAGS)
+    if processes.is_child():
+        processes.follow_parent()
+    elif config.optim.distribution == "multi_worker" and keras.backend.backend() == "jax":
+        try:  # the work runs in a child process, so a native abort (lost coordinator) still ends in one line
+            sys.exit(processes.supervise("train", processes.resolve(config.optim)))
+        except MtlError as e:
+            sys.exit(report("train", e))
+    if not processes.is_child():
+        print(console.hardware_line(), flush=True)
     try:
-        run(mtl_flags.to_config(flags.FLAGS))
-    except MtlError as e:
-        status = report("train", e)
+        run(config)
+    except KeyboardInterrupt:
+        sys.exit(interrupted("train", "rerun the same command to resume from the last finished epoch"))
+    except Exception as e:  # in a process group, exit without JAX's shutdown barrier (it waits for the peers)
+        error = e if isinstance(e, MtlError) else processes.lost_peer(e)
+        if error is None and not processes.active():
+            raise
+        if error is None:
+            import traceback
+
+            traceback.print_exc()
+        status = report("train", error) if error is not None else 1
         if isinstance(e, DiskFull):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)  # skip the finalizers of the half-written HDF5 file
-        sys.exit(status)
-    except KeyboardInterrupt:
-        sys.exit(interrupted("train", "rerun the same command to resume from the last finished epoch"))
+        processes.exit_now(status) if processes.active() else sys.exit(status)
+    if processes.active():
+        processes.exit_now(0)
 
 
 def cli(argv: list[str] | None = None) -> None:

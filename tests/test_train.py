@@ -141,7 +141,8 @@ def test_read_only_workdir_is_named(tmp_path, monkeypatch):
     (["--task=fine", "--loss_weighting=dwa"], "--loss_weighting"),
     (["--cpu_devices=2", "--distribution=mirrored", "--batch_size=63"],
      "--batch_size=63 does not divide by the 2 replicas of --distribution=mirrored"),
-    (["--distribution=multi_worker"], "--distribution=multi_worker needs the TF_CONFIG environment variable"),
+    # Keras 3 cannot run TensorFlow's multi-worker strategy: refused, pointing to the JAX route.
+    (["--distribution=multi_worker"], "train: error: --distribution=multi_worker runs on the JAX backend only"),
     (["--batch_size=4096", "--max_train_examples=100"], "--batch_size=4096 exceeds the 100 training examples"),
 ])
 def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expected):

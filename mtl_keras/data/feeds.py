@@ -62,16 +62,18 @@ def _policies(augment: str) -> tuple[str, ...]:
         raise ConfigError(f"--augment: {e}") from None
 
 
-def fit_feeds(data: DataConfig, splits, *, task: str, batch_size: int, seed: int):
+def fit_feeds(data: DataConfig, splits, *, task: str, batch_size: int, seed: int,
+              shard: tuple[int, int] = (0, 1)):
     """(training batches, validation batches or None) for `model.fit` from the chosen pipeline: the data
-    section's augmentation settings reach the training batches here and only here."""
+    section's augmentation settings reach the training batches here and only here. `shard` (k, n): this
+    process's slice of every global batch in a run of n processes (tf.data only)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     has_val = len(splits.val) > 0
     if check(data) == "tf_data":
         from mtl_keras.data import pipeline
 
-        common = {"task": task, "batch_size": batch_size}
+        common = {"task": task, "batch_size": batch_size, "shard": shard}
         train = pipeline.pipeline(splits.train, splits.info, training=True, augment=data.augment, seed=seed,
                                   randaugment_ops=data.randaugment_ops,
                                   randaugment_magnitude=data.randaugment_magnitude, mixup_alpha=data.mixup_alpha,
@@ -79,6 +81,9 @@ def fit_feeds(data: DataConfig, splits, *, task: str, batch_size: int, seed: int
         return train, pipeline.pipeline(splits.val, splits.info, **common) if has_val else None
     from mtl_keras.data import host
 
+    if shard[1] > 1:
+        raise ConfigError("--distribution=multi_worker reads its slice of each batch through tf.data: run it where "
+                          "TensorFlow is installed, with --input_pipeline=tf_data or auto")
     refuse_mixing_partial(splits.train, data.augment)
     train = host.train_batches(splits.train, splits.info, task=task, batch_size=batch_size, seed=seed,
                                policies=parse_policies(data.augment), mixup_alpha=data.mixup_alpha,

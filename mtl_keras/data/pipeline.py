@@ -28,11 +28,22 @@ def split_heads(labels: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf
     return heads if task == "mtl" else {task: heads[task]}
 
 
-def _batches(split: Split, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
-    """(images uint8 [B, H, W, C], example indices [B]) batches, shuffled and repeated for training."""
+def _batches(split: Split, batch_size: int, training: bool, seed: int, shard: tuple[int, int] = (0, 1)
+             ) -> tf.data.Dataset:
+    """(images uint8 [B, H, W, C], example indices [B]) batches, shuffled and repeated for training.
+
+    `shard` (k, n): every process draws the same global batches of `batch_size` indices and keeps the k-th of n
+    equal slices, so n processes together train on the batches one process would (and decode only their own
+    images); a last partial batch is dropped, since the slices must be equal.
+    """
     ds = tf.data.Dataset.range(len(split))
     if training:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
+    k, n = shard
+    if n > 1:
+        per = batch_size // n
+        ds = ds.batch(batch_size, drop_remainder=True).map(lambda index: index[k * per:(k + 1) * per]).unbatch()
+        batch_size, training = per, True  # drop_remainder below
     if isinstance(split.images, FileImages):
         paths, size = tf.constant(split.images.paths.astype(str)), split.images.image_size
         # Deterministic order (as in memory): the same --seed gives the same batches.
@@ -51,13 +62,14 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
              training: bool = False, augment: str = "none", seed: int = 0,
              image_shape: tuple[int, int, int] | None = None, randaugment_ops: int = 2,
              randaugment_magnitude: float = 0.5, mixup_alpha: float = 0.2,
-             cutmix_alpha: float = 1.0) -> tf.data.Dataset:
+             cutmix_alpha: float = 1.0, shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """Batches of (float32 images 0-255, one-hot label dict), graph-only from index to batch.
 
     Training pipelines shuffle, repeat forever (pass `steps_per_epoch` to fit) and apply the `augment`
     policies (see augment.py); evaluation pipelines never augment. Each batch's augmentation seed is
     [seed, batch number], so runs are reproducible. `image_shape` (H, W, C), when given, is the shape the
-    model takes; `fit_images` adapts the images to it after augmentation.
+    model takes; `fit_images` adapts the images to it after augmentation. `shard` (k, n): this process's slice
+    of every global batch of `batch_size` (see `_batches`); its augmentation seed is [seed, step * n + k].
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -85,6 +97,7 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
             return tf.cast(x, tf.float32), heads, {h: weights[h] for h in heads}
         return tf.cast(x, tf.float32), split_heads(labels, info, task)
 
-    ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed), tf.data.Dataset.counter())
+    steps = tf.data.Dataset.counter(start=shard[0], step=shard[1])  # distinct augmentation seeds per slice
+    ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed, shard), steps)
     return ds.map(lambda xi, step: prepare(*xi, step), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,151 @@
+"""Several processes, one DataParallel mesh (JAX, --distribution=multi_worker): two real processes on localhost,
+one CPU device each, against one process; a killed peer, a resume, and bad process groups."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, require, run_module, subprocess_env
+
+# Tiny and unaugmented: the two processes together see exactly the global batches one process sees.
+FLAGS = ["--dataset=shapes", "--variant=Pico/4", "--max_train_examples=512", "--batch_size=64", "--augment=none",
+         "--noexport", "--seed=3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def jax_env(**extra: str) -> dict[str, str]:
+    return subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", **extra)
+
+
+def start(k: int, port: int, workdir: Path, *args: str, n: int = 2) -> subprocess.Popen:
+    env = jax_env(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}", KERAS_DISTRIBUTION_NUM_PROCESSES=str(n),
+                  KERAS_DISTRIBUTION_PROCESS_ID=str(k))
+    return subprocess.Popen([sys.executable, "-m", "mtl_keras.train", *FLAGS, "--distribution=multi_worker",
+                             f"--workdir={workdir}", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def both(workdir: Path, *args: str, timeout: int = 900) -> list[tuple[int, str, str]]:
+    port = free_port()
+    procs = [start(k, port, workdir, *args) for k in (0, 1)]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, *out) for p, out in zip(procs, outs)]
+
+
+def history(workdir: Path) -> list[dict[str, float]]:
+    with open(workdir / "history.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("train: error:")]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_only_process_0_writes(tmp_path):
+    require("jax")
+    two = both(tmp_path / "two", "--epochs=2")
+    for status, out, err in two:
+        assert status == 0, err[-3000:]
+        assert "2 replica(s)" in out and "identical in all 2 processes" in out
+        assert "Traceback" not in err
+    one = run_module("mtl_keras.train", *FLAGS, "--epochs=2", "--distribution=none",
+                     f"--workdir={tmp_path / 'one'}", env=jax_env())
+    assert one.returncode == 0, one.stderr[-3000:]
+    # Training: the same global batches and seed, only the order of float32 sums differs (per-device partial
+    # sums, then a cross-process all-reduce); measured within 2e-7 (loss) and equal (accuracy); 1e-4 leaves
+    # margin. Validation: processes need equal slices, so the last partial batch (8 of 1800 images) is skipped;
+    # measured 7e-4 (val_loss) and 0.001 (accuracies); bounded by 8 / 1800 = 0.0044 of accuracy: 0.005 and 0.01.
+    for a, b in zip(history(tmp_path / "two"), history(tmp_path / "one"), strict=True):
+        for key, value in b.items():
+            tol = (0.01 if "loss" in key else 0.005) if key.startswith("val_") else 1e-4
+            assert abs(a[key] - value) <= tol, (key, a[key], value)
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and len(set(metrics["weights_sha256"])) == 1
+    assert (tmp_path / "two" / "model.keras").is_file()
+    # Process 1 wrote only its scratch folder: no model, metrics, plots or checkpoints of its own.
+    scratch = sorted(p.name for p in (tmp_path / "two" / "process-1").iterdir())
+    assert "model.keras" not in scratch and "metrics.json" not in scratch and "checkpoints" not in scratch
+    assert not list((tmp_path / "two" / "process-1").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_killed_peer_stops_the_other_in_one_line_and_a_rerun_resumes(tmp_path):
+    require("jax")
+    work, port = tmp_path / "w", free_port()
+    procs = [start(k, port, work, "--epochs=3", "--max_train_examples=2048") for k in (0, 1)]
+    state = work / "checkpoints" / "state.json"
+    deadline = time.time() + 600
+    while not state.is_file() and time.time() < deadline and procs[0].poll() is None:
+        time.sleep(0.5)
+    assert state.is_file(), procs[0].communicate()[1][-3000:]
+    time.sleep(2)  # into epoch 2
+    os.kill(procs[1].pid, signal.SIGKILL)
+    killed = time.time()
+    _, err = procs[0].communicate(timeout=90)
+    assert time.time() - killed < 60
+    procs[1].wait()
+    assert procs[0].returncode == 1
+    assert error_lines(err) == [error_lines(err)[0]] and "process 1" in error_lines(err)[0], err[-3000:]
+    assert "lost peer" in error_lines(err)[0] and "Traceback" not in err and "Check failure" not in err
+    assert not (work / "metrics.json").exists()
+
+    rerun = both(work, "--epochs=3", "--max_train_examples=2048")
+    for status, out, err in rerun:
+        assert status == 0, err[-3000:]
+        assert "Resumed from epoch" in out
+    assert [int(r["epoch"]) for r in history(work)] == [0, 1, 2]
+
+
+def test_peer_that_never_comes_up_is_one_line(tmp_path):
+    require("jax")
+    port = free_port()
+    proc = start(0, port, tmp_path / "w", "--peer_timeout=5")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    expected = (f"train: error: not every process joined within --peer_timeout=5 s (2 expected at the coordinator "
+                f"localhost:{port}); start each with the same command and its own --process_id")
+    assert error_lines(err) == [expected], err[-3000:]
+    assert "Check failure" not in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--job_addresses=localhost:1234", "--num_processes=2", "--process_id=2"],
+     "--process_id=2 is out of range for 2 processes (0 to 1)"),
+    (["--job_addresses=localhost:1234,localhost:1235,localhost:1236", "--num_processes=2", "--process_id=0"],
+     "--job_addresses=localhost:1234,localhost:1235,localhost:1236 lists 3 addresses but --num_processes=2"),
+    (["--job_addresses=localhost", "--num_processes=2", "--process_id=0"], "localhost is not HOST:PORT"),
+    (["--num_processes=2", "--process_id=0"], "--distribution=multi_worker needs --job_addresses"),
+])
+def test_bad_process_group_is_one_line(tmp_path, args, message):
+    require("jax")
+    proc = run_module("mtl_keras.train", *FLAGS, "--distribution=multi_worker", f"--workdir={tmp_path / 'w'}",
+                      *args, env=jax_env(), timeout=120)
+    assert proc.returncode == 1
+    assert len(error_lines(proc.stderr)) == 1 and message in error_lines(proc.stderr)[0], proc.stderr[-2000:]
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_global_batch_not_dividing_by_the_devices_is_one_line(tmp_path):
+    require("jax")
+    for status, _, err in both(tmp_path / "w", "--batch_size=63", timeout=300):
+        assert status == 1
+        expected = "train: error: --batch_size=63 does not divide by the 2 replicas of --distribution=multi_worker"
+        assert error_lines(err) == [expected], err[-2000:]
+    assert not (tmp_path / "w").exists()
