@@ -77,7 +77,8 @@ def parse_policies(spec: str) -> tuple[str, ...]:
 @dataclasses.dataclass
 class DataConfig:
     dataset: str = _field("shapes")
-    data_dir: str | None = _field(None, DATA)  # CIFAR archive or tfds data_dir, image tree ROOT (folder), label file (csv)
+    # CIFAR archive or tfds data_dir, image tree ROOT (folder), label file (csv)
+    data_dir: str | None = _field(None, DATA)
     download: bool = _field(True, PLACE)
     validation_fraction: float = _field(0.15)
     max_train_examples: int | None = _field(None)

@@ -1,4 +1,5 @@
-"""`mtl-keras predict --model=PATH IMAGE...` (or `python -m mtl_keras.predict`): the program lives in mtl_keras/serving/predict.py."""
+"""`mtl-keras predict --model=PATH IMAGE...` (or `python -m mtl_keras.predict`): the program lives in
+mtl_keras/serving/predict.py."""
 
 import sys
 

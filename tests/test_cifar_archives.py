@@ -247,10 +247,12 @@ BROKEN = {  # case -> (how to write it, for --dataset, the error line's pattern 
                    "cifar10", r" member cifar-10-batches-py/test_batch holds a list, not the dict of a CIFAR-10 batch"),
     "wrong pixels": (lambda p: write_archive(p, "cifar10", _with("cifar10", "data_batch_1",
                                                                  data=np.zeros((3, 1024), np.float32))), "cifar10",
-                     r" member cifar-10-batches-py/data_batch_1 'data' is float32 \(3, 1024\), expected uint8 N x 3072"),
+                     r" member cifar-10-batches-py/data_batch_1 'data' is float32 \(3, 1024\),"
+                     r" expected uint8 N x 3072"),
     "wrong image size": (lambda p: write_archive(p, "cifar10", _with("cifar10", "test_batch",
                                                                      data=np.zeros((4, 1024), np.uint8))), "cifar10",
-                         r" member cifar-10-batches-py/test_batch 'data' is uint8 \(4, 1024\), expected uint8 N x 3072"),
+                         r" member cifar-10-batches-py/test_batch 'data' is uint8 \(4, 1024\),"
+                         r" expected uint8 N x 3072"),
     "label out of range": (lambda p: write_archive(p, "cifar10", _with("cifar10", "test_batch", labels=[0, 1, 2, 10])),
                            "cifar10", r" member cifar-10-batches-py/test_batch lacks 4 'labels' in 0-9: corrupt"),
     "too few labels": (lambda p: write_archive(p, "cifar100", _with("cifar100", "train", fine_labels=[1])), "cifar100",

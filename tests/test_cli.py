@@ -170,7 +170,8 @@ def test_an_unknown_subcommand_names_the_choices(capsys):
 def test_configs_starts_without_tensorflow():
     code = ("import sys; from mtl_keras import cli; assert cli.main(['configs']) == 0; "
             "heavy = {'tensorflow', 'keras', 'jax', 'numpy'} & set(sys.modules); assert not heavy, heavy")
-    proc = subprocess.run(check=False, args=[sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
+    proc = subprocess.run(check=False, args=[sys.executable, "-c", code], cwd=REPO, env=subprocess_env(),
+                          capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

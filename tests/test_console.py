@@ -25,7 +25,8 @@ def test_filtered_stderr_drops_the_start_up_lines_and_keeps_the_rest(capfd):
 def _import_tensorflow(*argv: str, **env: str) -> str:
     environment = {k: v for k, v in subprocess_env(**env).items() if k != "TF_CPP_MIN_LOG_LEVEL" or env}
     code = "import mtl_keras, tensorflow as tf; tf.config.list_physical_devices(); print('imported')"
-    proc = subprocess.run(check=False, args=[sys.executable, "-c", code, *argv], cwd=REPO, env=environment, capture_output=True,
+    proc = subprocess.run(check=False, args=[sys.executable, "-c", code, *argv], cwd=REPO, env=environment,
+                          capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout == "imported\n", proc.stderr[-2000:]
     return proc.stderr

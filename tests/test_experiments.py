@@ -167,7 +167,8 @@ def test_deltas_are_paired_by_seed():
 def test_extra_flags_override_the_flagfile_and_bad_ones_name_the_file(tmp_path):
     from mtl_keras.experiments import runner as experiments
 
-    [exp] = experiments.plan([REPO / "mtl_keras/configs/fmnist_mtl.flags"], [3], tmp_path, ["--epochs=1", "--dataset=shapes"])
+    [exp] = experiments.plan([REPO / "mtl_keras/configs/fmnist_mtl.flags"], [3], tmp_path,
+                             ["--epochs=1", "--dataset=shapes"])
     config = exp.configs[3]
     assert (config.optim.epochs, config.data.dataset, config.model.variant, config.run.seed) == (1, "shapes", "Mu/4", 3)
     assert config.run.workdir == str(tmp_path / "runs" / "fmnist_mtl" / "seed3") and config.serving.export is False
@@ -244,7 +245,8 @@ def test_a_finished_run_with_bad_records_stops_the_grid_in_one_line_naming_it(tm
     [exp] = runner.plan([flagfile], [0], results, extra)
     run_dir = exp.run_dir(0)
     run_dir.mkdir(parents=True)
-    for name, text in (("metrics.json", "{}"), ("classes.json", '{"fine": ["a"], "coarse": ["b"], "fine_to_coarse": [0]}'),
+    for name, text in (("metrics.json", "{}"),
+                       ("classes.json", '{"fine": ["a"], "coarse": ["b"], "fine_to_coarse": [0]}'),
                        ("config.json", '{"epochs": 2')):
         (run_dir / name).write_text(text)
     hint = f"; delete {run_dir} to train that run again$"

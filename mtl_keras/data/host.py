@@ -67,7 +67,10 @@ def train_batches(split: Split, info: DatasetInfo, *, task: str, batch_size: int
     def make(step: int):
         epoch, k = divmod(step, steps)
         rng = np.random.default_rng([seed, step, 1])
-        augment = lambda x, y: host_augment.augment_batch(x, y, rng, policies, mixup_alpha, cutmix_alpha)
+
+        def augment(x, y):
+            return host_augment.augment_batch(x, y, rng, policies, mixup_alpha, cutmix_alpha)
+
         return _batch(split, info, task, order(epoch)[k * batch_size:(k + 1) * batch_size], augment)
 
     return _ahead(make, itertools.count())

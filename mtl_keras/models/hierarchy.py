@@ -12,8 +12,8 @@
 With `marginal` and `both` the outputs are one distribution seen at two levels, but the argmax of a marginal can
 still fall outside the superclass of the fine argmax (fine 0.4 / 0.3 / 0.3 with the last two in one superclass);
 `consistent_pair` is the decision rule that never contradicts the hierarchy (the superclass first, then the
-best fine class inside it), used by evaluation and every served answer for these heads (serving/answers.py). `with_temperature` puts a
-`--calibrate` temperature inside a model (`Tempered`).
+best fine class inside it), used by evaluation and every served answer for these heads (serving/answers.py).
+`with_temperature` puts a `--calibrate` temperature inside a model (`Tempered`).
 
 Constants (the fine -> coarse matrix) are built inside `call`, like models.preprocess, so tf2onnx sees no
 captured tensors. Only keras.ops: runs on every backend.
