@@ -416,9 +416,15 @@ def test_rest_b64_request_through_the_bytes_signature(trained_run, tmp_path):
     loaded = tf.saved_model.load(str(_version_dir(trained_run)))
     out = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
     # Row-format response: one object per instance; string outputs come back as JSON strings.
-    predictions = [{k: [x.decode() if isinstance(x, bytes) else x for x in v[i].numpy().tolist()]
-                    for k, v in out.items()} for i in range(len(paths))]
-    assert set(predictions[0]) == {"fine", "coarse", "fine_classes", "fine_scores", "coarse_classes", "coarse_scores"}
+    def row(value):
+        value = value.tolist() if isinstance(value, np.ndarray) else value
+        if isinstance(value, bytes):  # one answer per image: label, level
+            return value.decode()
+        return [x.decode() if isinstance(x, bytes) else x for x in value]
+
+    predictions = [{k: row(v[i].numpy()) for k, v in out.items()} for i in range(len(paths))]
+    assert set(predictions[0]) == {"fine", "coarse", "fine_classes", "fine_scores", "coarse_classes", "coarse_scores",
+                                   "label", "level"}
     pixels, _ = images_lib.decode_files([str(p) for p in paths], 32)
     reference = loaded.signatures["serving_default"](image=tf.constant(pixels, tf.float32))
     names = json.loads((_version_dir(trained_run) / "assets.extra" / "classes.json").read_text())
@@ -428,6 +434,8 @@ def test_rest_b64_request_through_the_bytes_signature(trained_run, tmp_path):
         assert p["fine_classes"][0] == names["fine"][fine.argmax()] and len(p["fine_classes"]) == 5
         assert p["fine_scores"][0] == pytest.approx(fine.max(), abs=1e-5)
         assert p["coarse_classes"][0] in names["coarse"] and len(p["coarse_classes"]) == 3
+        assert p["level"] in ("fine", "coarse")
+        assert p["label"] == (p["fine_classes"][0] if p["level"] == "fine" else p["coarse_classes"][0])
 
 
 def test_top_k_sets_the_classes_per_head(tmp_path):
