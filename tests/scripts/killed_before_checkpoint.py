@@ -7,17 +7,21 @@ import runpy
 import signal
 import sys
 
-from mtl_keras import callbacks
 
-kill_at = int(sys.argv.pop(1))
-save = callbacks.Checkpoint.on_epoch_end
+def kill_before_checkpoint(kill_at: int) -> None:
+    """Makes the process SIGKILL itself at the end of epoch `kill_at`, before that epoch's checkpoint."""
+    from mtl_keras import callbacks
+
+    save = callbacks.Checkpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        save(self, epoch, logs)
+
+    callbacks.Checkpoint.on_epoch_end = on_epoch_end
 
 
-def on_epoch_end(self, epoch, logs=None):
-    if epoch + 1 == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    save(self, epoch, logs)
-
-
-callbacks.Checkpoint.on_epoch_end = on_epoch_end
-runpy.run_module("mtl_keras.train", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+    kill_before_checkpoint(int(sys.argv.pop(1)))
+    runpy.run_module("mtl_keras.train", run_name="__main__", alter_sys=True)

@@ -9,9 +9,7 @@ The import fails from a meta-path finder rather than `sys.modules["tensorflow"] 
 its checkpoint, as tests/scripts/killed_before_checkpoint.py does.
 """
 
-import os
 import runpy
-import signal
 import sys
 
 
@@ -23,17 +21,9 @@ class _NoTensorFlow:
 
 sys.meta_path.insert(0, _NoTensorFlow())
 if sys.argv[1].startswith("--kill_after_epoch="):
-    kill_at = int(sys.argv.pop(1).split("=")[1])
-    from mtl_keras import callbacks
+    from killed_before_checkpoint import kill_before_checkpoint  # this script's folder is on sys.path
 
-    save = callbacks.Checkpoint.on_epoch_end
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        save(self, epoch, logs)
-
-    callbacks.Checkpoint.on_epoch_end = on_epoch_end
+    kill_before_checkpoint(int(sys.argv.pop(1).split("=")[1]))
 if sys.argv[1] == "-c":
     code, sys.argv = sys.argv[2], ["-c", *sys.argv[3:]]
     exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102  (python -c, as Python runs it)
