@@ -25,7 +25,7 @@ def test_gpu_configs_hold_the_documented_recipe(name):
     # README: the CPU study's family and recipe sized up to ViT Ti/4 for 20 epochs, AdamW, bfloat16, flip average.
     from mtl_keras import flags as mtl_flags
 
-    cfg = mtl_flags.config_from_args([f"--flagfile={REPO / 'configs' / f'{name}.flags'}"])
+    cfg = mtl_flags.config_from_args([f"--flagfile={REPO / 'mtl_keras' / 'configs' / f'{name}.flags'}"])
     assert (cfg.model.model, cfg.model.variant, cfg.model.stem, cfg.model.tta_flip) == ("vit", "Ti/4", "conv", True)
     assert (cfg.optim.optimizer, cfg.optim.lr_schedule, cfg.optim.epochs) == ("adamw", "cosine", 20)
     assert cfg.optim.mixed_precision == "bfloat16" and cfg.data.augment == "flip_crop"

@@ -274,6 +274,6 @@ def test_a_run_failing_mid_grid_with_any_error_is_reported_and_the_grid_goes_on(
             raise RuntimeError("out of cheese")
 
     monkeypatch.setattr(train, "run", run)
-    [exp] = runner.plan([REPO / "configs/fmnist_mtl.flags"], [0, 1], tmp_path, ["--dataset=shapes"])
+    [exp] = runner.plan([REPO / "mtl_keras/configs/fmnist_mtl.flags"], [0, 1], tmp_path, ["--dataset=shapes"])
     failures = runner.run_all([exp], [0, 1])
     assert trained == [0, 1] and failures == ["fmnist_mtl seed 0: RuntimeError: out of cheese"]

@@ -12,7 +12,7 @@ from conftest import REPO, subprocess_env
 
 BENCHMARK = REPO / "benchmarks" / "gpu_cifar.py"
 sys.path.insert(0, str(REPO / "benchmarks"))
-import gpu_cifar
+import gpu_cifar  # noqa: E402  (benchmarks/ is not a package: on sys.path above)
 
 
 def test_peak_table_and_mfu_formula():
@@ -37,7 +37,8 @@ def test_the_benchmark_trains_only_through_train_run():
 def test_benchmark_reports_mfu_of_a_real_run_on_cpu_with_a_fake_peak(tmp_path):
     work = tmp_path / "w"
     proc = subprocess.run([sys.executable, str(BENCHMARK), "--dataset=shapes", "--model=vit", "--variant=Pico/4",
-                           "--epochs=2", "--batch_size=64", "--max_train_examples=256", "--noexport", "--peak_tflops=0.001",
+                           "--epochs=2", "--batch_size=64", "--max_train_examples=256", "--noexport",
+                           "--peak_tflops=0.001",
                            "--input_pipeline=host", f"--workdir={work}"], cwd=REPO, capture_output=True, text=True,
                           check=False, timeout=600, env=subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]

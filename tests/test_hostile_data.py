@@ -183,9 +183,9 @@ def test_predict_refuses_an_image_above_the_limit_and_classifies_the_rest(tmp_pa
     from mtl_keras.serving import predict, runtime
 
     class Classifier:  # what runtime.load returns, without a model
-        shape, names = (8, 8, 3), {"fine": ["a", "b"]}
+        shape, names, decoding = (8, 8, 3), {"fine": ["a", "b"]}, {}
 
-        def __call__(self, images):
+        def __call__(self, images, batch_size=256):
             return {"fine": np.tile([[0.25, 0.75]], (len(images), 1))}
 
     monkeypatch.setattr(runtime, "load", lambda path: Classifier())

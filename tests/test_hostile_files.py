@@ -17,7 +17,7 @@ from mtl_keras import flags as mtl_flags
 from mtl_keras.errors import DatasetError, ExportError, RunError
 
 PIL = require("PIL.Image")
-FT = [f"--flagfile={REPO}/configs/quickstart.flags", "--variant=Pico/4", "--epochs=1", "--batch_size=4",
+FT = [f"--flagfile={REPO}/mtl_keras/configs/quickstart.flags", "--variant=Pico/4", "--epochs=1", "--batch_size=4",
       "--dataset=folder", "--noexport", "--validation_fraction=0", "--folder_test_fraction=0.25"]
 
 
@@ -142,9 +142,9 @@ def test_predict_names_a_fifo_and_a_device_in_one_line_without_reading_them(tmp_
     from mtl_keras.serving import predict, runtime
 
     class Classifier:
-        shape, names = (8, 8, 3), {"fine": ["a", "b"]}
+        shape, names, decoding = (8, 8, 3), {"fine": ["a", "b"]}, {}
 
-        def __call__(self, images):
+        def __call__(self, images, batch_size=256):
             return {"fine": np.tile([[0.25, 0.75]], (len(images), 1))}
 
     monkeypatch.setattr(runtime, "load", lambda path: Classifier())

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 
-FLAGFILE = REPO / "configs/fmnist_mtl.flags"
+FLAGFILE = REPO / "mtl_keras/configs/fmnist_mtl.flags"
 EXTRA = ["--dataset=shapes"]
 
 
@@ -128,10 +128,11 @@ def test_ctrl_c_is_one_line_with_status_130(monkeypatch, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
+    from mtl_keras import config as mtl_config
     from mtl_keras import flags as mtl_flags
 
     monkeypatch.setattr(train, "run", interrupt)
-    monkeypatch.setattr(mtl_flags, "to_config", lambda fv: None)
+    monkeypatch.setattr(mtl_flags, "to_config", lambda fv: mtl_config.make())
     with pytest.raises(SystemExit) as exit_:
         train.main(["train"])
     assert exit_.value.code == 130

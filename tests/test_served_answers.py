@@ -157,5 +157,5 @@ def test_a_short_class_list_is_one_line(exported, image_files, tmp_path):
     proc = run_module("mtl_keras.predict", f"--model={tmp_path / 'model.keras'}", image_files[0])
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"predict: error: {tmp_path / 'model.keras'}: its class names list 3 fine classes, the model's fine "
-        "head 5; export the run again")
+        f"predict: error: {tmp_path / 'classes.json'} names 3 fine classes for the model's 5 fine outputs, so they "
+        "are not this model's names; use the classes of the run that trained it")

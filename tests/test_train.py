@@ -257,7 +257,7 @@ def test_model_is_saved_before_anything_after_fit_can_fail(tmp_path, monkeypatch
     from mtl_keras import config, evaluate, train
 
     monkeypatch.setattr(train.datasets, "prepare", lambda data, seed: _tiny_splits(8))
-    monkeypatch.setattr(train, "_fit", lambda *args: (0.0, 0))  # stands in for a finished training
+    monkeypatch.setattr(train, "_fit", lambda *args: (0.0, 0, {}))  # stands in for a finished training
 
     def test_pass_fails(*args, **kwargs):
         raise RuntimeError("stands in for any failure after fit (a plot, a metric, the export)")

@@ -61,15 +61,11 @@ def top(probs: np.ndarray, names: list[str] | None, k: int, first: int) -> list[
 
 
 def check_names(classifier) -> None:
-    """ExportError when the artifact's class names do not match its heads (a classes.json cut short)."""
+    """ExportError when the artifact's fine -> coarse map does not match its fine head (its class names are
+    checked against the heads when it is loaded, serving/runtime.py)."""
     from mtl_keras.errors import ExportError
 
     probs = classifier(np.zeros((1, *classifier.shape), np.float32))
-    for head, p in probs.items():
-        names = classifier.names.get(head)
-        if names is not None and len(names) != p.shape[-1]:
-            raise ExportError(f"{classifier.path}: its class names list {len(names)} {head} classes, the model's "
-                              f"{head} head {p.shape[-1]}; export the run again")
     f2c = classifier.decoding.get("fine_to_coarse")
     if f2c is not None and "fine" in probs and len(f2c) != probs["fine"].shape[-1]:
         raise ExportError(f"{classifier.path}: its fine_to_coarse map lists {len(f2c)} fine classes, the model's "
