@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # trunk -> build_model arguments: the size its configs train at (the quickstart config, the CCT recipe of
-# issue 6, the seed study's ViT and ResNet-152 with their branch heads, CIFAR-100 / CIFAR-10 class counts).
+# the seed study's ViT and ResNet-152 with their branch heads, CIFAR-100 / CIFAR-10 class counts).
 TRUNKS = {
     "vit": dict(heads={"fine": 10, "coarse": 3}, variant="Mu/4"),
     "cct": dict(heads={"fine": 10, "coarse": 2}, variant="7/3x1"),

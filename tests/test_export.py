@@ -332,7 +332,7 @@ def test_failed_export_leaves_no_version_folder(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "m").iterdir()] == [".lock"]  # no version, no temporary folder
 
 
-# serving_bytes: encoded images in, probabilities and top-k class names out (issue 14).
+# serving_bytes: encoded images in, probabilities and top-k class names out.
 
 def _image_files(folder):
     """Five shapes images as files of every kind the folder dataset reads, at sizes that take each decode path:

@@ -262,7 +262,7 @@ def test_train_on_fashion_mnist_folder_and_predict_names(tmp_path):
     assert "skipped 1 image files that could not be decoded" in proc.stdout and "broken.png" in proc.stderr
     metrics = json.loads((work / "metrics.json").read_text())
     # Chance 10 % / 40 %. Measured 2026-11-25 (BUILD_NOTES.md, "Measured figures"): 57.9 % fine / 88.2 % coarse
-    # (about 63 / 90 when issue 9 wrote this test); the bounds sit 7.9 and 8.2 points below the latest run.
+    # (about 63 / 90 when this test was written); the bounds sit 7.9 and 8.2 points below the latest run.
     assert metrics["fine_accuracy"] > 0.5 and metrics["coarse_accuracy"] > 0.8, metrics
     assert metrics["skipped_files"] == 1 and metrics["accuracy_per_class"]["fine"]["sandal"]["examples"] > 0
     for png in ("learning_curves.png", "confusion_fine.png", "confusion_coarse.png"):

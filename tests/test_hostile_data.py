@@ -1,4 +1,4 @@
-"""What a hostile or careless data set must not do to the folder / CSV loaders and predict (issue 16): count a
+"""What a hostile or careless data set must not do to the folder / CSV loaders and predict: count a
 file twice through symlinks, slip ids past the hierarchy check, leak a repeated test row into train, read files
 outside the CSV's folder, decode a decompression bomb, or end in a traceback. Unit-level: no training."""
 

@@ -181,7 +181,7 @@ def verify(saved_model: str | Path, onnx: str | Path, images: np.ndarray, *, ker
     onnx_runtime = runtime.load(onnx, "--onnx")
     saved_out = saved(images)
     comparisons = [compare(saved_out, onnx_runtime(images), atol, "saved_model vs onnx")]
-    if signatures.BYTES in getattr(saved.handle, "signatures", {}):  # exports before issue 14 lack it
+    if signatures.BYTES in getattr(saved.handle, "signatures", {}):  # exports of 0.1.0 before serving_bytes lack it
         comparisons.append(bytes_parity(saved, images, atol))
     if keras_model is not None:
         keras_out = runtime.load(keras_model, "--keras_model")(images)
