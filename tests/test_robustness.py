@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO, dwa_weights, require, run_module, subprocess_env
@@ -104,9 +105,13 @@ def test_mirrored_on_two_logical_cpus(tmp_path):
         with open(tmp_path / name / "history.csv") as f:
             return [float(r["loss"]) for r in csv.DictReader(f)]
 
-    for curve in (losses("two"), losses("one")):
-        assert curve[-1] < curve[0]  # both learn
-    assert abs(losses("two")[-1] - losses("one")[-1]) < 0.3
+    # Two replicas learn like one device: the same global batch and seed give the same training curve up to
+    # the order of float sums. Measured 2026-12-05: 2.158 / 1.821 / 1.726 on two replicas against
+    # 2.183 / 1.819 / 1.727 on one (at most 1.1 % apart); allowed 2 %. Replicas that each took the whole
+    # --batch_size (half the steps per epoch) would lag behind it.
+    two, one = losses("two"), losses("one")
+    assert one[-1] < 0.9 * one[0], one  # it learns
+    np.testing.assert_allclose(two, one, rtol=0.02)
 
 
 def test_deterministic_runs_repeat_to_the_last_digit(tmp_path):
