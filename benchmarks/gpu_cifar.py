@@ -1,7 +1,7 @@
 """Timing and model FLOP utilisation (MFU) around `mtl_keras.train.run`: the same training command as everyone's,
 with one line per epoch (seconds, train images/s, MFU) and a last line of JSON.
 
-    KERAS_BACKEND=jax python benchmarks/gpu_cifar.py --flagfile=configs/mtl_vit_c10.flags --dataset=folder \
+    KERAS_BACKEND=jax python benchmarks/gpu_cifar.py --config=mtl_vit_c10 --dataset=folder \
         --data_dir=data/cifar10 [--peak_tflops=N]
 
 Every `mtl_keras.train` flag is accepted and means what it means there (input pipeline, checkpoints, resume,

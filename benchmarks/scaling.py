@@ -19,10 +19,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = ["--flagfile=configs/mtl_vit_c10_cpu.flags", "--dataset=shapes", "--noexport", "--notta_flip"]
+MODEL = ["--config=mtl_vit_c10_cpu", "--dataset=shapes", "--noexport", "--notta_flip"]
 # mode: (backend, extra flags, processes, env)
 MODES = {
     "one": ("jax", ["--distribution=none"], 1, {}),
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max_train_examples", type=int, default=2048)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--root", default="runs/scaling")
+    parser.add_argument("--root", default=None, help="folder for the runs (default: a fresh temporary one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.worker:
@@ -88,8 +89,9 @@ def main() -> None:
               f"--batch_size={args.batch_size}"]
     images_per_epoch = args.max_train_examples // args.batch_size * args.batch_size
     rows = {}
+    root = Path(args.root or tempfile.mkdtemp(prefix="mtl_scaling_"))
     for name in args.modes.split(","):
-        times = run_mode(name, common, Path(args.root))["epoch_end_times"]
+        times = run_mode(name, common, root)["epoch_end_times"]
         rows[name] = images_per_epoch * (len(times) - 1) / (times[-1] - times[0])
     base = rows.get("one")
     print(f"{'mode':<20} {'images/s':>9} {'efficiency':>10}")

@@ -116,11 +116,23 @@ def _expand(args: list[str], base: Path | None, stack: tuple[Path, ...], config:
             path = resolve(value, base)
         else:
             path = Path(base or ".") / os.path.expanduser(value)
+            if not path.is_file() and not stack:
+                path = _legacy_config_path(value) or path
             if not path.is_file():
                 where = f" (from {stack[-1]})" if stack else ""
                 raise FlagfileError(f"--flagfile={value}: no such file{where}")
         out += _file_lines(path, stack, config)
     return out
+
+
+def _legacy_config_path(value: str) -> Path | None:
+    """The shipped config a top-level `--flagfile=configs/NAME.flags` names when no such file exists: the
+    configs lived in the repository's configs/ folder before they moved into the package, and that command
+    is in use; it now works from any folder."""
+    parts = Path(value).parts
+    if len(parts) > 1 and parts[0] == "configs" and value.endswith(SUFFIX):
+        return shipped(Path(*parts[1:]).as_posix())
+    return None
 
 
 def expand(argv: list[str], config: bool = True) -> list[str]:

@@ -98,6 +98,20 @@ def test_expansion_stops_at_double_dash_and_leaves_config_alone_where_it_is_not_
     assert flagfiles.expand(["p", "--config=quickstart"], config=False) == ["p", "--config=quickstart"]
 
 
+def test_the_configs_folder_command_works_from_any_folder(tmp_path, monkeypatch):
+    # `--flagfile=configs/NAME.flags` is the long-documented command; with no such file here it names the
+    # shipped config, and a real file of that path still wins.
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_args(["--flagfile=configs/mtl_vit_c10_cpu.flags"])
+    assert cfg == config_from_args(["--config=mtl_vit_c10_cpu"]) and cfg.optim.epochs == 18
+    assert config_from_args(["--flagfile=configs/cifar10_study/a_vit_mu4.flags"]).model.variant == "Mu/4"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mtl_vit_c10_cpu.flags").write_text("--epochs=3\n")
+    assert config_from_args(["--flagfile=configs/mtl_vit_c10_cpu.flags"]).optim.epochs == 3
+    with pytest.raises(flagfiles.FlagfileError, match="--flagfile=configs/nope.flags: no such file"):
+        flagfiles.expand(["p", "--flagfile=configs/nope.flags"])
+
+
 def test_bad_flagfiles_are_one_line_errors(tmp_path):
     (tmp_path / "loop.flags").write_text("--flagfile=loop2.flags\n")
     (tmp_path / "loop2.flags").write_text("--flagfile=loop.flags\n")

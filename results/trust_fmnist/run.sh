@@ -3,7 +3,7 @@
 #   sh results/trust_fmnist/run.sh 0 1 2 && python3 results/trust_fmnist/table.py
 for seed in "$@"; do
   for head in learned marginal both; do
-    python -m mtl_keras.train --flagfile=configs/fmnist_hierarchy/mtl_$head.flags --calibrate --noexport \
+    python3 -m mtl_keras.train --config=fmnist_hierarchy/mtl_$head --calibrate --noexport \
       --seed=$seed --workdir=results/trust_fmnist/runs/$head/seed$seed
   done
 done
