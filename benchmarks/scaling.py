@@ -85,6 +85,9 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     if args.worker:
         return worker([a for a in rest if a != "--"])
+    unknown = [m for m in args.modes.split(",") if m not in MODES]
+    if unknown:
+        raise SystemExit(f"scaling: error: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     common = [f"--epochs={args.epochs}", f"--max_train_examples={args.max_train_examples}",
               f"--batch_size={args.batch_size}"]
     images_per_epoch = args.max_train_examples // args.batch_size * args.batch_size
@@ -93,6 +96,7 @@ def main() -> None:
     for name in args.modes.split(","):
         times = run_mode(name, common, root)["epoch_end_times"]
         rows[name] = images_per_epoch * (len(times) - 1) / (times[-1] - times[0])
+        print(f"{name}: {rows[name]:.1f} images/s", flush=True)
     base = rows.get("one")
     print(f"{'mode':<20} {'images/s':>9} {'efficiency':>10}")
     for name, rate in rows.items():
