@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 COLUMNS = (("fine_accuracy", "fine acc %"), ("coarse_accuracy", "coarse acc %"),
            ("hedge_coverage", "coverage at the hedge threshold %"), ("hedge_fine_precision", "fine precision there %"),
@@ -27,5 +29,13 @@ for head in ("learned", "marginal", "both"):
                  for k, _ in COLUMNS]
         lines.append(f"| {head} | {run.parent.name[4:]} | {m['hedge_threshold']:.4f} | {kept or 'none'} | "
                      + " | ".join(cells) + " |")
+    seeds = [row(json.loads(r.read_text())) for r in sorted((HERE / "runs" / head).glob("seed*/metrics.json"))]
+    if len(seeds) > 1:  # mean +- sample standard deviation over the seeds
+        def stat(k: str) -> str:
+            v = np.array([m[k] for m in seeds if m.get(k) is not None], float) * (1 if k == "fine_aurc" else 100)
+            digits = 4 if k == "fine_aurc" else 2
+            return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "–"
+        lines.append(f"| **{head}, mean ± sd** | {len(seeds)} seeds | | | " + " | ".join(stat(k) for k, _ in COLUMNS)
+                     + " |")
 (HERE / "table.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
