@@ -44,8 +44,9 @@ def config_defaults():
 @pytest.mark.slow
 def test_famo_under_mirrored_strategy_moves_its_logits_as_on_one_device():
     """5 fit steps of 8 images, MirroredStrategy over 2 logical CPUs vs one device, same data and initial
-    weights. Each replica weighs its half batch's loss and the state's mean aggregation averages the replicas'
-    logit steps, so the two runs differ slightly: measured |difference| 0.002 on logits that moved 0.2."""
+    weights, a trunk without BatchNormalization (whose per-replica statistics would part the runs for reasons
+    of their own). Measured: identical logits to float32 print precision (|difference| < 1e-7 on logits that
+    moved 0.28); each replica weighing its own 4 images' loss moved them 0.14 instead."""
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "famo_mirrored.py")], cwd=REPO,
                           env=subprocess_env(CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,7 +54,6 @@ def test_famo_under_mirrored_strategy_moves_its_logits_as_on_one_device():
     two, one = report["mirrored"], report["one"]
     assert (two["replicas"], one["replicas"]) == (2, 1)
     assert two["steps"] == one["steps"] == 5.0  # every step recorded once, not once per replica
-    moved = np.abs(one["logits"]).max()
-    assert moved > 0.05, one  # the weights moved (the first step only records; then +-famo_lr per Adam step)
-    np.testing.assert_allclose(two["logits"], one["logits"], atol=0.1 * moved)
-    assert two["fine_weight"] == pytest.approx(one["fine_weight"], abs=0.01)  # what history.csv logs
+    assert np.abs(one["logits"]).max() > 0.1, one  # the weights moved (Adam's first step alone is +-famo_lr)
+    np.testing.assert_allclose(two["logits"], one["logits"], atol=1e-4)
+    assert two["fine_weight"] == pytest.approx(one["fine_weight"], abs=1e-4)  # what history.csv logs

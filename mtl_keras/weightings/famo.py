@@ -7,12 +7,15 @@ a task whose loss fell faster than the others' loses weight. O(1) per step and n
 and "after" are consecutive batches' losses (the reference code recomputes the loss of the same batch after the
 step), so delta carries batch noise that Adam's moments average out.
 
-The update runs inside the loss, on the layer's non-trainable variables (aggregation "mean", so every replica
-of a tf.distribute strategy holds the same logits), so it needs no custom train step and runs on any backend.
+The update runs inside the loss, on the layer's non-trainable variables, so it needs no custom train step and
+runs on any backend. Under a tf.distribute strategy every replica weighs and steps from the whole batch's loss
+(`_replica_mean`) and the variables' "mean" aggregation keeps one copy of the state: the logits move as on one
+device.
 """
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -42,7 +45,7 @@ def loss(layer, i: int, ce):
     """Per-example loss of task i whose value is `ce` and whose gradient is w_i * grad(ce). Records the task's
     batch loss; the call that completes a step's set of losses (whichever task Keras computes last) updates xi."""
     mine = ops.arange(len(layer.tasks)) == i
-    level = ops.cast(ops.stop_gradient(ops.mean(ce)), "float32") + EPSILON
+    level = _replica_mean(ops.cast(ops.stop_gradient(ops.mean(ce)), "float32")) + EPSILON
     last = ops.where(mine, level, layer.famo_last.value)
     fresh = ops.where(mine, 1.0, layer.famo_fresh.value)
     layer.famo_last.assign(last)
@@ -51,6 +54,22 @@ def loss(layer, i: int, ce):
     _update(layer, last, ready)
     layer.famo_fresh.assign(ops.where(ready, 0.0, fresh))
     return ce * weight + ops.stop_gradient(ce - ce * weight)  # logs the plain loss, descends the weighted
+
+
+def _replica_mean(x):
+    """The mean of `x` over the replicas of a tf.distribute strategy (`x` itself elsewhere): each replica sees
+    its share of the batch, and weighing or stepping from its own share's loss made the replicas' logit steps
+    disagree and cancel (half as far as one device after 5 steps of 4 images per replica). Equal shares: the
+    mean of their means is the whole batch's mean loss, what one device sees. JAX's data parallelism computes
+    the loss over the whole (sharded) batch already."""
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, x)
 
 
 def _update(layer, losses, ready) -> None:

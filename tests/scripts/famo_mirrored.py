@@ -20,8 +20,9 @@ x = rng.uniform(0, 255, (STEPS * BATCH, 16, 16, 3)).astype("float32")
 f = rng.integers(0, 6, len(x))
 y = {"fine": np.eye(6, dtype="float32")[f], "coarse": np.eye(2, dtype="float32")[f % 2]}
 # jit_compile off: train.py turns XLA off under tf.distribute with several replicas too.
-cfg = config.make(variant="Pico/4", loss_weighting="famo", famo_lr=0.1, lr_schedule="constant", learning_rate=3e-3,
-                  jit_compile=False)
+# The patch stem: no BatchNormalization, whose per-replica batch statistics would part the two runs by themselves.
+cfg = config.make(variant="Pico/4", stem="patch", loss_weighting="famo", famo_lr=0.1, lr_schedule="constant",
+                  learning_rate=3e-3, jit_compile=False)
 
 
 def run(distribution: str) -> dict:
