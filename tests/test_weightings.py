@@ -41,6 +41,29 @@ def config_defaults():
     return config.OptimConfig()
 
 
+def test_famo_settings_reach_its_layer_when_the_model_is_built():
+    import keras
+
+    from mtl_keras import config, losses, modeling
+
+    cfg = config.make(variant="Pico/4", loss_weighting="famo", famo_lr=0.1, famo_decay=0.02)
+    model = modeling.build(cfg.model, {"fine": 6, "coarse": 2}, (16, 16, 3), optim=cfg.optim)
+    layer = model.get_layer(losses.LAYER_NAME)
+    assert layer.settings == {"famo_lr": 0.1, "famo_decay": 0.02}
+    again = losses.TaskWeights.from_config(layer.get_config())  # the keys older versions wrote and read
+    assert (again.method, again.settings) == ("famo", {"famo_lr": 0.1, "famo_decay": 0.02})
+    # The loss takes the layer's settings; other values at compile time are refused, not patched on.
+    loss, weights = losses.compile_losses(model, ["fine", "coarse"], "famo", famo_lr=0.1)
+    assert weights is None and all(v.weights is layer for v in loss.values())
+    with pytest.raises(ValueError, match="built with famo_lr=0.1, not famo_lr=0.3"):
+        losses.compile_losses(model, ["fine", "coarse"], "famo", famo_lr=0.3)
+    with pytest.raises(ValueError, match="'famo' has no setting gamma"):
+        losses.compile_losses(model, ["fine", "coarse"], "famo", gamma=0.3)
+    # A layer saved with another weighting's settings (older versions saved FAMO's on every layer) ignores them.
+    old = losses.TaskWeights(["fine", "coarse"], "uncertainty", famo_lr=0.5, name="w")
+    assert old.settings == {} and keras.layers.deserialize(keras.layers.serialize(old)).method == "uncertainty"
+
+
 @pytest.mark.slow
 def test_famo_under_mirrored_strategy_moves_its_logits_as_on_one_device():
     """5 fit steps of 8 images, MirroredStrategy over 2 logical CPUs vs one device, same data and initial
