@@ -20,7 +20,8 @@ from pathlib import Path
 
 from mtl_keras.errors import ConfigError
 
-# Choice lists. Each registry (data/sources, models, ...) asserts it implements exactly its list.
+# Choice lists. Each registry (data/sources, models, ...) asserts it implements exactly its list. Loss weightings
+# are listed by their registry alone (mtl_keras.weightings, Keras-free); their settings' defaults are fields here.
 DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder", "csv")
 TASKS = ("mtl", "fine", "coarse")
 AUGMENTS = ("none", "flip_crop", "randaugment", "mixup", "cutmix")  # policies apply in this order
@@ -28,8 +29,6 @@ TRUNKS = ("vit", "seed_vit", "resnet152", "cct")
 HEAD_KINDS = ("light", "seed")
 COARSE_HEADS = ("learned", "marginal", "both")  # models/hierarchy.py
 STEMS = ("conv", "patch")
-WEIGHTINGS = ("fixed", "uncertainty", "dwa", "famo")
-DYNAMIC_WEIGHTINGS = ("uncertainty", "dwa", "famo")  # learned or updated during training
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 # Input pipelines (data/feeds.py): auto is tf_data where TensorFlow is installed, else host (numpy, no TensorFlow).

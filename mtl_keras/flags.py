@@ -22,7 +22,7 @@ import types
 
 from absl import flags
 
-from mtl_keras import config, flagfiles
+from mtl_keras import config, flagfiles, weightings
 from mtl_keras.config import DataConfig, TrainConfig
 
 _D = types.SimpleNamespace(**config.flat(TrainConfig()))  # every default, by flag name
@@ -87,8 +87,8 @@ def _valid_coarse_head(values: dict) -> bool:
 
 
 def _valid_loss_weighting(values: dict) -> bool:
-    # A dynamic weighting balances two task losses; a single-task run has one.
-    if values["loss_weighting"] in config.DYNAMIC_WEIGHTINGS and values["task"] != "mtl":
+    # A stateful weighting balances two task losses; a single-task run has one.
+    if weightings.get(values["loss_weighting"]).stateful and values["task"] != "mtl":
         raise flags.ValidationError(f"--loss_weighting={values['loss_weighting']} needs --task=mtl "
                                     f"(got --task={values['task']}); use --loss_weighting=fixed")
     return True
@@ -238,9 +238,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
             lower_bound=0.0, upper_bound=0.5)
     d.float("gamma", _D.gamma, "MTL weight of the fine loss; coarse gets 1 - gamma.",
             lower_bound=0.0, upper_bound=1.0)
-    d.enum("loss_weighting", _D.loss_weighting, config.WEIGHTINGS, "MTL loss weighting: fixed (--gamma), "
-           "uncertainty (Kendall et al. 2018, learned), dwa (Dynamic Weight Average, Liu et al. 2019) or famo "
-           "(Fast Adaptive Multitask Optimization, Liu et al. 2023; see --famo_lr, --famo_decay).")
+    d.enum("loss_weighting", _D.loss_weighting, weightings.NAMES, weightings.help_text())
     d.float("famo_lr", _D.famo_lr, "--loss_weighting=famo: Adam step size of the task logits (paper: 0.025).",
             lower_bound=0.0, upper_bound=1.0)
     d.float("famo_decay", _D.famo_decay, "--loss_weighting=famo: L2 decay of the task logits (paper code: 0.01).",

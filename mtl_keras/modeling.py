@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import keras
 
-from mtl_keras import losses
+from mtl_keras import losses, weightings
 from mtl_keras.config import PRECISION_POLICIES, ModelConfig, OptimConfig
 from mtl_keras.models import build_model
 
@@ -25,21 +25,22 @@ def heads_for(model_config: ModelConfig, num_classes: Mapping[str, int]) -> dict
 
 
 def build(model_config: ModelConfig, num_classes: Mapping[str, int], input_shape, norm_stats=None, *,
-          loss_weighting: str = "fixed", fine_to_coarse=None) -> keras.Model:
+          optim: OptimConfig | None = None, fine_to_coarse=None) -> keras.Model:
     """The uncompiled model (under the current Keras dtype policy). `norm_stats` = per-channel (mean,
-    variance) of the training pixels, used by trunks in models.ADAPTED_NORM; a dynamic `loss_weighting`
-    (the optimisation section's) adds the layer that holds its state; `fine_to_coarse` (DatasetInfo's) is
-    needed by the hierarchy-aware coarse heads."""
+    variance) of the training pixels, used by trunks in models.ADAPTED_NORM; a stateful loss weighting of the
+    optimisation section `optim` adds the layer that holds its state, with the section's settings for it;
+    `fine_to_coarse` (DatasetInfo's) is needed by the hierarchy-aware coarse heads."""
     m = model_config
+    optim = optim or OptimConfig()
     return build_model(m.model, input_shape, heads_for(m, num_classes), variant=m.variant, stem=m.stem,
                        image_size=m.image_size, dropout=m.dropout, head=m.head, head_dropout=m.head_dropout,
-                       stochastic_depth=m.stochastic_depth, norm_stats=norm_stats, loss_weighting=loss_weighting,
-                       coarse_head=m.coarse_head, fine_to_coarse=fine_to_coarse,
-                       consistency_weight=m.consistency_weight)
+                       stochastic_depth=m.stochastic_depth, norm_stats=norm_stats,
+                       loss_weighting=optim.loss_weighting, weighting_settings=vars(optim), coarse_head=m.coarse_head,
+                       fine_to_coarse=fine_to_coarse, consistency_weight=m.consistency_weight)
 
 
 def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mapping[str, int], norm_stats=None, *,
-               loss_weighting: str = "fixed", fine_to_coarse=None, force: bool = False) -> keras.Model:
+               optim: OptimConfig | None = None, fine_to_coarse=None, force: bool = False) -> keras.Model:
     """The same weights in a float32 model built outside any distribution scope (`model` itself when it
     already is one and not `force`): what is evaluated, saved and exported, whatever trained it."""
     if model.dtype_policy.name == "float32" and not force:
@@ -47,7 +48,7 @@ def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mappi
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        copy = build(model_config, num_classes, model.input_shape[1:], norm_stats, loss_weighting=loss_weighting,
+        copy = build(model_config, num_classes, model.input_shape[1:], norm_stats, optim=optim,
                      fine_to_coarse=fine_to_coarse)
     finally:
         keras.config.set_dtype_policy(previous)
@@ -65,8 +66,7 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(PRECISION_POLICIES[optim.mixed_precision])
     try:
-        model = build(model_config, num_classes, input_shape, norm_stats, loss_weighting=optim.loss_weighting,
-                      fine_to_coarse=fine_to_coarse)
+        model = build(model_config, num_classes, input_shape, norm_stats, optim=optim, fine_to_coarse=fine_to_coarse)
     finally:
         keras.config.set_dtype_policy(previous)
     heads = heads_for(model_config, num_classes)
@@ -87,9 +87,9 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
     else:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=optim.weight_decay, **extra)
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embedding", "log_var"])
-    loss, loss_weights = losses.compile_losses(model, list(heads), optim.loss_weighting, gamma=optim.gamma,
-                                               label_smoothing=optim.label_smoothing, famo_lr=optim.famo_lr,
-                                               famo_decay=optim.famo_decay)
+    loss, loss_weights = losses.compile_losses(model, list(heads), optim.loss_weighting,
+                                               label_smoothing=optim.label_smoothing,
+                                               **weightings.settings(optim.loss_weighting, vars(optim)))
     # Top-5 where top-1 is a hard target (CIFAR-100's 100 fine classes); names log as fine_top5_accuracy.
     metrics = {h: ["accuracy"] + ([keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy")] if n >= 100
                                   else []) for h, n in heads.items()}

@@ -304,7 +304,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
         if group.process_id:
             return {"process_id": group.process_id, "weights_sha256": digests[group.process_id]}
     # Mirrored models' predict duplicated a partial last batch here: evaluate a plain float32 copy.
-    model = plain_copy(model, config.model, info.num_classes, norm_stats, loss_weighting=optim.loss_weighting,
+    model = plain_copy(model, config.model, info.num_classes, norm_stats, optim=optim,
                        fine_to_coarse=info.fine_to_coarse, force=replicas > 1)
     if config.model.tta_flip:  # the flipped-view average is what is evaluated, saved and exported
         model = with_flip_average(model)

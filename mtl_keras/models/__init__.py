@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import keras
 
-from mtl_keras import losses
+from mtl_keras import losses, weightings
 from mtl_keras.config import HEAD_KINDS, TRUNKS
 from mtl_keras.models import cct, hierarchy, resnet, seed_vit, tta, vit  # noqa: F401  (tta: registers its layer)
 from mtl_keras.models.heads import light_head, seed_head
@@ -44,15 +44,17 @@ def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[st
                 variant: str = "Mu/4", stem: str = "conv", image_size: int | None = None, dropout: float = 0.0,
                 head: str = "light", head_dropout: float = 0.0, stochastic_depth: float = 0.1,
                 norm_stats: NormStats | None = None, loss_weighting: str = "fixed", coarse_head: str = "learned",
-                fine_to_coarse=None, consistency_weight: float = 1.0) -> keras.Model:
+                fine_to_coarse=None, consistency_weight: float = 1.0,
+                weighting_settings: Mapping | None = None) -> keras.Model:
     """Returns a model from raw pixels (0-255, float32) named `image` to a dict of probabilities.
 
     `heads` maps task name to class count, e.g. {"fine": 10, "coarse": 3}; a single-task model has one.
     `variant` and `stem` apply to vit / cct; seed_vit and resnet152 have the seed's fixed shapes.
     `norm_stats` = (per-channel mean, variance) of the training pixels, for trunks in ADAPTED_NORM.
-    `stochastic_depth` is cct's top drop-path rate. A dynamic `loss_weighting` adds the layer holding its
-    state (see mtl_keras.losses). `coarse_head` (learned, marginal, both; models/hierarchy.py) ties the coarse
-    output to the fine one through `fine_to_coarse`; `consistency_weight` weighs `both`'s consistency loss.
+    `stochastic_depth` is cct's top drop-path rate. A stateful `loss_weighting` (mtl_keras.weightings) adds the
+    layer holding its state, given its `weighting_settings` (by config name; config.py's defaults otherwise).
+    `coarse_head` (learned, marginal, both; models/hierarchy.py) ties the coarse output to the fine one through
+    `fine_to_coarse`; `consistency_weight` weighs `both`'s consistency loss.
     """
     trunk_spec = spec(trunk)
     if head not in HEAD_KINDS:
@@ -70,8 +72,9 @@ def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[st
     body = trunk_spec.build((size, size, input_shape[2]), variant=variant, stem=stem, dropout=dropout,
                             stochastic_depth=stochastic_depth)
     features = body(x)
-    if loss_weighting in losses.DYNAMIC:
-        features = losses.TaskWeights(list(heads), loss_weighting, name=losses.LAYER_NAME)(features)
+    if weightings.get(loss_weighting).stateful:
+        settings = weightings.settings(loss_weighting, weighting_settings)
+        features = losses.TaskWeights(list(heads), loss_weighting, name=losses.LAYER_NAME, **settings)(features)
     if head == "seed":
         def make_head(x, n, name):  # the branch shape follows the task, whatever the layer's name
             return seed_head(x, n, name, head_dropout, trunk_spec.seed_head_activation, branch=name.split("_")[0])

@@ -21,6 +21,7 @@ class TrunkSpec:
     build: Callable[..., object]  # (input_shape, *, variant, stem, dropout, stochastic_depth) -> keras.Model
     variants: dict | None = None  # the size table that `--variant` names; None: fixed shapes, any variant ignored
     parse_variant: Callable[[str], tuple] | None = None  # raises ValueError for a variant not in `variants`
+    smallest_variant: str | None = None  # the variant tests and smoke runs build (with `variants`)
     preprocess: Callable = rescale  # (x, channels, norm_stats) -> x, deterministic, inside the model
     image_size: int | None = None  # the size the trunk runs at (None: the input's)
     min_image_size: int = 1
