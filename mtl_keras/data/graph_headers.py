@@ -20,8 +20,9 @@ def _bytes(contents: tf.Tensor, pad: int = 16) -> tf.Tensor:
     return tf.concat([tf.reshape(raw, [-1]), tf.zeros([pad], tf.int64)], 0)
 
 
-def gif_pixels(contents: tf.Tensor) -> tf.Tensor:
-    """frames x max width x max height (int64) over the logical screen and every image descriptor."""
+def _gif_walk(contents: tf.Tensor):
+    """Walks a GIF block by block: (frames, max width, max height over the screen and every frame, whether
+    the data ends inside a block or sub-block, i.e. is cut short)."""
     data = _bytes(contents)
     n = tf.size(data, tf.int64) - 16
 
@@ -51,14 +52,22 @@ def gif_pixels(contents: tf.Tensor) -> tf.Tensor:
                 tf.where(image, tf.maximum(width, u16(i + 5)), width),
                 tf.where(image, tf.maximum(height, u16(i + 7)), height))
 
-    _, _, frames, width, height = tf.while_loop(lambda i, *_: i < n, step, start)
+    i, sub, frames, width, height = tf.while_loop(lambda i, *_: i < n, step, start)
+    # A whole GIF ends at a block (its trailer, or nothing after the last frame's sub-blocks, which giflib
+    # also decodes); a block or sub-block running past the data is a file cut short, which giflib refuses.
+    return frames, width, height, (i > n) | tf.equal(sub, 1) | (n < 13)
+
+
+def gif_pixels(contents: tf.Tensor) -> tf.Tensor:
+    """frames x max width x max height (int64) over the logical screen and every image descriptor."""
+    frames, width, height, _ = _gif_walk(contents)
     return tf.maximum(frames, 1) * width * height
 
 
 def header_pixels(contents: tf.Tensor) -> tf.Tensor:
     """What decoding one encoded image costs in pixels (int64, width x height x frames) from its headers; 0 for
     a string no decoder reads (the format check refuses it)."""
-    data = _bytes(contents)
+    data = _bytes(tf.strings.substr(contents, 0, 32), pad=32)  # every offset read is below 32
 
     def number(offset: int, size: int, big_endian: bool = False, signed: bool = False) -> tf.Tensor:
         raw = data[offset:offset + size]  # a string cut short reads as zeros; its decoder fails
@@ -80,3 +89,62 @@ def header_pixels(contents: tf.Tensor) -> tf.Tensor:
                     (tf.io.is_jpeg(contents),
                      lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(contents)[:2], tf.int64)))],
                    default=lambda: tf.constant(0, tf.int64), exclusive=True)
+
+
+def _has(raw: tf.Tensor, pattern: bytes, start: tf.Tensor | int = 0, room: int = 0) -> tf.Tensor:
+    """Whether `pattern` occurs in the uint8 bytes `raw` at a position >= `start` with `room` bytes after it."""
+    k, n = len(pattern), tf.size(raw)
+    count = tf.maximum(n - k - room + 1, 0)
+    hit = tf.ones([count], tf.bool)
+    for j, b in enumerate(pattern):
+        hit &= tf.equal(raw[j:j + count], b)
+    return tf.reduce_any(hit & (tf.range(count) >= start))
+
+
+def _jpeg_damage(contents: tf.Tensor) -> tf.Tensor:
+    raw = tf.io.decode_raw(contents, tf.uint8)
+    n = tf.size(raw)
+    # A frame header marker (SOFn: FF C0-CF but C4 DHT, C8 JPG, CC DAC): entropy-coded data stuffs every FF
+    # as FF 00, so only header segments can hold one; any decodable JPEG has one and its EOI after it.
+    marker = tf.equal(raw[:n - 1], 0xFF) & (raw[1:] >= 0xC0) & (raw[1:] <= 0xCF) & \
+        tf.not_equal(raw[1:], 0xC4) & tf.not_equal(raw[1:], 0xC8) & tf.not_equal(raw[1:], 0xCC)
+    first_sof = tf.reduce_min(tf.concat([tf.cast(tf.where(marker)[:, 0], tf.int32), [n]], 0))
+    return tf.case([(tf.equal(first_sof, n), lambda: tf.constant("a JPEG with no frame header (SOF)")),
+                    (~_has(raw, b"\xff\xd9", first_sof), lambda: tf.constant("a JPEG with no end marker (EOI)"))],
+                   default=lambda: tf.constant(""))
+
+
+def _png_damage(contents: tf.Tensor) -> tf.Tensor:
+    short = tf.strings.length(contents) < 33  # the signature and the IHDR chunk
+    # substr past the end is an error whose message holds the raw bytes: read a padded copy of the start
+    head = tf.strings.join([tf.strings.substr(contents, 0, 16), b"\0" * 16])
+    return tf.case([(short | tf.not_equal(tf.strings.substr(head, 12, 4), b"IHDR"),
+                     lambda: tf.constant("a PNG with no IHDR header")),
+                    (~_has(tf.io.decode_raw(contents, tf.uint8), b"IEND", 8, room=4),
+                     lambda: tf.constant("a PNG with no IEND chunk"))],
+                   default=lambda: tf.constant(""))
+
+
+def _gif_damage(contents: tf.Tensor) -> tf.Tensor:
+    frames, _, _, cut = _gif_walk(contents)
+    return tf.case([(cut, lambda: tf.constant("a GIF whose blocks run past its end")),
+                    (tf.equal(frames, 0), lambda: tf.constant("a GIF with no image"))],
+                   default=lambda: tf.constant(""))
+
+
+def damage(contents: tf.Tensor) -> tf.Tensor:
+    """Why one encoded image cannot be decoded, from its structure: "" when nothing is missing, else e.g. "a PNG
+    with no IHDR header" (a bare signature) or "a JPEG with no end marker (EOI)" (a file cut short). What the
+    decoders would refuse anyway, found first so serving_bytes can name the image; a string with no known
+    magic number is "" (the format check refuses it). Each test is a necessary condition of TensorFlow's
+    decoder (which also refuses a JPEG without EOI), so nothing it decodes is refused here."""
+    def starts(magic: bytes) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
+
+    return tf.case([(starts(b"\x89PNG"), lambda: _png_damage(contents)),
+                    (starts(b"BM"), lambda: tf.where(tf.strings.length(contents) < 32,
+                                                     tf.constant("a BMP with no complete header"),
+                                                     tf.constant(""))),
+                    (starts(GIF_MAGIC), lambda: _gif_damage(contents)),
+                    (starts(b"\xff\xd8\xff"), lambda: _jpeg_damage(contents))],
+                   default=lambda: tf.constant(""), exclusive=True)
