@@ -22,7 +22,7 @@ def _bytes(contents: tf.Tensor, pad: int = 16) -> tf.Tensor:
 
 def _gif_walk(contents: tf.Tensor):
     """Walks a GIF block by block: (frames, max width, max height over the screen and every frame, whether
-    the data ends inside a block or sub-block, i.e. is cut short)."""
+    it is cut short before its first frame's data ends)."""
     data = _bytes(contents)
     n = tf.size(data, tf.int64) - 16
 
@@ -37,25 +37,29 @@ def _gif_walk(contents: tf.Tensor):
     def table(flags):  # a colour table's size from its packed flags
         return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(one, flags % 8 + 1), zero)
 
-    # State: position, in sub-blocks (1) or at a block (0), frames, width, height.
-    start = (13 + table(byte(10)), zero, zero, u16(6), u16(8))
+    # State: position, at a block (0) or in an extension's (1) or an image's (2) sub-blocks, frames, width,
+    # height, images whose data ended.
+    start = (13 + table(byte(10)), zero, zero, u16(6), u16(8), zero)
 
-    def step(i, sub, frames, width, height):
+    def step(i, sub, frames, width, height, ended):
         c = byte(i)
         image = tf.equal(sub, 0) & tf.equal(c, 0x2C)
         extension = tf.equal(sub, 0) & tf.equal(c, 0x21)
         at_block = tf.where(image, i + 10 + table(byte(i + 9)) + 1, tf.where(extension, i + 2, n))  # else: end
         in_sub = i + c + 1  # c is the sub-block's length; 0 ends the sub-blocks
         return (tf.where(tf.equal(sub, 0), at_block, in_sub),
-                tf.where(tf.equal(sub, 0), one, tf.where(tf.equal(c, 0), zero, sub)),
+                tf.where(tf.equal(sub, 0), 2 * tf.cast(image, tf.int64) + tf.cast(extension, tf.int64),
+                         tf.where(tf.equal(c, 0), zero, sub)),
                 frames + tf.cast(image, tf.int64),
                 tf.where(image, tf.maximum(width, u16(i + 5)), width),
-                tf.where(image, tf.maximum(height, u16(i + 7)), height))
+                tf.where(image, tf.maximum(height, u16(i + 7)), height),
+                ended + tf.cast(tf.equal(sub, 2) & tf.equal(c, 0), tf.int64))
 
-    i, sub, frames, width, height = tf.while_loop(lambda i, *_: i < n, step, start)
-    # A whole GIF ends at a block (its trailer, or nothing after the last frame's sub-blocks, which giflib
-    # also decodes); a block or sub-block running past the data is a file cut short, which giflib refuses.
-    return frames, width, height, (i > n) | tf.equal(sub, 1) | (n < 13)
+    i, sub, frames, width, height, ended = tf.while_loop(lambda i, *_: i < n, step, start)
+    # A whole GIF ends at a block (its trailer, or nothing after the last frame's data, which giflib also
+    # decodes). TensorFlow decodes the first frame of a GIF cut in a later one, so only a cut before the first
+    # frame's data ended counts.
+    return frames, width, height, (n < 13) | (((i > n) | (sub > 0)) & tf.equal(ended, 0))
 
 
 def gif_pixels(contents: tf.Tensor) -> tf.Tensor:
@@ -127,7 +131,7 @@ def _png_damage(contents: tf.Tensor) -> tf.Tensor:
 
 def _gif_damage(contents: tf.Tensor) -> tf.Tensor:
     frames, _, _, cut = _gif_walk(contents)
-    return tf.case([(cut, lambda: tf.constant("a GIF whose blocks run past its end")),
+    return tf.case([(cut, lambda: tf.constant("a GIF whose first frame runs past its end")),
                     (tf.equal(frames, 0), lambda: tf.constant("a GIF with no image"))],
                    default=lambda: tf.constant(""))
 
