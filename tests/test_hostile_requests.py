@@ -76,6 +76,27 @@ def test_serving_bytes_names_a_bare_signature_or_a_file_cut_short(exported, case
 
 
 @pytest.mark.slow
+def test_a_rest_request_with_a_bare_png_signature_gets_a_readable_error(exported):
+    """TF Serving's REST form: the b64 instance decoded to bytes, the signature's error as the JSON response.
+    Was: the raw request bytes in the message, which a Python client failed to decode (UnicodeDecodeError)."""
+    import base64
+    import json
+
+    import tensorflow as tf
+
+    _, loaded = exported
+    body = json.dumps({"signature_name": "serving_bytes", "instances": [
+        {"image_bytes": {"b64": base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()}}]})
+    request = json.loads(body)
+    inputs = [base64.b64decode(row["image_bytes"]["b64"]) for row in request["instances"]]
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        loaded.signatures[request["signature_name"]](image_bytes=tf.constant(inputs))
+    response = json.loads(json.dumps({"error": caught.value.message}, ensure_ascii=True))
+    assert "image_bytes[0] is a PNG with no IHDR header" in response["error"]
+    assert "PNG\r\n" not in response["error"]  # no request bytes echoed
+
+
+@pytest.mark.slow
 def test_whole_files_with_bytes_after_their_end_are_served_as_without(exported):
     """The structure checks refuse nothing the decoders read: bytes after a JPEG's EOI or a PNG's IEND, a GIF
     without its trailer, and an animated GIF cut in its second frame (TensorFlow decodes its first) are served
@@ -197,6 +218,7 @@ def test_a_real_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_
     disk.mkdir()
     train = [sys.executable, "-m", "mtl_keras.train", f"--flagfile={REPO}/mtl_keras/configs/quickstart.flags",
              "--variant=Pico/4", "--epochs=2", "--max_train_examples=256", "--batch_size=64", "--noexport",
+             "--validation_fraction=0",
              f"--workdir={disk / 'w'}"]
     script = (f"mount -t tmpfs -o size=700k tmpfs {disk} || exit 99\n"
               f"{' '.join(train)} 2>{tmp_path / 'full.err'}; echo $? > {tmp_path / 'full.rc'}\n"
