@@ -5,6 +5,9 @@ PNG's IHDR, BMP's info header, JPEG's frame through libjpeg itself (extract_jpeg
 scan, so a stuffed `FF 00` cannot hide a frame), and for a GIF the frames times the largest of the logical screen
 and every frame's own size: giflib allocates each frame at its size (one 20000 x 20000 frame behind a 1 x 1
 screen took 2.4 GB in one request), and the frames are walked block by block in a tf.while_loop.
+
+`damage` says what a bare signature or a file cut short lacks (IHDR, IEND, SOF, EOI, a GIF's first frame), so
+serving_bytes can name the image instead of passing on its decoder's error, which names none.
 """
 
 from __future__ import annotations
@@ -140,8 +143,8 @@ def damage(contents: tf.Tensor) -> tf.Tensor:
     """Why one encoded image cannot be decoded, from its structure: "" when nothing is missing, else e.g. "a PNG
     with no IHDR header" (a bare signature) or "a JPEG with no end marker (EOI)" (a file cut short). What the
     decoders would refuse anyway, found first so serving_bytes can name the image; a string with no known
-    magic number is "" (the format check refuses it). Each test is a necessary condition of TensorFlow's
-    decoder (which also refuses a JPEG without EOI), so nothing it decodes is refused here."""
+    magic number is "" (the format check refuses it). Each test is something TensorFlow's decoder also needs
+    (it refuses a JPEG without EOI, a PNG without IEND), so what it decodes is not refused here."""
     def starts(magic: bytes) -> tf.Tensor:
         return tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
 
