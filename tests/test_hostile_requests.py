@@ -213,13 +213,12 @@ def _can_mount() -> bool:
 @pytest.mark.skipif(not _can_mount(), reason="a real full disk needs root to mount a tmpfs (unshare -m)")
 def test_a_real_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path):
     """A 700 KB tmpfs (in a private mount namespace) holds the records and epoch 1's checkpoint (466 KB), not
-    epoch 2's beside it. Was: 120 h5py tracebacks before the line; the report's run also ended in SIGSEGV."""
+    epoch 2's beside it. Was: 120 h5py tracebacks before the line (and once a segfault at exit)."""
     disk = tmp_path / "disk"
     disk.mkdir()
     train = [sys.executable, "-m", "mtl_keras.train", f"--flagfile={REPO}/mtl_keras/configs/quickstart.flags",
              "--variant=Pico/4", "--epochs=2", "--max_train_examples=256", "--batch_size=64", "--noexport",
-             "--validation_fraction=0",
-             f"--workdir={disk / 'w'}"]
+             "--validation_fraction=0", f"--workdir={disk / 'w'}"]
     script = (f"mount -t tmpfs -o size=700k tmpfs {disk} || exit 99\n"
               f"{' '.join(train)} 2>{tmp_path / 'full.err'}; echo $? > {tmp_path / 'full.rc'}\n"
               f"ls {disk / 'w' / 'checkpoints'} > {tmp_path / 'kept'}\n"
