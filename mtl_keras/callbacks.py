@@ -4,9 +4,13 @@ scalars (the loss-weighting callbacks live with the weighting, in losses.py)."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import json
 import math
 import os
+import sys
+import traceback
 from pathlib import Path
 
 import keras
@@ -84,7 +88,7 @@ class Checkpoint(keras.callbacks.Callback):
         name = f"epoch-{epoch + 1}.weights.h5"
         tmp = self.directory / f".tmp-{name}"
         try:
-            with _without_mesh():
+            with _without_mesh(), disk_full_names(self.directory / name):
                 self.model.save_weights(tmp)
             os.replace(tmp, self.directory / name)
         except BaseException:  # a full disk: no half-written file left beside the last good checkpoint
@@ -94,6 +98,51 @@ class Checkpoint(keras.callbacks.Callback):
         for old in self.directory.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink()
+
+
+@contextlib.contextmanager
+def disk_full_names(path: Path):
+    """A full disk inside the block as one OSError(ENOSPC) naming `path` (TensorFlow's and h5py's errors carry
+    the system's message, no file name). On a real full tmpfs each of a half-written file's h5py objects failed
+    its flush again when freed, and Cython printed each failure twice (through sys.excepthook, then as
+    "Exception ignored in ... __dealloc__"): 120 tracebacks before the error line. Here they are freed inside
+    the block (the failed write's frames cleared, then a collection) while both hooks drop reports of a full
+    disk; other reports pass through."""
+    full = os.strerror(errno.ENOSPC)
+    dropped = []
+    hooks = sys.unraisablehook, sys.excepthook
+
+    def unraisable_hook(unraisable):
+        if full in str(unraisable.exc_value):
+            dropped.append(unraisable.exc_type)
+        else:
+            hooks[0](unraisable)
+
+    def except_hook(kind, value, tb):  # Cython's __dealloc__ prints each traceback through it first
+        if full in str(value):
+            dropped.append(kind)
+        else:
+            hooks[1](kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+    disk_full = False
+    try:
+        try:
+            yield
+        except Exception as e:  # h5py raises RuntimeError / OSError with the system's message, no errno
+            if getattr(e, "errno", None) != errno.ENOSPC and full not in str(e):
+                raise
+            chain = e
+            while chain is not None:  # its frames, and those of the errors it happened in, hold the objects
+                traceback.clear_frames(chain.__traceback__)
+                chain.__traceback__ = None
+                chain = chain.__context__
+            disk_full = True
+        gc.collect()
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
+    if disk_full or dropped:  # raised here, outside the except: no __context__ keeps the objects alive
+        raise OSError(errno.ENOSPC, full, str(path))
 
 
 @contextlib.contextmanager

@@ -190,9 +190,11 @@ def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
               f"--workdir={workdir}` where it is")
         return {"artifacts": {}, "metrics": {}}
     if keras.backend.backend() == "tensorflow":
+        from mtl_keras.callbacks import disk_full_names
         from mtl_keras.serving.runs import export_run
 
-        return export_run(workdir, model=model, splits=splits, **settings)
+        with disk_full_names(Path(serving.export_dir).expanduser()):  # else the error names the workdir
+            return export_run(workdir, model=model, splits=splits, **settings)
     import subprocess
 
     result_file = workdir / ".export_result.json"

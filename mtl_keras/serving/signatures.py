@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.config import DataConfig
-from mtl_keras.data.graph_headers import GIF_MAGIC, header_pixels
+from mtl_keras.data.graph_headers import GIF_MAGIC, damage, header_pixels
 from mtl_keras.data.images import decode_bytes, fit_images
 from mtl_keras.errors import ExportError
 
@@ -64,6 +64,26 @@ def _check_formats(image_bytes: tf.Tensor) -> tf.Operation:
         tf.strings.format("serving_bytes: image_bytes[{}] is not a JPEG, PNG, BMP or GIF image", first_bad)])
 
 
+def _not_empty(batch: tf.Tensor, signature: str, name: str) -> tf.Operation:
+    """An InvalidArgument for a batch of no image: the trunks cannot run on a batch of 0 (Keras refuses it at the
+    stem), and returning empty outputs would need a conditional in the graph that model.onnx converts."""
+    return tf.debugging.Assert(tf.shape(batch)[0] > 0, [
+        f"{signature}: the request holds no image ({name} is a batch of 0); send at least one"])
+
+
+def serve_pixels(model):
+    """serving_default: the model's call on `image`, after an InvalidArgument for an empty batch and for NaN or
+    infinite pixels (the model would answer NaN probabilities). Both checks are Assert / CheckNumerics, which
+    tf2onnx drops: model.onnx is the same graph, and returns NaN rows for such images instead."""
+    def serve(image):
+        with tf.control_dependencies([_not_empty(image, DEFAULT, IMAGE_INPUT)]):
+            image = tf.debugging.check_numerics(
+                image, f"{DEFAULT}: {IMAGE_INPUT} holds NaN or infinite pixels (raw pixels are 0-255)")
+        return model(image)
+
+    return serve
+
+
 def decode_batch(image_bytes: tf.Tensor, shape: tuple[int, int, int],
                  max_pixels: int = DataConfig.max_image_pixels) -> tf.Tensor:
     """Encoded images [N] -> float32 [N, H, W, C], pixel for pixel as the folder dataset decodes its files
@@ -77,11 +97,19 @@ def decode_batch(image_bytes: tf.Tensor, shape: tuple[int, int, int],
 
     def decode(index_and_contents):
         index, contents = index_and_contents
-        pixels = header_pixels(contents)
+        # A bare signature or a file cut short, named here (its decoder's own error does not say which image);
+        # after the pixel check, so a bomb is named as one, but a JPEG's size comes from libjpeg's header scan,
+        # which fails on the same damage, so a damaged JPEG skips it.
+        why = damage(contents)
+        pixels = tf.cond(tf.equal(why, "") | ~tf.io.is_jpeg(contents), lambda: header_pixels(contents),
+                         lambda: tf.constant(0, tf.int64))
         check = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
             "serving_bytes: image_bytes[{}] holds {} pixels, more than the limit of {} set at export "
             "(--max_image_pixels)", (index, pixels, max_pixels))])
         with tf.control_dependencies([check]):
+            whole = tf.debugging.Assert(tf.equal(why, ""), [tf.strings.join([
+                "serving_bytes: image_bytes[", tf.strings.as_string(index), "] is ", why, ": cut short or damaged"])])
+        with tf.control_dependencies([whole]):
             return decode_bytes(tf.identity(contents), size)
 
     pixels = tf.map_fn(decode, (tf.range(tf.shape(image_bytes)[0]), image_bytes),
@@ -133,6 +161,8 @@ def bytes_function(model, class_names: dict | None, top_k: int, max_pixels: int 
     shape = tuple(model.input_shape[1:])
 
     def serve(image_bytes):
+        with tf.control_dependencies([_not_empty(image_bytes, BYTES, BYTES_INPUT)]):
+            image_bytes = tf.identity(image_bytes)
         probabilities = model(decode_batch(image_bytes, shape, max_pixels), training=False)
         out = dict(probabilities)
         ids = answered_ids(probabilities, decoding)
@@ -171,15 +201,15 @@ def decoding_function(class_names: dict | None):
 
 def write_saved_model(model, path: Path, class_names: dict | None, top_k: int,
                       max_pixels: int = DataConfig.max_image_pixels) -> None:
-    """The SavedModel with both signatures (serving_default is what `model.export` writes: the model's call on
-    `image`, also reachable as `serve`)."""
+    """The SavedModel with both signatures (serving_default is what `model.export` writes, the model's call on
+    `image`, also reachable as `serve`, with serve_pixels's checks of the request)."""
     import keras
 
     archive = keras.export.ExportArchive()
     # No archive.track(model): add_endpoint already keeps the tf.Variables the endpoints read, and tracking the
     # model as well stores every weight a second time through its keras.Variable wrappers (keras-team/keras
     # #23553): twice the SavedModel size and twice the variable memory in TF Serving and in whatever loads it.
-    archive.add_endpoint("serve", model.__call__, [input_spec(model)])  # the first endpoint: serving_default
+    archive.add_endpoint("serve", serve_pixels(model), [input_spec(model)])  # the first endpoint: serving_default
     archive.add_endpoint(BYTES, bytes_function(model, class_names, top_k, max_pixels), [bytes_spec()])
     archive.add_endpoint(DECODING, decoding_function(class_names), [])
     archive.write_out(str(path), verbose=False)
