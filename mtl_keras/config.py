@@ -30,7 +30,7 @@ COARSE_HEADS = ("learned", "marginal", "both")  # models/hierarchy.py
 STEMS = ("conv", "patch")
 WEIGHTINGS = ("fixed", "uncertainty", "dwa", "famo")
 DYNAMIC_WEIGHTINGS = ("uncertainty", "dwa", "famo")  # learned or updated during training
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "muon")
 LR_SCHEDULES = ("cosine", "constant")
 # Input pipelines (data/feeds.py): auto is tf_data where TensorFlow is installed, else host (numpy, no TensorFlow).
 INPUT_PIPELINES = ("auto", "tf_data", "host")

@@ -231,7 +231,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.integer("batch_size", _D.batch_size, "Global batch size.", lower_bound=1)
     d.float("learning_rate", _D.learning_rate, "Peak learning rate (see --lr_schedule and --optimizer).",
             lower_bound=0.0)
-    d.float("weight_decay", _D.weight_decay, "AdamW decoupled weight decay (not used by --optimizer=adam).",
+    d.float("weight_decay", _D.weight_decay, "AdamW / Muon decoupled weight decay (not used by --optimizer=adam).",
             lower_bound=0.0)
     d.float("warmup_epochs", _D.warmup_epochs, "Linear warmup length in epochs.", lower_bound=0.0)
     d.float("label_smoothing", _D.label_smoothing, "Label smoothing for both heads.",
@@ -245,8 +245,9 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
             lower_bound=0.0, upper_bound=1.0)
     d.float("famo_decay", _D.famo_decay, "--loss_weighting=famo: L2 decay of the task logits (paper code: 0.01).",
             lower_bound=0.0, upper_bound=1.0)
-    d.enum("optimizer", _D.optimizer, config.OPTIMIZERS, "adamw (decoupled --weight_decay) or adam (the "
-           "seed study; no weight decay).")
+    d.enum("optimizer", _D.optimizer, config.OPTIMIZERS, "adamw (decoupled --weight_decay), adam (the "
+           "seed study; no weight decay) or muon (orthogonalised momentum on 2-D Dense kernels, AdamW on the rest "
+           "and on the output layers; --weight_decay applies to both).")
     d.enum("lr_schedule", _D.lr_schedule, config.LR_SCHEDULES, "cosine: linear warmup then cosine "
            "to 0; constant: --learning_rate throughout (the seed study).")
     d.float("grad_clip_norm", _D.grad_clip_norm, "Clip gradients to this global norm (0: off).",

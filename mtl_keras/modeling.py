@@ -18,6 +18,11 @@ from mtl_keras import losses
 from mtl_keras.config import PRECISION_POLICIES, ModelConfig, OptimConfig
 from mtl_keras.models import build_model
 
+NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "embedding", "log_var"]  # variable-name parts exempt from weight decay
+# --optimizer=muon: variable paths that take the AdamW step though 2-D (the heads' output layers; attention biases
+# are [heads, key_dim]); Keras's Muon already sends every variable that is not 2-D there.
+MUON_EXCLUDED = r"(fine|coarse)_logits/|/bias$"
+
 
 def heads_for(model_config: ModelConfig, num_classes: Mapping[str, int]) -> dict[str, int]:
     """Task name -> class count of the heads `model_config.task` trains (`num_classes`: DatasetInfo's)."""
@@ -84,9 +89,16 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
         extra |= {"use_ema": True, "ema_momentum": optim.ema_momentum}
     if optim.optimizer == "adam":
         optimizer = keras.optimizers.Adam(schedule, **extra)
+    elif optim.optimizer == "muon":
+        # Muon on the 2-D Dense kernels (the transformer MLPs, not the 3-D attention kernels or the 4-D convs),
+        # AdamW on the rest; the output layers stay on AdamW, as Muon's authors advise for the last layer.
+        optimizer = keras.optimizers.Muon(schedule, weight_decay=optim.weight_decay,
+                                          adam_weight_decay=optim.weight_decay, exclude_layers=[MUON_EXCLUDED],
+                                          **extra)
+        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     else:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=optim.weight_decay, **extra)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embedding", "log_var"])
+        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     loss, loss_weights = losses.compile_losses(model, list(heads), optim.loss_weighting, gamma=optim.gamma,
                                                label_smoothing=optim.label_smoothing, famo_lr=optim.famo_lr,
                                                famo_decay=optim.famo_decay)
