@@ -23,7 +23,8 @@ from mtl_keras.errors import ConfigError
 # Choice lists. Each registry (data/sources, models, ...) asserts it implements exactly its list.
 DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder", "csv")
 TASKS = ("mtl", "fine", "coarse")
-AUGMENTS = ("none", "flip_crop", "randaugment", "mixup", "cutmix")  # policies apply in this order
+# Policies apply in this order. alt_flip_crop: flip_crop whose flip alternates per image by epoch (airbench).
+AUGMENTS = ("none", "flip_crop", "alt_flip_crop", "randaugment", "mixup", "cutmix")
 TRUNKS = ("vit", "seed_vit", "resnet152", "cct")
 HEAD_KINDS = ("light", "seed")
 COARSE_HEADS = ("learned", "marginal", "both")  # models/hierarchy.py
@@ -71,6 +72,8 @@ def parse_policies(spec: str) -> tuple[str, ...]:
                          f"{', '.join(AUGMENTS[1:])}, or none")
     if "none" in names and len(names) > 1:
         raise ValueError(f"augmentation 'none' cannot be combined with others (got {spec!r})")
+    if {"flip_crop", "alt_flip_crop"} <= set(names):
+        raise ValueError(f"flip_crop and alt_flip_crop are two ways to flip: choose one (got {spec!r})")
     return tuple(n for n in AUGMENTS[1:] if n in names)
 
 

@@ -174,7 +174,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.string("augment", _D.augment,
              f"Random augmentation in tf.data, never in the model: a comma-separated list of "
              f"{', '.join(config.AUGMENTS[1:])}, or none. Applied in that order; mixup and cutmix "
-             f"together: each batch picks one.")
+             f"together: each batch picks one. alt_flip_crop is flip_crop with each image flipped on alternate "
+             f"epochs (tf.data only).")
     d.validator("augment", _valid_augment)
     d.integer("randaugment_ops", _D.randaugment_ops, "RandAugment: ops applied per image (with "
               "--augment=...,randaugment).", lower_bound=1, upper_bound=11)
