@@ -29,6 +29,7 @@ TRUNKS = ("vit", "seed_vit", "resnet152", "cct")
 HEAD_KINDS = ("light", "seed")
 COARSE_HEADS = ("learned", "marginal", "both")  # models/hierarchy.py
 STEMS = ("conv", "patch")
+STEM_INITS = ("default", "whitened")  # models/whiten.py
 WEIGHTINGS = ("fixed", "uncertainty", "dwa", "famo")
 DYNAMIC_WEIGHTINGS = ("uncertainty", "dwa", "famo")  # learned or updated during training
 OPTIMIZERS = ("adamw", "adam", "muon")
@@ -107,6 +108,7 @@ class ModelConfig:
     model: str = _field("vit")  # the trunk
     variant: str = _field("Mu/4")
     stem: str = _field("conv")
+    stem_init: str = _field("default", before="default")  # whitened: the first conv from training patches' PCA
     image_size: int | None = _field(None)
     dropout: float = _field(0.0)
     stochastic_depth: float = _field(0.1)

@@ -86,6 +86,15 @@ def _valid_coarse_head(values: dict) -> bool:
     return True
 
 
+def _valid_stem_init(values: dict) -> bool:
+    from mtl_keras.models import WHITENABLE  # Keras: only when checked
+
+    if values["stem_init"] == "whitened" and values["model"] not in WHITENABLE:
+        raise flags.ValidationError(f"--stem_init=whitened needs --model={' or '.join(WHITENABLE)} (a first "
+                                    f"convolution on the images; got --model={values['model']})")
+    return True
+
+
 def _valid_loss_weighting(values: dict) -> bool:
     # A dynamic weighting balances two task losses; a single-task run has one.
     if values["loss_weighting"] in config.DYNAMIC_WEIGHTINGS and values["task"] != "mtl":
@@ -198,6 +207,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.string("variant", _D.variant, "Trunk size: vit NAME/PATCH, e.g. Mu/4 (models/vit.py); cct LAYERS/KxN, e.g. "
              "7/3x1 (models/cct.py). Ignored by seed_vit and resnet152.")
     d.enum("stem", _D.stem, config.STEMS, "ViT tokenizer: conv (convolutional stem) or patch (linear).")
+    d.enum("stem_init", _D.stem_init, config.STEM_INITS, "First convolution's initial filters (vit, cct): default "
+           "(Keras's) or whitened (PCA whitening of training image patches, +/- pairs, as in airbench).")
     d.integer("image_size", _D.image_size, f"Resize inputs to this size inside the model (unset: native; at most "
               f"{MAX_IMAGE_SIZE}).", lower_bound=8, upper_bound=MAX_IMAGE_SIZE)
     d.float("dropout", _D.dropout, "Dropout rate in the trunk (seed_vit: after Flatten).", lower_bound=0.0,
@@ -291,6 +302,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.multi_flags_validator(["task", "loss_weighting"], _valid_loss_weighting)
     d.multi_flags_validator(["task", "coarse_head"], _valid_coarse_head)
     d.multi_flags_validator(["model", "variant"], _valid_variant)
+    d.multi_flags_validator(["model", "stem_init"], _valid_stem_init)
 
 
 def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -30,17 +30,19 @@ def heads_for(model_config: ModelConfig, num_classes: Mapping[str, int]) -> dict
 
 
 def build(model_config: ModelConfig, num_classes: Mapping[str, int], input_shape, norm_stats=None, *,
-          loss_weighting: str = "fixed", fine_to_coarse=None) -> keras.Model:
+          loss_weighting: str = "fixed", fine_to_coarse=None, stem_sample=None, seed: int = 0) -> keras.Model:
     """The uncompiled model (under the current Keras dtype policy). `norm_stats` = per-channel (mean,
     variance) of the training pixels, used by trunks in models.ADAPTED_NORM; a dynamic `loss_weighting`
     (the optimisation section's) adds the layer that holds its state; `fine_to_coarse` (DatasetInfo's) is
-    needed by the hierarchy-aware coarse heads."""
+    needed by the hierarchy-aware coarse heads; `stem_sample` (training images, whiten.sample) sets the first
+    conv's filters under --stem_init=whitened (without it, e.g. when weights are copied in next, Keras's init)."""
     m = model_config
     return build_model(m.model, input_shape, heads_for(m, num_classes), variant=m.variant, stem=m.stem,
                        image_size=m.image_size, dropout=m.dropout, head=m.head, head_dropout=m.head_dropout,
                        stochastic_depth=m.stochastic_depth, norm_stats=norm_stats, loss_weighting=loss_weighting,
                        coarse_head=m.coarse_head, fine_to_coarse=fine_to_coarse,
-                       consistency_weight=m.consistency_weight)
+                       consistency_weight=m.consistency_weight,
+                       whiten_images=stem_sample if m.stem_init == "whitened" else None, seed=seed)
 
 
 def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mapping[str, int], norm_stats=None, *,
@@ -61,7 +63,7 @@ def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mappi
 
 
 def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes: Mapping[str, int], input_shape,
-                      steps_per_epoch: int, norm_stats=None, fine_to_coarse=None) -> keras.Model:
+                      steps_per_epoch: int, norm_stats=None, fine_to_coarse=None, stem_sample=None) -> keras.Model:
     """The model for `model_config.task`, compiled with its optimizer, LR schedule, per-head losses and metrics.
 
     Mixed precision (`optim.mixed_precision`) applies to this model only; its outputs stay float32, and
@@ -71,7 +73,7 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
     keras.config.set_dtype_policy(PRECISION_POLICIES[optim.mixed_precision])
     try:
         model = build(model_config, num_classes, input_shape, norm_stats, loss_weighting=optim.loss_weighting,
-                      fine_to_coarse=fine_to_coarse)
+                      fine_to_coarse=fine_to_coarse, stem_sample=stem_sample)
     finally:
         keras.config.set_dtype_policy(previous)
     heads = heads_for(model_config, num_classes)

@@ -85,4 +85,5 @@ def _build(input_shape, *, variant: str, dropout: float = 0.0, stochastic_depth:
     return cct_trunk(input_shape, variant, dropout=dropout, stochastic_depth=stochastic_depth)
 
 
-SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, seed_head_activation=gelu_tanh)
+SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, seed_head_activation=gelu_tanh,
+                first_conv_on_pixels=True)

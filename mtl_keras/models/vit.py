@@ -81,4 +81,5 @@ def _build(input_shape, *, variant: str, stem: str = "conv", dropout: float = 0.
     return vit_trunk(input_shape, variant, stem=stem, dropout=dropout)
 
 
-SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, seed_head_activation=gelu_tanh)
+SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, seed_head_activation=gelu_tanh,
+                first_conv_on_pixels=True)
