@@ -24,12 +24,14 @@ from mtl_keras.errors import ConfigError
 # are listed by their registry alone (mtl_keras.weightings, Keras-free); their settings' defaults are fields here.
 DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder", "csv")
 TASKS = ("mtl", "fine", "coarse")
-AUGMENTS = ("none", "flip_crop", "randaugment", "mixup", "cutmix")  # policies apply in this order
+# Policies apply in this order. alt_flip_crop: flip_crop whose flip alternates per image by epoch (airbench).
+AUGMENTS = ("none", "flip_crop", "alt_flip_crop", "randaugment", "mixup", "cutmix")
 TRUNKS = ("vit", "seed_vit", "resnet152", "cct")
 HEAD_KINDS = ("light", "seed")
 COARSE_HEADS = ("learned", "marginal", "both")  # models/hierarchy.py
 STEMS = ("conv", "patch")
-OPTIMIZERS = ("adamw", "adam")
+STEM_INITS = ("default", "whitened")  # models/whiten.py
+OPTIMIZERS = ("adamw", "adam", "muon")
 LR_SCHEDULES = ("cosine", "constant")
 # Input pipelines (data/feeds.py): auto is tf_data where TensorFlow is installed, else host (numpy, no TensorFlow).
 INPUT_PIPELINES = ("auto", "tf_data", "host")
@@ -70,6 +72,8 @@ def parse_policies(spec: str) -> tuple[str, ...]:
                          f"{', '.join(AUGMENTS[1:])}, or none")
     if "none" in names and len(names) > 1:
         raise ValueError(f"augmentation 'none' cannot be combined with others (got {spec!r})")
+    if {"flip_crop", "alt_flip_crop"} <= set(names):
+        raise ValueError(f"flip_crop and alt_flip_crop are two ways to flip: choose one (got {spec!r})")
     return tuple(n for n in AUGMENTS[1:] if n in names)
 
 
@@ -103,6 +107,7 @@ class ModelConfig:
     model: str = _field("vit")  # the trunk
     variant: str = _field("Mu/4")
     stem: str = _field("conv")
+    stem_init: str = _field("default", before="default")  # whitened: the first conv from training patches' PCA
     image_size: int | None = _field(None)
     dropout: float = _field(0.0)
     stochastic_depth: float = _field(0.1)

@@ -86,6 +86,15 @@ def _valid_coarse_head(values: dict) -> bool:
     return True
 
 
+def _valid_stem_init(values: dict) -> bool:
+    from mtl_keras.models import WHITENABLE  # Keras: only when checked
+
+    if values["stem_init"] == "whitened" and values["model"] not in WHITENABLE:
+        raise flags.ValidationError(f"--stem_init=whitened needs --model={' or '.join(WHITENABLE)} (a first "
+                                    f"convolution on the images; got --model={values['model']})")
+    return True
+
+
 def _valid_loss_weighting(values: dict) -> bool:
     # A stateful weighting balances two task losses; a single-task run has one.
     if weightings.get(values["loss_weighting"]).stateful and values["task"] != "mtl":
@@ -174,7 +183,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.string("augment", _D.augment,
              f"Random augmentation in tf.data, never in the model: a comma-separated list of "
              f"{', '.join(config.AUGMENTS[1:])}, or none. Applied in that order; mixup and cutmix "
-             f"together: each batch picks one.")
+             f"together: each batch picks one. alt_flip_crop is flip_crop with each image flipped on alternate "
+             f"epochs (tf.data only).")
     d.validator("augment", _valid_augment)
     d.integer("randaugment_ops", _D.randaugment_ops, "RandAugment: ops applied per image (with "
               "--augment=...,randaugment).", lower_bound=1, upper_bound=11)
@@ -197,6 +207,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.string("variant", _D.variant, "Trunk size: vit NAME/PATCH, e.g. Mu/4 (models/vit.py); cct LAYERS/KxN, e.g. "
              "7/3x1 (models/cct.py). Ignored by seed_vit and resnet152.")
     d.enum("stem", _D.stem, config.STEMS, "ViT tokenizer: conv (convolutional stem) or patch (linear).")
+    d.enum("stem_init", _D.stem_init, config.STEM_INITS, "First convolution's initial filters (vit, cct): default "
+           "(Keras's) or whitened (PCA whitening of training image patches, +/- pairs, as in airbench).")
     d.integer("image_size", _D.image_size, f"Resize inputs to this size inside the model (unset: native; at most "
               f"{MAX_IMAGE_SIZE}).", lower_bound=8, upper_bound=MAX_IMAGE_SIZE)
     d.float("dropout", _D.dropout, "Dropout rate in the trunk (seed_vit: after Flatten).", lower_bound=0.0,
@@ -231,7 +243,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.integer("batch_size", _D.batch_size, "Global batch size.", lower_bound=1)
     d.float("learning_rate", _D.learning_rate, "Peak learning rate (see --lr_schedule and --optimizer).",
             lower_bound=0.0)
-    d.float("weight_decay", _D.weight_decay, "AdamW decoupled weight decay (not used by --optimizer=adam).",
+    d.float("weight_decay", _D.weight_decay, "AdamW / Muon decoupled weight decay (not used by --optimizer=adam).",
             lower_bound=0.0)
     d.float("warmup_epochs", _D.warmup_epochs, "Linear warmup length in epochs.", lower_bound=0.0)
     d.float("label_smoothing", _D.label_smoothing, "Label smoothing for both heads.",
@@ -243,8 +255,9 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
             lower_bound=0.0, upper_bound=1.0)
     d.float("famo_decay", _D.famo_decay, "--loss_weighting=famo: L2 decay of the task logits (paper code: 0.01).",
             lower_bound=0.0, upper_bound=1.0)
-    d.enum("optimizer", _D.optimizer, config.OPTIMIZERS, "adamw (decoupled --weight_decay) or adam (the "
-           "seed study; no weight decay).")
+    d.enum("optimizer", _D.optimizer, config.OPTIMIZERS, "adamw (decoupled --weight_decay), adam (the "
+           "seed study; no weight decay) or muon (orthogonalised momentum on 2-D Dense kernels, AdamW on the rest "
+           "and on the output layers; --weight_decay applies to both).")
     d.enum("lr_schedule", _D.lr_schedule, config.LR_SCHEDULES, "cosine: linear warmup then cosine "
            "to 0; constant: --learning_rate throughout (the seed study).")
     d.float("grad_clip_norm", _D.grad_clip_norm, "Clip gradients to this global norm (0: off).",
@@ -287,6 +300,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.multi_flags_validator(["task", "loss_weighting"], _valid_loss_weighting)
     d.multi_flags_validator(["task", "coarse_head"], _valid_coarse_head)
     d.multi_flags_validator(["model", "variant"], _valid_variant)
+    d.multi_flags_validator(["model", "stem_init"], _valid_stem_init)
 
 
 def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -18,6 +18,11 @@ from mtl_keras import losses, weightings
 from mtl_keras.config import PRECISION_POLICIES, ModelConfig, OptimConfig
 from mtl_keras.models import build_model
 
+NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "embedding", "log_var"]  # variable-name parts exempt from weight decay
+# --optimizer=muon: variable paths that take the AdamW step though 2-D (the heads' output layers; attention biases
+# are [heads, key_dim]); Keras's Muon already sends every variable that is not 2-D there.
+MUON_EXCLUDED = r"(fine|coarse)_logits/|/bias$"
+
 
 def heads_for(model_config: ModelConfig, num_classes: Mapping[str, int]) -> dict[str, int]:
     """Task name -> class count of the heads `model_config.task` trains (`num_classes`: DatasetInfo's)."""
@@ -25,18 +30,21 @@ def heads_for(model_config: ModelConfig, num_classes: Mapping[str, int]) -> dict
 
 
 def build(model_config: ModelConfig, num_classes: Mapping[str, int], input_shape, norm_stats=None, *,
-          optim: OptimConfig | None = None, fine_to_coarse=None) -> keras.Model:
+          optim: OptimConfig | None = None, fine_to_coarse=None, stem_sample=None, seed: int = 0) -> keras.Model:
     """The uncompiled model (under the current Keras dtype policy). `norm_stats` = per-channel (mean,
     variance) of the training pixels, used by trunks in models.ADAPTED_NORM; a stateful loss weighting of the
     optimisation section `optim` adds the layer that holds its state, with the section's settings for it;
-    `fine_to_coarse` (DatasetInfo's) is needed by the hierarchy-aware coarse heads."""
+    `fine_to_coarse` (DatasetInfo's) is needed by the hierarchy-aware coarse heads; `stem_sample` (training
+    images, whiten.sample) sets the first conv's filters under --stem_init=whitened (without it, e.g. when
+    weights are copied in next, Keras's init)."""
     m = model_config
     optim = optim or OptimConfig()
     return build_model(m.model, input_shape, heads_for(m, num_classes), variant=m.variant, stem=m.stem,
                        image_size=m.image_size, dropout=m.dropout, head=m.head, head_dropout=m.head_dropout,
                        stochastic_depth=m.stochastic_depth, norm_stats=norm_stats,
                        loss_weighting=optim.loss_weighting, weighting_settings=vars(optim), coarse_head=m.coarse_head,
-                       fine_to_coarse=fine_to_coarse, consistency_weight=m.consistency_weight)
+                       fine_to_coarse=fine_to_coarse, consistency_weight=m.consistency_weight,
+                       whiten_images=stem_sample if m.stem_init == "whitened" else None, seed=seed)
 
 
 def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mapping[str, int], norm_stats=None, *,
@@ -57,7 +65,7 @@ def plain_copy(model: keras.Model, model_config: ModelConfig, num_classes: Mappi
 
 
 def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes: Mapping[str, int], input_shape,
-                      steps_per_epoch: int, norm_stats=None, fine_to_coarse=None) -> keras.Model:
+                      steps_per_epoch: int, norm_stats=None, fine_to_coarse=None, stem_sample=None) -> keras.Model:
     """The model for `model_config.task`, compiled with its optimizer, LR schedule, per-head losses and metrics.
 
     Mixed precision (`optim.mixed_precision`) applies to this model only; its outputs stay float32, and
@@ -66,7 +74,8 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(PRECISION_POLICIES[optim.mixed_precision])
     try:
-        model = build(model_config, num_classes, input_shape, norm_stats, optim=optim, fine_to_coarse=fine_to_coarse)
+        model = build(model_config, num_classes, input_shape, norm_stats, optim=optim, fine_to_coarse=fine_to_coarse,
+                      stem_sample=stem_sample)
     finally:
         keras.config.set_dtype_policy(previous)
     heads = heads_for(model_config, num_classes)
@@ -84,9 +93,16 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
         extra |= {"use_ema": True, "ema_momentum": optim.ema_momentum}
     if optim.optimizer == "adam":
         optimizer = keras.optimizers.Adam(schedule, **extra)
+    elif optim.optimizer == "muon":
+        # Muon on the 2-D Dense kernels (the transformer MLPs, not the 3-D attention kernels or the 4-D convs),
+        # AdamW on the rest; the output layers stay on AdamW, as Muon's authors advise for the last layer.
+        optimizer = keras.optimizers.Muon(schedule, weight_decay=optim.weight_decay,
+                                          adam_weight_decay=optim.weight_decay, exclude_layers=[MUON_EXCLUDED],
+                                          **extra)
+        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     else:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=optim.weight_decay, **extra)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embedding", "log_var"])
+        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     loss, loss_weights = losses.compile_losses(model, list(heads), optim.loss_weighting,
                                                label_smoothing=optim.label_smoothing,
                                                **weightings.settings(optim.loss_weighting, vars(optim)))

@@ -260,7 +260,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     from mtl_keras.callbacks import Checkpoint
     from mtl_keras.flags import flagfile_text
     from mtl_keras.modeling import build_and_compile, plain_copy
-    from mtl_keras.models import ADAPTED_NORM
+    from mtl_keras.models import ADAPTED_NORM, whiten
     from mtl_keras.models.preprocess import channel_stats
     from mtl_keras.models.tta import with_flip_average
 
@@ -272,6 +272,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
 
     input_shape = train.images.shape[1:]
     norm_stats = channel_stats(train.images) if config.model.model in ADAPTED_NORM else None
+    stem_sample = whiten.sample(train.images, seed) if config.model.stem_init == "whitened" else None
     compile_optim = optim
     if replicas > 1 and optim.jit_compile and keras.backend.backend() == "tensorflow":
         # XLA cannot reach MirroredStrategy's per-replica variables on other devices (a known TF issue).
@@ -279,7 +280,7 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
         compile_optim = dataclasses.replace(optim, jit_compile=False)
     with scope:
         model = build_and_compile(config.model, compile_optim, info.num_classes, input_shape, steps, norm_stats,
-                                  fine_to_coarse=info.fine_to_coarse)
+                                  fine_to_coarse=info.fine_to_coarse, stem_sample=stem_sample)
     labelled = {h: int((getattr(train, h) >= 0).sum()) for h in ("fine", "coarse")}
     if min(labelled.values()) < len(train):  # partial labels: each head trains on its labelled images only
         print("partial labels: " + ", ".join(f"{n} of {len(train)} training images have a {h} label"

@@ -1,7 +1,8 @@
 """Random augmentation for tf.data, applied to whole batches; none of it ever enters a model.
 
 Policies (`--augment`, comma-separated) run in a fixed order whatever order they are given in:
-flip_crop (random flip + translate-by-crop) -> randaugment -> mixup / cutmix (both given: each batch
+flip_crop (random flip + translate-by-crop) or alt_flip_crop (the same, but each image flipped on alternate
+epochs: see alternate_flips) -> randaugment -> mixup / cutmix (both given: each batch
 picks one). MixUp and CutMix mix the fine and coarse one-hot labels concatenated into one vector, so
 both heads always see the same lambda and the same box.
 
@@ -24,21 +25,31 @@ def _reflect(index: tf.Tensor, size: int) -> tf.Tensor:
     return (size - 1) - tf.abs((size - 1) - tf.abs(index))
 
 
-def random_flip_crop(images: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tensor:
-    """Batched random horizontal flip and translate-by-crop (reflect padding by `pad` pixels).
+def random_flip_crop(images: tf.Tensor, seed: tf.Tensor, pad: int = 4, flip: tf.Tensor | None = None) -> tf.Tensor:
+    """Batched random horizontal flip and translate-by-crop (reflect padding by `pad` pixels); `flip` [B] bool,
+    when given, decides the flips instead of a coin (alternating flip).
 
     Same result as flip, `tf.pad(mode="REFLECT")`, crop, but done as two index gathers: the padding and the
     flip copy whole batches and were ~6x slower than the gathers themselves.
     """
     b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    flip = tf.random.stateless_uniform([b], seeds[0]) < 0.5
+    if flip is None:
+        flip = tf.random.stateless_uniform([b], seeds[0]) < 0.5
     oy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, tf.int32)
     ox = tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, tf.int32)
     rows = _reflect(oy[:, None] - pad + tf.range(h)[None], h)  # [b, h]
     cols = _reflect(ox[:, None] - pad + tf.range(w)[None], w)  # [b, w], in the flipped image's frame
     cols = tf.where(flip[:, None], (w - 1) - cols, cols)
     return tf.gather(tf.gather(images, rows, batch_dims=1), cols, axis=2, batch_dims=1)
+
+
+def alternate_flips(index: tf.Tensor, epoch: tf.Tensor, seed: int, size: int) -> tf.Tensor:
+    """Alternating flip (airbench): image `index` of a split of `size` is flipped in epoch `epoch` when the epoch's
+    parity differs from a fixed random bit of the image, so over any two consecutive epochs it is seen once each
+    way (a coin per epoch leaves a quarter of the images unflipped, or flipped, twice)."""
+    bits = tf.random.stateless_uniform([size], tf.constant([seed, 0x5F11], tf.int64), 0, 2, tf.int64)
+    return tf.not_equal(tf.gather(bits, index), epoch % 2)
 
 
 def _beta(shape, alpha: float, seed: tf.Tensor) -> tf.Tensor:
@@ -124,7 +135,8 @@ Augmenter = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tens
 
 def batch_augmenter(spec: str, *, seed: int = 0, randaugment_ops: int = 2, randaugment_magnitude: float = 0.5,
                     mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0) -> Augmenter | None:
-    """A graph-only fn (images [B,H,W,C], labels [B,K], seed [2]) -> (float32 images 0-255, labels).
+    """A graph-only fn (images [B,H,W,C], labels [B,K], seed [2], flip [B] bool for alt_flip_crop) ->
+    (float32 images 0-255, labels).
 
     None when `spec` asks for no augmentation. The Keras layer is built here, outside any `Dataset.map`:
     building it inside fails (a tf.function may not create variables on a second trace).
@@ -139,10 +151,12 @@ def batch_augmenter(spec: str, *, seed: int = 0, randaugment_ops: int = 2, randa
     mixers = [(mixup, mixup_alpha)] if "mixup" in policies else []
     mixers += [(cutmix, cutmix_alpha)] if "cutmix" in policies else []
 
-    def apply(images: tf.Tensor, labels: tf.Tensor, step_seed: tf.Tensor):
+    def apply(images: tf.Tensor, labels: tf.Tensor, step_seed: tf.Tensor, flip: tf.Tensor | None = None):
         seeds = tf.random.experimental.stateless_split(step_seed, 3)
         if "flip_crop" in policies:
             images = random_flip_crop(images, seeds[0])
+        if "alt_flip_crop" in policies:  # `flip`: the pipeline's alternate_flips
+            images = random_flip_crop(images, seeds[0], flip=flip)
         images = tf.cast(images, tf.float32)
         if rand_augment is not None:
             images = tf.clip_by_value(rand_augment(images, training=True), 0.0, 255.0)

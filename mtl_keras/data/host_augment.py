@@ -5,7 +5,7 @@ vectors concatenated, so both heads see the same lambda and box.
 Randomness comes from a numpy Generator seeded per batch, so a run is reproducible but draws other numbers than
 TensorFlow's stateless ops: the two pipelines agree in distribution, and bit for bit once the draws are fixed
 (tests/test_host_pipeline.py feeds both the same offsets, lambdas and partners). RandAugment is a Keras layer that
-runs in tf.data; the host pipeline refuses it by name (feeds.check_host).
+runs in tf.data; the host pipeline refuses it, and alt_flip_crop, by name (feeds.check).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from mtl_keras.config import TASKS
+from mtl_keras.config import TASKS, parse_policies
 from mtl_keras.data import augment as augment_lib
 from mtl_keras.data.host_augment import refuse_mixing_partial
 from mtl_keras.data.host_images import FileImages
@@ -30,32 +30,39 @@ def split_heads(labels: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf
 
 def _batches(split: Split, batch_size: int, training: bool, seed: int, shard: tuple[int, int] = (0, 1)
              ) -> tf.data.Dataset:
-    """(images uint8 [B, H, W, C], example indices [B]) batches, shuffled and repeated for training.
+    """(images uint8 [B, H, W, C], example indices [B], epochs [B]) batches, shuffled and repeated for training
+(an example's epoch is its pass through the split, counted over the repeated stream; 0 for evaluation).
 
     `shard` (k, n): every process draws the same global batches of `batch_size` indices and keeps the k-th of n
     equal slices, so n processes together train on the batches one process would (and decode only their own
     images); a last partial batch is dropped, since the slices must be equal.
     """
-    ds = tf.data.Dataset.range(len(split))
+    size = len(split)
+    ds = tf.data.Dataset.range(size)
     if training:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.shuffle(size, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.enumerate().map(lambda position, i: (i, position // size))  # each pass holds every index once
+    else:
+        ds = ds.map(lambda i: (i, tf.constant(0, tf.int64)))
     k, n = shard
     if n > 1:
         per = batch_size // n
-        ds = ds.batch(batch_size, drop_remainder=True).map(lambda index: index[k * per:(k + 1) * per]).unbatch()
+        ds = ds.batch(batch_size, drop_remainder=True).map(
+            lambda index, epoch: (index[k * per:(k + 1) * per], epoch[k * per:(k + 1) * per])).unbatch()
         batch_size, training = per, True  # drop_remainder below
     if isinstance(split.images, FileImages):
         paths, size = tf.constant(split.images.paths.astype(str)), split.images.image_size
         # Deterministic order (as in memory): the same --seed gives the same batches.
-        ds = ds.map(lambda i: (decode(tf.gather(paths, i), size), i), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
+        ds = ds.map(lambda i, epoch: (decode(tf.gather(paths, i), size), i, epoch),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         # A file that breaks after the load-time check is dropped, not allowed to end the epoch.
         return ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=training)
     # Arrays live in memory once; shuffling and batching indices (not images) and gathering a whole batch
     # per map call is faster than slicing examples, and the shuffle buffer holds 8-byte indices only.
     images = tf.constant(np.asarray(split.images))
-    return ds.batch(batch_size, drop_remainder=training).map(lambda index: (tf.gather(images, index), index),
-                                                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).map(
+        lambda index, epoch: (tf.gather(images, index), index, epoch), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
 
 
 def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: int = 128,
@@ -82,12 +89,15 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
     if augmenter is not None:
         refuse_mixing_partial(split, augment)
 
-    def prepare(x: tf.Tensor, index: tf.Tensor, step: tf.Tensor):
+    alternate = augmenter is not None and "alt_flip_crop" in parse_policies(augment)
+
+    def prepare(x: tf.Tensor, index: tf.Tensor, epoch: tf.Tensor, step: tf.Tensor):
         # One label vector per example, so MixUp / CutMix mix both heads with the same weights.
         labels = tf.concat([tf.one_hot(tf.gather(fine, index), n["fine"]),
                             tf.one_hot(tf.gather(coarse, index), n["coarse"])], axis=-1)
         if augmenter is not None:
-            x, labels = augmenter(x, labels, tf.stack([tf.cast(seed, tf.int64), step]))
+            flip = augment_lib.alternate_flips(index, epoch, seed, len(split)) if alternate else None
+            x, labels = augmenter(x, labels, tf.stack([tf.cast(seed, tf.int64), step]), flip)
         if image_shape is not None:
             x = fit_images(x, tuple(image_shape))
         if partial:  # tf.one_hot(-1) is all zeros; the weight drops the head's loss and metric for the image

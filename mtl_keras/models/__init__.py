@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import keras
+import numpy as np
 
 from mtl_keras import losses, weightings
 from mtl_keras.config import HEAD_KINDS, TRUNKS
-from mtl_keras.models import cct, hierarchy, resnet, seed_vit, tta, vit  # noqa: F401  (tta: registers its layer)
+from mtl_keras.models import cct, hierarchy, resnet, seed_vit, tta, vit, whiten  # noqa: F401  (tta: its layer)
 from mtl_keras.models.heads import light_head, seed_head
 from mtl_keras.models.preprocess import Resize
 from mtl_keras.models.spec import NormStats, TrunkSpec
@@ -24,6 +25,8 @@ REGISTRY: dict[str, TrunkSpec] = {"vit": vit.SPEC, "seed_vit": seed_vit.SPEC, "r
 assert tuple(REGISTRY) == TRUNKS, "config.TRUNKS and the trunk registry must name the same trunks"
 # Trunks that normalise with per-channel statistics of the training images (train computes them).
 ADAPTED_NORM = tuple(name for name, spec in REGISTRY.items() if spec.adapted_norm)
+# Trunks whose first convolution reads the images, which --stem_init=whitened sets from training patches.
+WHITENABLE = tuple(name for name, spec in REGISTRY.items() if spec.first_conv_on_pixels)
 
 
 def spec(trunk: str) -> TrunkSpec:
@@ -45,7 +48,7 @@ def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[st
                 head: str = "light", head_dropout: float = 0.0, stochastic_depth: float = 0.1,
                 norm_stats: NormStats | None = None, loss_weighting: str = "fixed", coarse_head: str = "learned",
                 fine_to_coarse=None, consistency_weight: float = 1.0,
-                weighting_settings: Mapping | None = None) -> keras.Model:
+                weighting_settings: Mapping | None = None, whiten_images=None, seed: int = 0) -> keras.Model:
     """Returns a model from raw pixels (0-255, float32) named `image` to a dict of probabilities.
 
     `heads` maps task name to class count, e.g. {"fine": 10, "coarse": 3}; a single-task model has one.
@@ -55,6 +58,8 @@ def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[st
     layer holding its state, given its `weighting_settings` (by config name; config.py's defaults otherwise).
     `coarse_head` (learned, marginal, both; models/hierarchy.py) ties the coarse output to the fine one through
     `fine_to_coarse`; `consistency_weight` weighs `both`'s consistency loss.
+    `whiten_images` (raw training images, trunks in WHITENABLE): the first conv starts as their patches'
+    whitening filters (models/whiten.py).
     """
     trunk_spec = spec(trunk)
     if head not in HEAD_KINDS:
@@ -71,6 +76,15 @@ def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[st
         x = Resize(size, name="resize")(x)
     body = trunk_spec.build((size, size, input_shape[2]), variant=variant, stem=stem, dropout=dropout,
                             stochastic_depth=stochastic_depth)
+    if whiten_images is not None:
+        if trunk not in WHITENABLE:
+            raise ValueError(f"--stem_init=whitened needs --model={' or '.join(WHITENABLE)} (a first convolution on "
+                             f"the images); {trunk} has none")
+        to_pixels = keras.Model(inputs, x)
+        pixels = np.concatenate([keras.ops.convert_to_numpy(to_pixels(np.asarray(whiten_images[i:i + 256],
+                                                                                 "float32")))
+                                 for i in range(0, len(whiten_images), 256)])
+        whiten.whiten_first_conv(body, pixels.astype("float32"), seed)
     features = body(x)
     if weightings.get(loss_weighting).stateful:
         settings = weightings.settings(loss_weighting, weighting_settings)

@@ -86,4 +86,4 @@ def _build(input_shape, *, variant: str, dropout: float = 0.0, stochastic_depth:
 
 
 SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, smallest_variant="Pico/3x1",
-                 seed_head_activation=gelu_tanh)
+                 seed_head_activation=gelu_tanh, first_conv_on_pixels=True)

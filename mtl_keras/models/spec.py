@@ -27,3 +27,4 @@ class TrunkSpec:
     min_image_size: int = 1
     adapted_norm: bool = False  # preprocess needs `norm_stats` of the training images
     seed_head_activation: object = "relu"  # activation of the seed study's head MLPs on this trunk
+    first_conv_on_pixels: bool = False  # its first layer is a Conv2D on the preprocessed images (--stem_init)

@@ -82,4 +82,4 @@ def _build(input_shape, *, variant: str, stem: str = "conv", dropout: float = 0.
 
 
 SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, smallest_variant="Pico/4",
-                 seed_head_activation=gelu_tanh)
+                 seed_head_activation=gelu_tanh, first_conv_on_pixels=True)
