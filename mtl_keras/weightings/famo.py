@@ -8,7 +8,7 @@ and "after" are consecutive batches' losses (the reference code recomputes the l
 step), so delta carries batch noise that Adam's moments average out.
 
 The update runs inside the loss, on the layer's non-trainable variables, so it needs no custom train step and
-runs on any backend. Under a tf.distribute strategy every replica weighs and steps from the whole batch's loss
+runs on any backend. Under a TensorFlow distribution strategy every replica weighs and steps from the whole batch's loss
 (`_replica_mean`) and the variables' "mean" aggregation keeps one copy of the state: the logits move as on one
 device.
 """
