@@ -1,6 +1,7 @@
-"""Training images/s of one model on 2 CPU cores, four ways: 1 process x 2 cores, 2 processes x 1 core
+"""Training images/s of one model on 2 CPU cores: 1 process x 2 cores (JAX and TensorFlow), 2 processes x 1 core
 (--distribution=multi_worker, JAX), and the single-process data-parallel paths (JAX DataParallel over 2 host
-devices, TensorFlow MirroredStrategy over 2 logical CPUs), with each one's scaling efficiency against 1 x 2 cores.
+devices, TensorFlow MirroredStrategy over 2 logical CPUs), with each one's scaling efficiency against 1 x 2 cores
+of the same backend.
 
     python benchmarks/scaling.py                      # every mode, the CPU config's model on `shapes`
     python benchmarks/scaling.py --modes=one,two_processes --epochs=4 --max_train_examples=4096
@@ -8,7 +9,8 @@ devices, TensorFlow MirroredStrategy over 2 logical CPUs), with each one's scali
 Every run is `train.run` on the flags below (a subprocess per mode and process, each with its own backend and
 CPU affinity). Images/s is steady state: training images of epochs 2..E over the wall time between the end of
 epoch 1 and of epoch E, read from the run's TensorBoard event times (validation passes included, compilation
-excluded). Efficiency = images/s / images/s of `one` (same 2 cores: 100 % means the split costs nothing).
+excluded). Efficiency = images/s / images/s of the same backend's one process (`one` for JAX, `tf_one` for
+TensorFlow; the same 2 cores, so 100 % means the split costs nothing).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ MODES = {
     "two_processes": ("jax", ["--distribution=multi_worker"], 2, {}),
     "jax_data_parallel": ("jax", ["--distribution=mirrored"], 1,
                           {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+    "tf_one": ("tensorflow", ["--distribution=none"], 1, {}),
     "tf_mirrored": ("tensorflow", ["--distribution=mirrored", "--cpu_devices=2"], 1, {}),
 }
+BASELINE = {"jax": "one", "tensorflow": "tf_one"}  # each mode's efficiency is against its backend's one process
 
 
 def worker(args: list[str]) -> None:
@@ -45,9 +49,13 @@ def worker(args: list[str]) -> None:
     import tensorflow as tf
 
     events = sorted(Path(config.run.workdir).glob("tensorboard/train/events.out.tfevents.*"))
-    times = sorted(tf.compat.v1.Event.FromString(r.numpy()).wall_time
-                   for r in tf.data.TFRecordDataset([str(e) for e in events]))
-    print("RESULT:" + json.dumps({"epoch_end_times": times[-config.optim.epochs:], "metrics_keys": len(metrics)}))
+    ends: dict[int, float] = {}  # epoch -> wall time of its last scalar (an epoch writes several)
+    for record in tf.data.TFRecordDataset([str(e) for e in events]):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        if event.summary.value:
+            ends[event.step] = max(ends.get(event.step, 0.0), event.wall_time)
+    times = [ends[k] for k in sorted(ends)]
+    print("RESULT:" + json.dumps({"epoch_end_times": times, "metrics_keys": len(metrics)}))
 
 
 def run_mode(name: str, common: list[str], root: Path) -> dict:
@@ -97,9 +105,9 @@ def main() -> None:
         times = run_mode(name, common, root)["epoch_end_times"]
         rows[name] = images_per_epoch * (len(times) - 1) / (times[-1] - times[0])
         print(f"{name}: {rows[name]:.1f} images/s", flush=True)
-    base = rows.get("one")
     print(f"{'mode':<20} {'images/s':>9} {'efficiency':>10}")
     for name, rate in rows.items():
+        base = rows.get(BASELINE[MODES[name][0]])
         eff = f"{rate / base:.0%}" if base else "-"
         print(f"{name:<20} {rate:9.1f} {eff:>10}")
     print(json.dumps({"images_per_second": rows, "flags": MODEL + common}))
