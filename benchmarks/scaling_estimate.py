@@ -63,9 +63,9 @@ def main() -> None:
         cfg = mtl_flags.config_from_args([f"--config={name}"])
         model = build(cfg.model, CLASSES[cfg.data.dataset], (32, 32, 3))  # CIFAR's pixels; the model resizes
         trunk = cfg.model.model + ("" if cfg.model.model == "resnet152" else f" {cfg.model.variant}")
-        rows[name] = {"trunk": trunk, "parameters": model.count_params(),
-                      "forward_gflops": round(forward_flops(model) / 1e9, 4), "batch_per_gpu": cfg.optim.batch_size,
-                      **estimate(forward_flops(model), model.count_params(), cfg.optim.batch_size, args)}
+        flops, params = forward_flops(model), model.count_params()
+        rows[name] = {"trunk": trunk, "parameters": params, "forward_gflops": round(flops / 1e9, 4),
+                      "batch_per_gpu": cfg.optim.batch_size, **estimate(flops, params, cfg.optim.batch_size, args)}
     print("ESTIMATE (not measured): " + json.dumps({"assumptions": vars(args), "configs": rows}, indent=1))
 
 

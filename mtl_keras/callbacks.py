@@ -1,5 +1,5 @@
 """Callbacks of a training run: atomic per-epoch checkpoints with resume, a NaN/Inf loss guard, and TensorBoard
-scalars (the loss-weighting callbacks live with the weighting, in losses.py)."""
+scalars (a loss weighting's own callbacks live with it, in mtl_keras/weightings/)."""
 
 from __future__ import annotations
 

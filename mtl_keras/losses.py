@@ -16,8 +16,6 @@ import keras
 from keras import layers
 
 from mtl_keras import weightings
-from mtl_keras.weightings.dwa import DWACallback  # noqa: F401  (its historical home)
-from mtl_keras.weightings.famo import EPSILON as FAMO_EPSILON  # noqa: F401
 
 LAYER_NAME = "loss_weighting"
 # Every stateful weighting's settings: a layer's config may hold another's (older versions saved FAMO's

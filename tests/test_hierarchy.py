@@ -7,6 +7,7 @@ import pytest
 from conftest import run_module
 from mtl_keras import config, evaluate, losses, modeling
 from mtl_keras.data import pipeline, types
+from mtl_keras.weightings import famo
 from mtl_keras.models import build_model
 from mtl_keras.models.flops import forward_flops
 from mtl_keras.models.hierarchy import consistent_pair, membership
@@ -151,7 +152,7 @@ def test_famo_reports_the_papers_gradient_weight():
     z = np.exp(xi) / np.exp(xi).sum()
     for i, (task, level) in enumerate((("fine", 0.9), ("coarse", 1.7))):
         seen = np.r_[last]
-        seen[i] = level + losses.FAMO_EPSILON  # the call records the task's own batch loss
+        seen[i] = level + famo.EPSILON  # the call records the task's own batch loss
         weight = (z[i] / seen[i]) / np.sum(z / seen)
         assert 0.05 < weight < 0.95 and abs(weight - 0.5) > 0.05, weight  # a weight that tells the two apart
         assert layer.gradient_weight(task, level) == pytest.approx(weight, rel=1e-6)

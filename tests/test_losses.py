@@ -5,6 +5,7 @@ import pytest
 
 from conftest import dwa_weights
 from mtl_keras import losses
+from mtl_keras.weightings.dwa import DWACallback
 from mtl_keras.models import build_model
 
 HEADS = {"fine": 10, "coarse": 3}
@@ -65,7 +66,7 @@ def test_uncertainty_log_variances_learn_and_outputs_keep_their_names():
 def test_dwa_weights_follow_the_loss_ratio():
     model = _model("dwa")
     layer = model.get_layer(losses.LAYER_NAME)
-    cb = losses.DWACallback(layer, temperature=2.0)
+    cb = DWACallback(layer, temperature=2.0)
     cb.on_epoch_begin(0)
     cb.on_epoch_end(0, {"fine_loss": 2.0, "coarse_loss": 1.0})
     cb.on_epoch_begin(1)
