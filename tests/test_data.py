@@ -41,6 +41,26 @@ def test_pipeline_structure_per_task(shapes_splits, task, keys):
         assert labels[k].shape == (16, sizes[k]) and labels[k].dtype == tf.float32
 
 
+def test_training_batches_do_not_depend_on_how_often_the_pipeline_is_iterated(shapes_splits):
+    """Keras iterates a training dataset once to build the model, then again to fit; a one-process and a
+    multi-process run did so differently and trained on different batches. The order is a function of
+    (seed, epoch) only: every iterator starts at the same first epoch, and each epoch has its own order."""
+    split = datasets.Split(shapes_splits.train.images[:40], shapes_splits.train.fine[:40],
+                           shapes_splits.train.coarse[:40])
+    ds = pipeline.pipeline(split, shapes_splits.info, training=True, batch_size=8, seed=3)
+
+    def first(n):
+        return np.concatenate([y["fine"].numpy().argmax(-1) for _, y in ds.take(n)])
+
+    peek = first(1)
+    run = first(10)  # two passes of 40
+    np.testing.assert_array_equal(peek, run[:8])
+    np.testing.assert_array_equal(run, first(10))
+    assert sorted(run[:40]) == sorted(split.fine) and list(run[:40]) != list(run[40:])
+    other = pipeline.pipeline(split, shapes_splits.info, training=True, batch_size=8, seed=4)
+    assert list(np.concatenate([y["fine"].numpy().argmax(-1) for _, y in other.take(5)])) != list(run[:40])
+
+
 def test_pipeline_labels_follow_the_hierarchy(shapes_splits):
     info = shapes_splits.info
     ds = pipeline.pipeline(shapes_splits.train, info, training=True, augment="flip_crop", batch_size=64)

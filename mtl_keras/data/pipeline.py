@@ -38,12 +38,18 @@ def _batches(split: Split, batch_size: int, training: bool, seed: int, shard: tu
     images); a last partial batch is dropped, since the slices must be equal.
     """
     size = len(split)
-    ds = tf.data.Dataset.range(size)
     if training:
-        ds = ds.shuffle(size, seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.enumerate().map(lambda position, i: (i, position // size))  # each pass holds every index once
+        # Each pass is a permutation drawn from (seed, pass) alone, so every iterator yields the same batches:
+        # Keras iterates once to build the model and again to fit, and a shuffle buffer reshuffling per
+        # iterator made one process train on other batches than a process group did.
+        def one_pass(epoch):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(size, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+            return tf.data.Dataset.from_tensor_slices((order, tf.fill([size], epoch)))
+
+        ds = tf.data.Dataset.counter().flat_map(one_pass)  # each pass holds every index once
     else:
-        ds = ds.map(lambda i: (i, tf.constant(0, tf.int64)))
+        ds = tf.data.Dataset.range(size).map(lambda i: (i, tf.constant(0, tf.int64)))
     k, n = shard
     if n > 1:
         per = batch_size // n
@@ -58,7 +64,7 @@ def _batches(split: Split, batch_size: int, training: bool, seed: int, shard: tu
         # A file that breaks after the load-time check is dropped, not allowed to end the epoch.
         return ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=training)
     # Arrays live in memory once; shuffling and batching indices (not images) and gathering a whole batch
-    # per map call is faster than slicing examples, and the shuffle buffer holds 8-byte indices only.
+    # per map call is faster than slicing examples, and each pass's permutation holds 8-byte indices only.
     images = tf.constant(np.asarray(split.images))
     return ds.batch(batch_size, drop_remainder=training).map(
         lambda index, epoch: (tf.gather(images, index), index, epoch), num_parallel_calls=tf.data.AUTOTUNE,
