@@ -60,6 +60,57 @@ def dwa_weights(history: dict) -> list[float]:
     return list(2 * np.exp(r / 2) / np.exp(r / 2).sum())
 
 
+# The fast tier (-m "not slow") trains and exports nothing: in a test not marked slow, fitting a model or writing
+# a SavedModel or ONNX file fails the test. Subprocesses are not watched: a CLI test is marked slow, and its flag
+# and refusal cases run in-process (parsed_in_process, refused_in_process) with a few real CLI cases kept.
+FAST_TIER_REFUSED = (("keras", "Model", "fit"), ("mtl_keras.serving.signatures", None, "write_saved_model"),
+                     ("mtl_keras.serving.onnx_convert", None, "convert"))
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_trains_and_exports_nothing(request, monkeypatch):
+    if request.node.get_closest_marker("slow"):
+        return
+    for module, owner, name in FAST_TIER_REFUSED:
+        target = importlib.import_module(module)
+        target = getattr(target, owner) if owner else target
+        what = f"{module}.{owner + '.' if owner else ''}{name}"
+
+        def refused(*args, _what=what, **kwargs):
+            raise AssertionError(f"{_what} called in a test not marked slow: the fast tier trains and exports "
+                                 "nothing; mark the test @pytest.mark.slow or fake the step")
+
+        monkeypatch.setattr(target, name, refused)
+
+
+def parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str]]:
+    """(exit status, stderr lines) of PROG's own flag parser (`parser_exiting_in_one_line` on the flags its
+    define_*_flags defines, as `app.run` calls it) on `args`: the CLI's parse without a new Python process."""
+    from absl import flags
+
+    from mtl_keras import flags as mtl_flags
+
+    fv = flags.FlagValues()
+    {"train": mtl_flags.define_train_flags, "export": mtl_flags.define_export_flags,
+     "check_onnx": mtl_flags.define_check_flags, "experiments": mtl_flags.define_experiments_flags}[prog](fv)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        mtl_flags.parser_exiting_in_one_line(prog, fv)([prog, *args])
+    return exit_.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def refused_in_process(args: list[str]) -> str:
+    """The line `train ARGS` ends in when train.run refuses the parsed flags before training (what its main
+    prints after `train: error: `); fails the test if the run is not refused with an MtlError."""
+    from mtl_keras import flags as mtl_flags
+    from mtl_keras import train
+    from mtl_keras.errors import MtlError
+
+    with pytest.raises(MtlError) as refused:
+        train.run(mtl_flags.config_from_args(args))
+    return f"train: error: {refused.value}"
+
+
 @pytest.fixture(scope="session")
 def shapes_splits():
     from mtl_keras.data import datasets

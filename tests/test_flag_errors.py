@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import run_module
+from conftest import parsed_in_process, run_module
 
 # TensorFlow's C++ startup lines reach fd 2 while Keras is imported (the --variant check), before any Python
 # code could stop them; they are not the program's output.
@@ -15,27 +15,11 @@ def _error_lines(proc) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip() and not TF_STARTUP.match(line)]
 
 
-def _parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str]]:
-    """(exit status, stderr lines) of PROG's own flag parser (`parser_exiting_in_one_line` on the flags its
-    define_*_flags defines, as `app.run` calls it) on `args`: the CLI's parse without a new Python process."""
-    from absl import flags
-
-    from mtl_keras import flags as mtl_flags
-
-    fv = flags.FlagValues()
-    {"train": mtl_flags.define_train_flags, "export": mtl_flags.define_export_flags,
-     "check_onnx": mtl_flags.define_check_flags, "experiments": mtl_flags.define_experiments_flags}[prog](fv)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        mtl_flags.parser_exiting_in_one_line(prog, fv)([prog, *args])
-    return exit_.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize("flag", ["--gamma=1.5", "--learning_rate=nan", "--gamma=nan", "--warmup_epochs=inf",
                                   "--dropout=nan", "--grad_clip_norm=nan", "--validation_fraction=nan",
                                   "--dataset=mnist", "--epochs=0", "--loss_weighting=dwa --task=fine"])
 def test_train_bad_flag_is_one_line(flag, capsys):
-    status, lines = _parsed_in_process("train", flag.split(), capsys)
+    status, lines = parsed_in_process("train", flag.split(), capsys)
     assert status == 2 and len(lines) == 1 and lines[0].startswith(f"train: error: {flag.split('=')[0]}"), lines
 
 
@@ -65,7 +49,7 @@ def test_bad_flag_in_a_flagfile_is_one_line(tmp_path):
     ("experiments", ["--grid=configs/quickstart.flags", "--gamma=nan"], "experiments: error: --gamma"),
 ])
 def test_every_program_parses_a_bad_flag_to_one_line(prog, args, line, capsys):
-    status, lines = _parsed_in_process(prog, args, capsys)
+    status, lines = parsed_in_process(prog, args, capsys)
     assert status == 2 and len(lines) == 1 and lines[0].startswith(line), lines
 
 

@@ -97,11 +97,12 @@ def test_hierarchy_heads_need_two_heads_and_a_map():
         build_model("vit", (16, 16, 3), {"fine": 6, "coarse": 2}, variant="Pico/4", coarse_head="both")
 
 
-def test_coarse_head_flag_needs_mtl_in_one_line():
-    proc = run_module("mtl_keras.train", "--task=fine", "--coarse_head=marginal", "--workdir=/nonexistent/x")
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if "coarse_head" in line]
-    assert lines and "needs --task=mtl" in lines[0]
+def test_coarse_head_flag_needs_mtl_in_one_line(capsys):
+    from conftest import parsed_in_process
+
+    status, lines = parsed_in_process("train", ["--task=fine", "--coarse_head=marginal", "--workdir=/nonexistent/x"],
+                                      capsys)
+    assert status == 2 and len(lines) == 1 and "coarse_head" in lines[0] and "needs --task=mtl" in lines[0], lines
 
 
 def famo_reference(batch_losses: np.ndarray, lr: float, decay: float) -> np.ndarray:
