@@ -69,7 +69,9 @@ FAST_TIER_REFUSED = (("keras", "Model", "fit"), ("mtl_keras.serving.signatures",
 
 @pytest.fixture(autouse=True)
 def fast_tier_trains_and_exports_nothing(request, monkeypatch):
-    if request.node.get_closest_marker("slow"):
+    # Keras is in every worker once the tests are collected (test modules import it); a run that collected none
+    # that do (e.g. test_structure's pytest-in-a-subprocess) is spared importing TensorFlow for the guard.
+    if request.node.get_closest_marker("slow") or "keras" not in sys.modules:
         return
     for module, owner, name in FAST_TIER_REFUSED:
         target = importlib.import_module(module)
@@ -126,6 +128,20 @@ def trained_run(tmp_path_factory):
                       f"--export_dir={root / 'export'}", "--model_name=tiny")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
+
+
+# A trained or exported run that several tests share is made once per worker that runs one of them: with
+# `--dist loadgroup` (setup.cfg) every test using it goes to one worker, so the run is made once, not twice.
+SHARED_RUNS = {"trained_run": "trained_run", "grid_run": "grid_run", "exported": "served_answers",
+               "wheel": "install"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = sorted({group for name, group in SHARED_RUNS.items() if name in item.fixturenames})
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups[0]))
 
 
 # Under CI every test should run: a skip is allowed only when its reason matches a line of .ci/allowed_skips

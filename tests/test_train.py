@@ -171,7 +171,7 @@ def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expe
 
 
 QUICK = ["--config=quickstart", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256",
-         "--noexport"]
+         "--noexport", "--nojit_compile"]  # what these tests check comes after fit; XLA compiling takes longer
 
 
 @pytest.mark.slow
