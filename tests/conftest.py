@@ -60,6 +60,59 @@ def dwa_weights(history: dict) -> list[float]:
     return list(2 * np.exp(r / 2) / np.exp(r / 2).sum())
 
 
+# The fast tier (-m "not slow") trains and exports nothing: in a test not marked slow, fitting a model or writing
+# a SavedModel or ONNX file fails the test. Subprocesses are not watched: a CLI test is marked slow, and its flag
+# and refusal cases run in-process (parsed_in_process, refused_in_process) with a few real CLI cases kept.
+FAST_TIER_REFUSED = (("keras", "Model", "fit"), ("mtl_keras.serving.signatures", None, "write_saved_model"),
+                     ("mtl_keras.serving.onnx_convert", None, "convert"))
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_trains_and_exports_nothing(request, monkeypatch):
+    # Keras is in every worker once the tests are collected (test modules import it); a run that collected none
+    # that do (e.g. test_structure's pytest-in-a-subprocess) is spared importing TensorFlow for the guard.
+    if request.node.get_closest_marker("slow") or "keras" not in sys.modules:
+        return
+    for module, owner, name in FAST_TIER_REFUSED:
+        target = importlib.import_module(module)
+        target = getattr(target, owner) if owner else target
+        what = f"{module}.{owner + '.' if owner else ''}{name}"
+
+        def refused(*args, _what=what, **kwargs):
+            raise AssertionError(f"{_what} called in a test not marked slow: the fast tier trains and exports "
+                                 "nothing; mark the test @pytest.mark.slow or fake the step")
+
+        monkeypatch.setattr(target, name, refused)
+
+
+def parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str]]:
+    """(exit status, stderr lines) of PROG's own flag parser (`parser_exiting_in_one_line` on the flags its
+    define_*_flags defines, as `app.run` calls it) on `args`: the CLI's parse without a new Python process."""
+    from absl import flags
+
+    from mtl_keras import flags as mtl_flags
+
+    fv = flags.FlagValues()
+    {"train": mtl_flags.define_train_flags, "export": mtl_flags.define_export_flags,
+     "check_onnx": mtl_flags.define_check_flags, "experiments": mtl_flags.define_experiments_flags}[prog](fv)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        mtl_flags.parser_exiting_in_one_line(prog, fv)([prog, *args])
+    return exit_.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def refused_in_process(args: list[str]) -> str:
+    """The line `train ARGS` ends in when train.run refuses the parsed flags before training (what its main
+    prints after `train: error: `); fails the test if the run is not refused with an MtlError."""
+    from mtl_keras import flags as mtl_flags
+    from mtl_keras import train
+    from mtl_keras.errors import MtlError
+
+    with pytest.raises(MtlError) as refused:
+        train.run(mtl_flags.config_from_args(args))
+    return f"train: error: {refused.value}"
+
+
 @pytest.fixture(scope="session")
 def shapes_splits():
     from mtl_keras.data import datasets
@@ -75,6 +128,20 @@ def trained_run(tmp_path_factory):
                       f"--export_dir={root / 'export'}", "--model_name=tiny")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
+
+
+# A trained or exported run that several tests share is made once per worker that runs one of them: with
+# `--dist loadgroup` (setup.cfg) every test using it goes to one worker, so the run is made once, not twice.
+SHARED_RUNS = {"trained_run": "trained_run", "grid_run": "grid_run", "exported": "served_answers",
+               "wheel": "install"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = sorted({group for name, group in SHARED_RUNS.items() if name in item.fixturenames})
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups[0]))
 
 
 # Under CI every test should run: a skip is allowed only when its reason matches a line of .ci/allowed_skips

@@ -60,6 +60,7 @@ def _fit(tmp_path, clock, seconds, epochs=10, initial_epoch=0):
     return timer, rates.rates
 
 
+@pytest.mark.slow  # fits a one-layer model (the fast tier fits nothing)
 def test_fit_follows_the_clock_and_stops_at_the_budget(tmp_path, monkeypatch):
     clock = _Clock()
     monkeypatch.setattr(budget.time, "perf_counter", clock)
@@ -74,6 +75,7 @@ def test_fit_follows_the_clock_and_stops_at_the_budget(tmp_path, monkeypatch):
     assert sorted(records, key=int) == ["1", "2", "3"] and records["3"]["steps"] == 10
 
 
+@pytest.mark.slow  # fits a one-layer model (the fast tier fits nothing)
 def test_a_resumed_run_continues_the_same_budget(tmp_path, monkeypatch):
     clock = _Clock()
     monkeypatch.setattr(budget.time, "perf_counter", clock)

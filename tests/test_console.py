@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, subprocess_env
 
 from mtl_keras import console
@@ -32,6 +33,7 @@ def _import_tensorflow(*argv: str, **env: str) -> str:
     return proc.stderr
 
 
+@pytest.mark.slow  # three Pythons importing TensorFlow
 def test_importing_tensorflow_through_the_package_prints_nothing_unless_asked():
     assert not any(noise in _import_tensorflow() for noise in TF_NOISE), _import_tensorflow()
     # --verbose, or the user's own TF_CPP_MIN_LOG_LEVEL, keeps TensorFlow's lines (this machine prints some).

@@ -133,6 +133,18 @@ def test_real_dataset_splits_and_hierarchy(real_dir):
     assert coarse["sneaker"] == coarse["ankle boot"] == "footwear" and coarse["bag"] == "bags"
 
 
+def test_bad_folder_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    from conftest import refused_in_process
+
+    broken = write_dataset(tmp_path)
+    (broken / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b truncated")
+    line = refused_in_process(["--dataset=fashion_mnist", f"--fashion_mnist_dir={broken}",
+                               f"--workdir={tmp_path / 'work'}"])
+    assert line.startswith("train: error: dataset fashion_mnist: ") and "train-images-idx3-ubyte.gz" in line
+    assert len(line.splitlines()) == 1 and not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
 def test_cli_bad_folder_fails_with_one_line(tmp_path):
     broken = write_dataset(tmp_path)
     (broken / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b truncated")

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import run_module
+from conftest import parsed_in_process, run_module
 
 # TensorFlow's C++ startup lines reach fd 2 while Keras is imported (the --variant check), before any Python
 # code could stop them; they are not the program's output.
@@ -15,31 +15,20 @@ def _error_lines(proc) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip() and not TF_STARTUP.match(line)]
 
 
-def _parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str]]:
-    """(exit status, stderr lines) of PROG's own flag parser (`parser_exiting_in_one_line` on the flags its
-    define_*_flags defines, as `app.run` calls it) on `args`: the CLI's parse without a new Python process."""
-    from absl import flags
-
-    from mtl_keras import flags as mtl_flags
-
-    fv = flags.FlagValues()
-    {"train": mtl_flags.define_train_flags, "export": mtl_flags.define_export_flags,
-     "check_onnx": mtl_flags.define_check_flags, "experiments": mtl_flags.define_experiments_flags}[prog](fv)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        mtl_flags.parser_exiting_in_one_line(prog, fv)([prog, *args])
-    return exit_.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize("flag", ["--gamma=1.5", "--learning_rate=nan", "--gamma=nan", "--warmup_epochs=inf",
                                   "--dropout=nan", "--grad_clip_norm=nan", "--validation_fraction=nan",
                                   "--dataset=mnist", "--epochs=0", "--loss_weighting=dwa --task=fine"])
 def test_train_bad_flag_is_one_line(flag, capsys):
-    status, lines = _parsed_in_process("train", flag.split(), capsys)
+    status, lines = parsed_in_process("train", flag.split(), capsys)
     assert status == 2 and len(lines) == 1 and lines[0].startswith(f"train: error: {flag.split('=')[0]}"), lines
 
 
-@pytest.mark.parametrize("flag", ["--gamma=1.5", "--loss_weighting=dwa --task=fine"])
+# The real CLIs: the cases that start a Python importing TensorFlow (~5-8 s each) are slow; their parse runs
+# in-process above and below.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("flag", ["--gamma=1.5", pytest.param("--loss_weighting=dwa --task=fine", marks=SLOW)])
 def test_train_cli_bad_flag_is_one_line_and_writes_nothing(tmp_path, flag):
     proc = run_module("mtl_keras.train", *flag.split(), f"--workdir={tmp_path / 'w'}")
     name = flag.split("=")[0]
@@ -48,6 +37,13 @@ def test_train_cli_bad_flag_is_one_line_and_writes_nothing(tmp_path, flag):
     assert not (tmp_path / "w").exists()
 
 
+def test_bad_flag_in_a_flagfile_parses_to_one_line(tmp_path, capsys):
+    (tmp_path / "bad.flags").write_text("--epochs=1\n--learning_rate=nan\n")
+    status, lines = parsed_in_process("train", [f"--flagfile={tmp_path / 'bad.flags'}"], capsys)
+    assert status == 2 and lines == ["train: error: --learning_rate must be a finite number"], lines
+
+
+@pytest.mark.slow
 def test_bad_flag_in_a_flagfile_is_one_line(tmp_path):
     (tmp_path / "bad.flags").write_text("--epochs=1\n--learning_rate=nan\n")
     proc = run_module("mtl_keras.train", f"--flagfile={tmp_path / 'bad.flags'}", f"--workdir={tmp_path / 'w'}")
@@ -65,7 +61,7 @@ def test_bad_flag_in_a_flagfile_is_one_line(tmp_path):
     ("experiments", ["--grid=configs/quickstart.flags", "--gamma=nan"], "experiments: error: --gamma"),
 ])
 def test_every_program_parses_a_bad_flag_to_one_line(prog, args, line, capsys):
-    status, lines = _parsed_in_process(prog, args, capsys)
+    status, lines = parsed_in_process(prog, args, capsys)
     assert status == 2 and len(lines) == 1 and lines[0].startswith(line), lines
 
 
@@ -76,7 +72,8 @@ def test_every_program_parses_a_bad_flag_to_one_line(prog, args, line, capsys):
      "check_onnx: error: --int8_max_drop"),
     ("mtl_keras.predict", ["--top_k=0", "image.png"], "predict: error: --top_k"),
     ("mtl_keras.predict", ["--max_image_pixels=-1", "image.png"], "predict: error: --max_image_pixels"),
-    ("mtl_keras.experiments", ["--grid=quickstart", "--gamma=nan"], "experiments: error: --gamma"),
+    pytest.param("mtl_keras.experiments", ["--grid=quickstart", "--gamma=nan"], "experiments: error: --gamma",
+                 marks=SLOW),  # the experiments CLI in the fast tier: tests/test_experiments.py
 ])
 def test_every_cli_bad_flag_is_one_line(tmp_path, module, args, line):
     proc = run_module(module, *args, f"--workdir={tmp_path / 'w'}" if module == "mtl_keras.export" else

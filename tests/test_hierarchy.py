@@ -98,11 +98,12 @@ def test_hierarchy_heads_need_two_heads_and_a_map():
         build_model("vit", (16, 16, 3), {"fine": 6, "coarse": 2}, variant="Pico/4", coarse_head="both")
 
 
-def test_coarse_head_flag_needs_mtl_in_one_line():
-    proc = run_module("mtl_keras.train", "--task=fine", "--coarse_head=marginal", "--workdir=/nonexistent/x")
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if "coarse_head" in line]
-    assert lines and "needs --task=mtl" in lines[0]
+def test_coarse_head_flag_needs_mtl_in_one_line(capsys):
+    from conftest import parsed_in_process
+
+    status, lines = parsed_in_process("train", ["--task=fine", "--coarse_head=marginal", "--workdir=/nonexistent/x"],
+                                      capsys)
+    assert status == 2 and len(lines) == 1 and "coarse_head" in lines[0] and "needs --task=mtl" in lines[0], lines
 
 
 def famo_reference(batch_losses: np.ndarray, lr: float, decay: float) -> np.ndarray:
@@ -286,7 +287,7 @@ def test_train_cli_with_both_heads_and_famo(tmp_path):
 
     proc = run_module("mtl_keras.train", "--dataset=shapes", "--variant=Pico/4", "--epochs=2", "--batch_size=64",
                       "--max_train_examples=512", "--coarse_head=both", "--loss_weighting=famo", "--noint8",
-                      f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}")
+                      "--nojit_compile", f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert metrics["hierarchy_consistency"] == 1.0 and metrics["onnx_parity_ok"] is True

@@ -111,6 +111,7 @@ def test_killed_peer_stops_the_other_in_one_line_and_a_rerun_resumes(tmp_path):
     assert [int(r["epoch"]) for r in history(work)] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_peer_that_never_comes_up_is_one_line(tmp_path):
     require("jax")
     port = free_port()
@@ -124,14 +125,33 @@ def test_peer_that_never_comes_up_is_one_line(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_GROUPS = [
     (["--job_addresses=localhost:1234", "--num_processes=2", "--process_id=2"],
      "--process_id=2 is out of range for 2 processes (0 to 1)"),
     (["--job_addresses=localhost:1234,localhost:1235,localhost:1236", "--num_processes=2", "--process_id=0"],
      "--job_addresses=localhost:1234,localhost:1235,localhost:1236 lists 3 addresses but --num_processes=2"),
     (["--job_addresses=localhost", "--num_processes=2", "--process_id=0"], "localhost is not HOST:PORT"),
     (["--num_processes=2", "--process_id=0"], "--distribution=multi_worker needs --job_addresses"),
-])
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_GROUPS)
+def test_bad_process_group_is_refused_in_process(monkeypatch, args, message):
+    # The check train's main makes before it starts the supervised child (the CLI end to end: below, slow).
+    from mtl_keras import flags as mtl_flags
+    from mtl_keras import processes
+    from mtl_keras.errors import ConfigError
+
+    for name in processes.ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    config = mtl_flags.config_from_args([*FLAGS, "--distribution=multi_worker", *args])
+    with pytest.raises(ConfigError) as refused:
+        processes.resolve(config.optim)
+    assert message in str(refused.value) and len(str(refused.value).splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [BAD_GROUPS[0], BAD_GROUPS[3]])
 def test_bad_process_group_is_one_line(tmp_path, args, message):
     require("jax")
     proc = run_module("mtl_keras.train", *FLAGS, "--distribution=multi_worker", f"--workdir={tmp_path / 'w'}",

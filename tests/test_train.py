@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY_FLAGS, run_module, subprocess_env
+from conftest import REPO, TINY_FLAGS, parsed_in_process, refused_in_process, run_module, subprocess_env
 
 
 @pytest.mark.slow
@@ -55,10 +55,11 @@ def test_resolved_flags_reproduce_the_run(trained_run):
     ("--distribution=tpu", "--distribution"),
     ("--validation_fraction=nan", "--validation_fraction"),
 ])
-def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, expected):
-    proc = run_module("mtl_keras.train", flag, f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}")
-    assert proc.returncode != 0
-    assert expected in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, expected, capsys):
+    # train's own parser in-process (the CLI end to end: tests/test_flag_errors.py): it exits before run().
+    status, lines = parsed_in_process("train", [flag, f"--workdir={tmp_path / 'w'}",
+                                                f"--export_dir={tmp_path / 'e'}"], capsys)
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("train: error: ") and expected in lines[0], lines
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
 
 
@@ -77,6 +78,7 @@ socket.socket.connect = _no_route
 """
 
 
+@pytest.mark.slow
 def test_offline_cifar_download_fails_within_seconds_in_one_line(tmp_path):
     # The real path of a first run offline: not prepared, --download on (the default), no network.
     (tmp_path / "offline").mkdir()
@@ -99,9 +101,8 @@ def _last_line(proc) -> str:
 def test_workdir_under_a_file_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = run_module("mtl_keras.train", *TINY_FLAGS, f"--workdir={blocker / 'sub'}")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert _last_line(proc) == f"train: error: --workdir={blocker / 'sub'} cannot be used: {blocker} is not a folder"
+    assert refused_in_process([*TINY_FLAGS, f"--workdir={blocker / 'sub'}"]) == (
+        f"train: error: --workdir={blocker / 'sub'} cannot be used: {blocker} is not a folder")
 
 
 def test_export_dir_under_a_file_fails_before_anything_is_written(tmp_path):
@@ -138,11 +139,26 @@ def test_read_only_workdir_is_named(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--task=fine", "--loss_weighting=dwa"], "--loss_weighting"),
-    (["--cpu_devices=2", "--distribution=mirrored", "--batch_size=63"],
-     "--batch_size=63 does not divide by the 2 replicas of --distribution=mirrored"),
+    (["--task=fine", "--loss_weighting=dwa"], "train: error: --loss_weighting"),
     # Keras 3 cannot run TensorFlow's multi-worker strategy: refused, pointing to the JAX route.
     (["--distribution=multi_worker"], "train: error: --distribution=multi_worker runs on the JAX backend only"),
+    (["--batch_size=4096", "--max_train_examples=100"],
+     "train: error: --batch_size=4096 exceeds the 100 training examples"),
+])
+def test_conflicting_flags_are_refused_in_process_before_anything_is_written(tmp_path, flags, expected, capsys):
+    # The parse, then the checks train.run makes before it writes anything (the CLI end to end: below, slow).
+    args = ["--variant=Pico/4", *flags, f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}"]
+    status, lines = parsed_in_process("train", args, capsys) if flags[0] == "--task=fine" else (1, [
+        refused_in_process(args)])
+    assert status in (1, 2) and len(lines) == 1 and lines[0].startswith(expected), lines
+    assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,expected", [
+    # --cpu_devices sets up TensorFlow's devices, which only a fresh process can: end to end only.
+    (["--cpu_devices=2", "--distribution=mirrored", "--batch_size=63"],
+     "--batch_size=63 does not divide by the 2 replicas of --distribution=mirrored"),
     (["--batch_size=4096", "--max_train_examples=100"], "--batch_size=4096 exceeds the 100 training examples"),
 ])
 def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expected):
@@ -155,7 +171,7 @@ def test_conflicting_flags_fail_before_anything_is_written(tmp_path, flags, expe
 
 
 QUICK = ["--config=quickstart", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256",
-         "--noexport"]
+         "--noexport", "--nojit_compile"]  # what these tests check comes after fit; XLA compiling takes longer
 
 
 @pytest.mark.slow
@@ -181,6 +197,7 @@ def test_refused_rerun_leaves_the_records_alone(tmp_path):
     assert {name: (work / name).read_bytes() for name in records} == records  # flags.txt still reproduces the run
 
 
+@pytest.mark.slow
 def test_a_held_workdir_is_refused_naming_its_holder(tmp_path):
     import os
     import socket
