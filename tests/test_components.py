@@ -86,6 +86,7 @@ def _batch(n: int = 8, seed: int = 0):
     return x, {"fine": np.eye(6, dtype="float32")[fine], "coarse": np.eye(2, dtype="float32")[fine % 2]}
 
 
+@pytest.mark.slow  # fits a step
 @pytest.mark.parametrize("name", sorted(weightings.REGISTRY))
 def test_every_weighting_trains_a_step_and_weighs_each_heads_gradient_as_reported(name):
     """One fit step gives finite losses (and, for a stateful weighting, the logged `<task>_weight` columns);
