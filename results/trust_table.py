@@ -1,11 +1,14 @@
-"""Writes results/trust_fmnist/table.md from the runs of run.sh (metrics.json of each head and seed)."""
+"""Writes FOLDER/table.md from the trust runs of FOLDER/run.sh (FOLDER/runs/HEAD/seedN/metrics.json):
+    python3 results/trust_table.py results/trust_fmnist
+"""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(sys.argv[1]).resolve() if len(sys.argv) == 2 else sys.exit("usage: trust_table.py FOLDER")
 COLUMNS = (("fine_accuracy", "fine acc %"), ("coarse_accuracy", "coarse acc %"),
            ("hedge_coverage", "coverage at the hedge threshold %"), ("hedge_fine_precision", "fine precision there %"),
            ("hedge_accuracy", "hedged answers right %"), ("fine_aurc", "fine AURC"),
