@@ -130,20 +130,6 @@ def trained_run(tmp_path_factory):
     return root, proc
 
 
-# A trained or exported run that several tests share is made once per worker that runs one of them: with
-# `--dist loadgroup` (setup.cfg) every test using it goes to one worker, so the run is made once, not twice.
-SHARED_RUNS = {"trained_run": "trained_run", "grid_run": "grid_run", "exported": "served_answers",
-               "wheel": "install"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        groups = sorted({group for name, group in SHARED_RUNS.items() if name in item.fixturenames})
-        if groups:
-            item.add_marker(pytest.mark.xdist_group(groups[0]))
-
-
 # Under CI every test should run: a skip is allowed only when its reason matches a line of .ci/allowed_skips
 # (regular expressions; none today). Anything else, e.g. a missing dataset or module, fails the run.
 ALLOWED_SKIPS_FILE = REPO / ".ci" / "allowed_skips"
