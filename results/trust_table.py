@@ -25,14 +25,15 @@ def row(m: dict) -> dict:
 lines = ["| coarse head | seed | hedge threshold | temperature kept | " + " | ".join(h for _, h in COLUMNS) + " |",
          "|" + " --- |" * (len(COLUMNS) + 4)]
 for head in ("learned", "marginal", "both"):
-    for run in sorted((HERE / "runs" / head).glob("seed*/metrics.json")):
-        m = row(json.loads(run.read_text()))
+    paths = sorted((HERE / "runs" / head).glob("seed*/metrics.json"))
+    runs = {path: row(json.loads(path.read_text())) for path in paths}
+    for run, m in runs.items():
         kept = {h: r["temperature"] for h, r in m.get("calibration", {}).items() if r["kept"]}
         cells = [f"{m[k]:.4f}" if k == "fine_aurc" else f"{100 * m[k]:.2f}" if m.get(k) is not None else "–"
                  for k, _ in COLUMNS]
         lines.append(f"| {head} | {run.parent.name[4:]} | {m['hedge_threshold']:.4f} | {kept or 'none'} | "
                      + " | ".join(cells) + " |")
-    seeds = [row(json.loads(r.read_text())) for r in sorted((HERE / "runs" / head).glob("seed*/metrics.json"))]
+    seeds = list(runs.values())
     if len(seeds) > 1:  # mean +- sample standard deviation over the seeds
         def stat(k: str) -> str:
             v = np.array([m[k] for m in seeds if m.get(k) is not None], float) * (1 if k == "fine_aurc" else 100)
