@@ -122,6 +122,16 @@ def pipelines(config: TrainConfig, splits, shard: tuple[int, int] = (0, 1)):
                            seed=config.run.seed, shard=shard)
 
 
+def _build_before_tracing(model, train_ds) -> None:
+    """Creates the optimizer's, compiled losses' and metrics' variables from the batches' spec before fit. Keras
+    on TensorFlow without a tf.distribute strategy leaves them to the first trace of the training step, and
+    TensorFlow then traces the whole step a second time (seconds per run, more than a small model's epoch)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow" and hasattr(train_ds, "element_spec"):
+        model._symbolic_build(data_batch=train_ds.element_spec)  # what fit itself runs under a strategy
+
+
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,
          initial_epoch: int) -> tuple[float, int, dict]:
     """Fits from `initial_epoch` (restored from `checkpoint`) to --epochs or the end of --time_budget; returns
@@ -157,6 +167,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
                      checkpoint]
         verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
         callbacks += console.epoch_clock(epochs, initial_epoch) if verbose == 2 else []
+        _build_before_tracing(model, train_ds)
         # shuffle=False: the tf.data pipeline shuffles; Keras would only warn that it ignores shuffle=True.
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=steps, verbose=verbose, callbacks=callbacks, shuffle=False)

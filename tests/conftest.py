@@ -3,9 +3,12 @@ the environment of subprocess tests, and optional modules that must not silently
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,12 +123,34 @@ def shapes_splits():
     return datasets.load("shapes", seed=0)
 
 
+def made_once(tmp_path_factory, name: str, make) -> tuple[Path, subprocess.CompletedProcess]:
+    """(FOLDER, the finished process) of `make(FOLDER)`, which runs one command into an empty FOLDER, run once per
+    test session: under pytest-xdist the first worker to ask runs it while the others wait on a lock in the base
+    temporary folder they share, then read its exit status and output. Tests only read FOLDER; a test that writes
+    into it works on its own copy."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        folder = tmp_path_factory.mktemp(name)
+        return folder, make(folder)
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder; each worker's basetemp is inside it
+    folder, record = shared / name, shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if not record.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # left by a worker that died while making it
+            folder.mkdir()
+            proc = make(folder)
+            record.write_text(json.dumps([proc.args, proc.returncode, proc.stdout, proc.stderr]))
+    return folder, subprocess.CompletedProcess(*json.loads(record.read_text()))
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """One tiny MTL run through the CLI: train -> metrics -> export SavedModel + ONNX -> parity check."""
-    root = tmp_path_factory.mktemp("run")
-    proc = run_module("mtl_keras.train", *TINY_FLAGS, f"--workdir={root / 'work'}",
-                      f"--export_dir={root / 'export'}", "--model_name=tiny")
+    """One tiny MTL run through the CLI: train -> metrics -> export SavedModel + ONNX -> parity check, made once
+    per test session (`made_once`)."""
+    root, proc = made_once(tmp_path_factory, "tiny-run", lambda root: run_module(
+        "mtl_keras.train", *TINY_FLAGS, f"--workdir={root / 'work'}", f"--export_dir={root / 'export'}",
+        "--model_name=tiny"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
 

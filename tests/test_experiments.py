@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, made_once, run_module
 
 # The Fashion-MNIST flagfiles, shrunk to seconds per run: command-line flags after the flagfile win.
 GRID = "fmnist_mtl,fmnist_stl_fine,fmnist_stl_coarse"  # shipped config names
@@ -18,13 +20,25 @@ TINY = ["--dataset=shapes", "--variant=Pico/4", "--epochs=1", "--max_train_examp
 NAMES = ("fmnist_mtl", "fmnist_stl_fine", "fmnist_stl_coarse")
 
 
-@pytest.fixture(scope="module")
-def grid_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("grid") / "results"
+def _grid(folder):
     start = time.time()
-    proc = run_module("mtl_keras.experiments", f"--grid={GRID}", "--seeds=0,1", f"--results_dir={out}", *TINY)
+    proc = run_module("mtl_keras.experiments", f"--grid={GRID}", "--seeds=0,1", f"--results_dir={folder / 'results'}",
+                      *TINY)
+    (folder / "seconds").write_text(str(time.time() - start))
+    return proc
+
+
+@pytest.fixture(scope="session")
+def grid_run(tmp_path_factory):
+    """(results folder, the runner's process, its seconds), made once per test session (`made_once`)."""
+    folder, proc = made_once(tmp_path_factory, "grid", _grid)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc, time.time() - start
+    return folder / "results", proc, float((folder / "seconds").read_text())
+
+
+def _own_copy(grid_run, tmp_path):
+    """A copy of the shared grid's results folder, for a test that runs the grid again into it."""
+    return Path(shutil.copytree(grid_run[0], tmp_path / "results", symlinks=True))
 
 
 def _csv_rows(out) -> dict[str, dict]:
@@ -98,8 +112,9 @@ def test_pngs_are_written(grid_run):
 
 
 @pytest.mark.slow
-def test_second_call_skips_finished_runs(grid_run):
-    out, _, first_seconds = grid_run
+def test_second_call_skips_finished_runs(grid_run, tmp_path):
+    _, _, first_seconds = grid_run
+    out = _own_copy(grid_run, tmp_path)
     models = sorted((out / "runs").glob("*/seed*/model.keras"))
     before = {p: p.stat().st_mtime_ns for p in models}
     start = time.time()
@@ -111,8 +126,8 @@ def test_second_call_skips_finished_runs(grid_run):
 
 
 @pytest.mark.slow
-def test_changed_settings_on_a_finished_run_are_one_line_error(grid_run):
-    out, _, _ = grid_run
+def test_changed_settings_on_a_finished_run_are_one_line_error(grid_run, tmp_path):
+    out = _own_copy(grid_run, tmp_path)
     proc = run_module("mtl_keras.experiments", f"--grid={GRID}", "--seeds=0", f"--results_dir={out}",
                       *TINY, "--learning_rate=0.5")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
