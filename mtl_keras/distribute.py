@@ -31,7 +31,12 @@ def _jax(name: str, optim):
     from mtl_keras import processes
 
     if name == "multi_worker":
-        processes.initialize(processes.resolve(optim))  # before JAX lists its devices: they span the group
+        group = processes.resolve(optim)
+        # Refused before joining: a process that refused after it would leave its peers to report it lost.
+        if optim.batch_size % group.num_processes:
+            raise ValueError(f"--batch_size={optim.batch_size} does not divide by the {group.num_processes} "
+                             "processes of --distribution=multi_worker (each takes an equal slice of every batch)")
+        processes.initialize(group)  # before JAX lists its devices: they span the group
         # Each process feeds its own slice of every global batch (pipeline's `shard`), so Keras must not shard.
         mesh = keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
         keras.distribution.set_distribution(mesh)

@@ -128,8 +128,10 @@ def _build_before_tracing(model, train_ds) -> None:
     TensorFlow then traces the whole step a second time (seconds per run, more than a small model's epoch)."""
     import keras
 
-    if keras.backend.backend() == "tensorflow" and hasattr(train_ds, "element_spec"):
-        model._symbolic_build(data_batch=train_ds.element_spec)  # what fit itself runs under a strategy
+    # Under a strategy fit builds them itself, in the strategy's scope.
+    if keras.backend.backend() == "tensorflow" and not model._distribute_strategy and hasattr(train_ds,
+                                                                                               "element_spec"):
+        model._symbolic_build(data_batch=train_ds.element_spec)
 
 
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,

@@ -1,5 +1,6 @@
-"""Shared fixtures and helpers: small `shapes` splits, one tiny trained + exported run used by several tests,
-the environment of subprocess tests, and optional modules that must not silently skip under CI."""
+"""Shared fixtures and helpers: small `shapes` splits, the installed package and its quick-start run (trained and
+exported once, read by many tests), the environment of subprocess tests, and optional modules that must not
+silently skip under CI."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -140,19 +142,111 @@ def made_once(tmp_path_factory, name: str, make) -> tuple[Path, subprocess.Compl
             shutil.rmtree(folder, ignore_errors=True)  # left by a worker that died while making it
             folder.mkdir()
             proc = make(folder)
-            record.write_text(json.dumps([proc.args, proc.returncode, proc.stdout, proc.stderr]))
+            args = [str(a) for a in proc.args] if isinstance(proc.args, (list, tuple)) else str(proc.args)
+            record.write_text(json.dumps([args, proc.returncode, proc.stdout, proc.stderr]))
     return folder, subprocess.CompletedProcess(*json.loads(record.read_text()))
 
 
+def clean_env() -> dict[str, str]:
+    """This environment less PYTHONPATH (the clone) and the settings tests scrub: a user's shell."""
+    return {k: v for k, v in os.environ.items() if k not in (*SCRUBBED_ENV, "PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
+
+
+def run_checked(cmd: list, cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs `cmd` and fails the test unless it exits 0 (its output's tails in the message)."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _install(folder: Path) -> subprocess.CompletedProcess:
+    """FOLDER/dist: `pip wheel --no-deps` of a copy of the package's files (the clone gets no build/ folder);
+    FOLDER/venv: a fresh venv with that wheel installed, not editable. The venv reuses this interpreter's
+    installed dependencies through a .pth file (seconds, no download); its own site-packages come first, and the
+    .pth files of this environment (an editable install of the clone) are not read, so `mtl_keras` can only come
+    from the wheel."""
+    import importlib.util
+    import site
+
+    src, env = folder / "src", clean_env()
+    shutil.copytree(REPO / "mtl_keras", src / "mtl_keras", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    # Without build isolation where setuptools is here already: no download of the build backend.
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    run_checked([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *isolation, "-w", folder / "dist", src],
+                folder, env)
+    [wheel] = (folder / "dist").glob("mtl_keras-*.whl")
+    venv = folder / "venv"
+    run_checked([sys.executable, "-m", "venv", "--without-pip", venv], folder, env)
+    [venv_site] = (venv / "lib").glob("python*/site-packages")
+    (venv_site / "_reuse_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # --ignore-installed: an editable install of the clone, seen through the .pth, is neither kept nor removed.
+    run_checked([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--no-deps",
+                 "--no-index", "--ignore-installed", "-q", wheel], folder, env)  # without PYTHONPATH
+    return subprocess.run([venv / "bin" / "python", "-c", "import mtl_keras; print(mtl_keras.__file__)"], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+class Installed(NamedTuple):
+    wheel: Path
+    bin: Path  # the venv's bin folder, with the `mtl-keras` command
+    env: dict  # a user's shell (clean_env) with that folder first on PATH
+    site: Path  # the venv's site-packages
+    where: str  # the file `import mtl_keras` found in the venv
+
+
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """One tiny MTL run through the CLI: train -> metrics -> export SavedModel + ONNX -> parity check, made once
-    per test session (`made_once`)."""
-    root, proc = made_once(tmp_path_factory, "tiny-run", lambda root: run_module(
-        "mtl_keras.train", *TINY_FLAGS, f"--workdir={root / 'work'}", f"--export_dir={root / 'export'}",
-        "--model_name=tiny"))
+def installed(tmp_path_factory) -> Installed:
+    """The package as a user installs it from its wheel (`_install`), made once per test session."""
+    folder, proc = made_once(tmp_path_factory, "installed", _install)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [wheel] = (folder / "dist").glob("mtl_keras-*.whl")
+    [venv_site] = (folder / "venv" / "lib").glob("python*/site-packages")
+    env = clean_env()
+    env["PATH"] = f"{folder / 'venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return Installed(wheel, folder / "venv" / "bin", env, venv_site, proc.stdout.strip())
+
+
+class TrainedRun(NamedTuple):
+    user: Path  # the user's folder it ran in, outside the clone
+    work: Path  # its workdir: model.keras, metrics.json, history.csv, checkpoints, reports
+    version: Path  # its export: SavedModel, model.onnx, model.int8.onnx, assets.extra
+    proc: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, installed) -> TrainedRun:
+    """The README's quick start as shipped, run by the installed `mtl-keras train --config=quickstart` in a folder
+    outside the clone: train -> metrics and reports -> SavedModel + ONNX + int8 -> parity check. Made once per
+    test session (`made_once`) and shared by every test of what a run writes; tests only read it."""
+    user, proc = made_once(tmp_path_factory, "quickstart", lambda user: subprocess.run(
+        [installed.bin / "mtl-keras", "train", "--config=quickstart"], cwd=user, env=installed.env,
+        capture_output=True, text=True, timeout=1500))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root, proc
+    return TrainedRun(user, user / "runs" / "quickstart", user / "export" / "quickstart" / "1", proc)
+
+
+# The session's shared runs, made once (made_once) by the first test that asks for one.
+SHARED_RUNS = ("trained_run", "grid_run")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Orders the tests so that the shared runs are made while other tests run: one test per shared run first,
+    then the tests that need none, then the rest of those that do. pytest-xdist hands the first tests out one per
+    worker in turn, so each run starts at once on its own worker, and no worker waits for a run another one is
+    making while tests that need none are left."""
+    first, independent, dependent = [], [], []
+    for item in items:
+        needs = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        if not needs:
+            independent.append(item)
+        elif needs[0] not in {name for _, name in first}:
+            first.append((item, needs[0]))
+        else:
+            dependent.append(item)
+    items[:] = [item for item, _ in first] + independent + dependent
 
 
 # Under CI every test should run: a skip is allowed only when its reason matches a line of .ci/allowed_skips

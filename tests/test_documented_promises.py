@@ -77,7 +77,7 @@ def test_predict_reads_a_runs_model_keras(trained_run, tmp_path):
     images, fine, _ = shapes.generate(2, seed=4)
     for i, image in enumerate(images):
         (tmp_path / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
-    proc = run_module("mtl_keras.predict", f"--model={trained_run[0] / 'work' / 'model.keras'}", "--json",
+    proc = run_module("mtl_keras.predict", f"--model={trained_run.work / 'model.keras'}", "--json",
                       "--top_k=1", str(tmp_path / "0.png"), str(tmp_path / "1.png"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout)

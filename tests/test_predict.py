@@ -27,7 +27,7 @@ def image_files(tmp_path_factory):
 
 @pytest.mark.parametrize("model_file", ["", "model.onnx"])
 def test_predict_names_both_heads_and_skips_bad_files(trained_run, image_files, model_file):
-    version = trained_run[0] / "export" / "tiny" / "1"
+    version = trained_run.version
     files = [image_files / "a.png", image_files / "missing.png", image_files / "c.png", image_files / "b.jpg"]
     proc = run_module("mtl_keras.predict", f"--model={version / model_file}", "--json", "--top_k=2",
                       *map(str, files))
@@ -45,7 +45,7 @@ def test_predict_names_both_heads_and_skips_bad_files(trained_run, image_files, 
 
 
 def test_predict_text_output(trained_run, image_files):
-    version = trained_run[0] / "export" / "tiny" / "1"
+    version = trained_run.version
     proc = run_module("mtl_keras.predict", f"--model={version}", str(image_files / "a.png"))
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()

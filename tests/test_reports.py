@@ -127,7 +127,7 @@ def test_write_run_reports(tmp_path, small_splits, capsys):
 @pytest.mark.slow
 def test_every_training_run_leaves_its_reports(trained_run):
     """The CLI run shared by the export tests: TensorBoard events, PNGs and per-class accuracy in its workdir."""
-    work = trained_run[0] / "work"
+    work = trained_run.work
     for name in ("learning_curves.png", "confusion_fine.png", "confusion_coarse.png"):
         png_size(work / name)
     scalars = callbacks.read_scalars(work / "tensorboard")

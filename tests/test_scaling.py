@@ -166,6 +166,7 @@ def test_global_batch_not_dividing_by_the_devices_is_one_line(tmp_path):
     require("jax")
     for status, _, err in both(tmp_path / "w", "--batch_size=63", timeout=300):
         assert status == 1
-        expected = "train: error: --batch_size=63 does not divide by the 2 replicas of --distribution=multi_worker"
+        expected = ("train: error: --batch_size=63 does not divide by the 2 processes of --distribution=multi_worker "
+                    "(each takes an equal slice of every batch)")
         assert error_lines(err) == [expected], err[-2000:]
     assert not (tmp_path / "w").exists()

@@ -27,28 +27,26 @@ TRAIN_SIZE, TEST_SIZE = 12_000, 2_000
 _CHUNK = 2048
 
 
-def _masks(dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Boolean masks [10, N, H, W] of every shape, centred coordinates dx, dy, radius r."""
+def _mask(k: int, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Boolean mask [N, H, W] of shape `k` (an index into FINE_NAMES), centred coordinates dx, dy, radius r."""
     ax, ay = np.abs(dx), np.abs(dy)
-    d2 = dx * dx + dy * dy
-    r2 = r * r
-    box = np.maximum(ax, ay)
     w = 0.28 * r  # stroke half-width
-    plus = ((ax <= w) & (ay <= r)) | ((ay <= w) & (ax <= r))
-    ux, uy = np.abs(dx + dy) * 0.7071, np.abs(dx - dy) * 0.7071  # 45-degree rotated frame
-    cross = ((ux <= w) & (uy <= r)) | ((uy <= w) & (ux <= r))
-    return np.stack([
-        d2 <= r2,                                           # disk
-        (d2 <= r2) & (d2 >= (0.55 * r) ** 2),               # ring
-        (d2 <= r2) & (dy >= 0.0),                           # half disk
-        box <= 0.85 * r,                                    # square
-        (box <= 0.85 * r) & (box >= 0.5 * r),               # frame
-        ax + ay <= r,                                       # diamond
-        (dy <= 0.75 * r) & (dy >= -r + 1.9 * ax),           # triangle, apex up
-        plus,                                               # plus
-        cross,                                              # cross (x)
-        (ax <= r) & (np.abs(ay - 0.5 * r) <= 0.2 * r),      # two bars (=)
-    ])
+    if k in (0, 1, 2):  # disk, ring, half disk
+        d2, r2 = dx * dx + dy * dy, r * r
+        return [d2 <= r2, (d2 <= r2) & (d2 >= (0.55 * r) ** 2), (d2 <= r2) & (dy >= 0.0)][k]
+    if k in (3, 4):  # square, frame
+        box = np.maximum(ax, ay)
+        return box <= 0.85 * r if k == 3 else (box <= 0.85 * r) & (box >= 0.5 * r)
+    if k == 5:  # diamond
+        return ax + ay <= r
+    if k == 6:  # triangle, apex up
+        return (dy <= 0.75 * r) & (dy >= -r + 1.9 * ax)
+    if k == 7:  # plus
+        return ((ax <= w) & (ay <= r)) | ((ay <= w) & (ax <= r))
+    if k == 8:  # cross (x): a plus in a 45-degree rotated frame
+        ux, uy = np.abs(dx + dy) * 0.7071, np.abs(dx - dy) * 0.7071
+        return ((ux <= w) & (uy <= r)) | ((uy <= w) & (ux <= r))
+    return (ax <= r) & (np.abs(ay - 0.5 * r) <= 0.2 * r)  # two bars (=)
 
 
 def _draw(rng: np.random.Generator, fine: np.ndarray) -> np.ndarray:
@@ -62,18 +60,23 @@ def _draw(rng: np.random.Generator, fine: np.ndarray) -> np.ndarray:
     cos, sin = np.cos(theta), np.sin(theta)
     dx0, dy0 = xx[None] - cx, yy[None] - cy
     dx, dy = cos * dx0 + sin * dy0, -sin * dx0 + cos * dy0
-    mask = _masks(dx, dy, r)[fine, np.arange(n)]  # [N, H, W]
+    mask = np.empty((n, s, s), bool)
+    for k in np.unique(fine):  # each image's own shape only
+        rows = fine == k
+        mask[rows] = _mask(int(k), dx[rows], dy[rows], r[rows])
 
     # Background: a random colour, a linear gradient and per-pixel texture noise.
     bg = rng.uniform(0, 255, (n, 1, 1, 3))
     grad = rng.uniform(-40, 40, (n, 1, 1, 2))
     img = bg + grad[..., :1] * (xx[None, ..., None] / s - 0.5) + grad[..., 1:] * (yy[None, ..., None] / s - 0.5)
-    img = img + rng.normal(0, 14, (n, s, s, 3))
+    img += rng.normal(0, 14, (n, s, s, 3))
     # Foreground: a random colour pushed away from the background so the shape stays visible.
     fg = rng.uniform(0, 255, (n, 1, 1, 3))
     far = np.where(bg < 128, 255.0, 0.0)
     fg = np.where(np.abs(fg - bg).sum(-1, keepdims=True) < 200, 0.5 * (fg + far), fg)
-    img = np.where(mask[..., None], fg + rng.normal(0, 10, (n, s, s, 3)), img)
+    shape = rng.normal(0, 10, (n, s, s, 3))
+    shape += fg
+    np.copyto(img, shape, where=mask[..., None])
 
     # Clutter: four random dots and a thin random line, in random colours.
     for _ in range(4):
@@ -87,7 +90,7 @@ def _draw(rng: np.random.Generator, fine: np.ndarray) -> np.ndarray:
     lx = np.clip((a[:, :1] + (b[:, :1] - a[:, :1]) * t).astype(int), 0, s - 1)
     ly = np.clip((a[:, 1:] + (b[:, 1:] - a[:, 1:]) * t).astype(int), 0, s - 1)
     img[np.arange(n)[:, None], ly, lx] = rng.uniform(0, 255, (n, 1, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
