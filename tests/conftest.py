@@ -65,18 +65,6 @@ def dwa_weights(history: dict) -> list[float]:
     return list(2 * np.exp(r / 2) / np.exp(r / 2).sum())
 
 
-@pytest.fixture(scope="session", autouse=True)
-def xla_compilation_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for the TensorFlow subprocesses of each xdist worker: a run that
-    compiles what an earlier one did (a resumed run, a rerun, another test's same model and batch) loads it
-    instead. One per worker, since TensorFlow writes its entries in place and a worker runs one test at a time.
-    (JAX's cache writes in place too, and the processes of a group compile at the same moment: not used.)"""
-    flags = os.environ.get("TF_XLA_FLAGS", "")
-    if "tf_xla_persistent_cache_directory" not in flags:
-        cache = tmp_path_factory.getbasetemp() / "xla-cache"
-        os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={cache}".strip()
-
-
 # The fast tier (-m "not slow") trains and exports nothing: in a test not marked slow, fitting a model or writing
 # a SavedModel or ONNX file fails the test. Subprocesses are not watched: a CLI test is marked slow, and its flag
 # and refusal cases run in-process (parsed_in_process, refused_in_process) with a few real CLI cases kept.
