@@ -32,8 +32,9 @@ def _mask(k: int, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
     ax, ay = np.abs(dx), np.abs(dy)
     w = 0.28 * r  # stroke half-width
     if k in (0, 1, 2):  # disk, ring, half disk
-        d2, r2 = dx * dx + dy * dy, r * r
-        return [d2 <= r2, (d2 <= r2) & (d2 >= (0.55 * r) ** 2), (d2 <= r2) & (dy >= 0.0)][k]
+        d2 = dx * dx + dy * dy
+        disk = d2 <= r * r
+        return disk if k == 0 else disk & (d2 >= (0.55 * r) ** 2) if k == 1 else disk & (dy >= 0.0)
     if k in (3, 4):  # square, frame
         box = np.maximum(ax, ay)
         return box <= 0.85 * r if k == 3 else (box <= 0.85 * r) & (box >= 0.5 * r)
