@@ -233,20 +233,21 @@ SHARED_RUNS = ("trained_run", "grid_run")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Orders the tests so that the shared runs are made while other tests run: one test per shared run first,
-    then the tests that need none, then the rest of those that do. pytest-xdist hands the first tests out one per
-    worker in turn, so each run starts at once on its own worker, and no worker waits for a run another one is
-    making while tests that need none are left."""
-    first, independent, dependent = [], [], []
+    """Orders the tests so that the shared runs are made while other tests run, and the two workers end together:
+    one test per shared run first, then the slow tests that need none, the slow tests that do, and last the fast
+    ones (under a second each, mostly) in the same order. pytest-xdist hands the first tests out one per worker in
+    turn, so each shared run starts at once on its own worker; the slow tests that need none take longer than the
+    shared runs, so no worker waits on a run another is making; and the fast tests fill the end, so no worker is
+    left alone on a long test."""
+    first, rest = [], []
     for item in items:
         needs = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
-        if not needs:
-            independent.append(item)
-        elif needs[0] not in {name for _, name in first}:
+        if needs and needs[0] not in {name for _, name in first}:
             first.append((item, needs[0]))
         else:
-            dependent.append(item)
-    items[:] = [item for item, _ in first] + independent + dependent
+            rest.append((not item.get_closest_marker("slow"), bool(needs), item))
+    rest.sort(key=lambda entry: entry[:2])  # stable: collection order within each group
+    items[:] = [item for item, _ in first] + [item for *_, item in rest]
 
 
 # Under CI every test should run: a skip is allowed only when its reason matches a line of .ci/allowed_skips

@@ -14,6 +14,10 @@ from conftest import REPO, dwa_weights, require, run_module, subprocess_env
 
 pytestmark = pytest.mark.slow
 QUICK = ["--dataset=shapes", "--variant=Pico/4", "--epochs=2", "--batch_size=64", "--max_train_examples=640"]
+# XLA compiling a Pico step costs more CPU (about 10 s a run) than 2 epochs of it: the runs whose check does not
+# depend on how the step is compiled leave it out. The deterministic repeat keeps it (the default path), and so
+# does the quick start as shipped (conftest.trained_run).
+PLAIN = "--nojit_compile"
 
 
 def _epochs_logged(history) -> list[int]:
@@ -25,7 +29,7 @@ def _epochs_logged(history) -> list[int]:
 
 def test_kill_9_between_history_row_and_checkpoint_then_resume_and_rerun(tmp_path):
     # The worst moment, every time: killed after epoch 2's history row, before its checkpoint (no sleep race).
-    work, flags = tmp_path / "w", [*QUICK, "--epochs=3", "--noexport", "--seed=3", "--nojit_compile"]  # XLA: +13 s
+    work, flags = tmp_path / "w", [*QUICK, PLAIN, "--epochs=3", "--noexport", "--seed=3"]
     killed = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "killed_before_checkpoint.py"), "2",
                              *flags, f"--workdir={work}"], cwd=REPO, env=subprocess_env(), capture_output=True,
                             text=True, timeout=600)
@@ -55,7 +59,7 @@ def test_kill_9_between_history_row_and_checkpoint_then_resume_and_rerun(tmp_pat
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path):
     # (A NaN after a good epoch keeps that epoch's checkpoint: tests/test_callbacks.py.)
-    proc = run_module("mtl_keras.train", *QUICK, "--learning_rate=1e30", "--warmup_epochs=0",
+    proc = run_module("mtl_keras.train", *QUICK, PLAIN, "--learning_rate=1e30", "--warmup_epochs=0",
                       f"--workdir={tmp_path / 'nan'}", "--noexport")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -65,7 +69,7 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path):
 
 def test_truncated_checkpoint_is_one_line(tmp_path):
     work = tmp_path / "w"
-    flags = [*QUICK, "--epochs=1", "--max_train_examples=128", "--nojit_compile", "--noexport"]  # any checkpoint
+    flags = [*QUICK, PLAIN, "--epochs=1", "--max_train_examples=128", "--noexport"]  # any checkpoint
     first = run_module("mtl_keras.train", *flags, f"--workdir={work}")
     assert first.returncode == 0, first.stderr[-2000:]
     weights = work / "checkpoints" / "epoch-1.weights.h5"
@@ -78,7 +82,7 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
 
 
 def test_bfloat16_training_exports_float32(tmp_path):
-    proc = run_module("mtl_keras.train", *QUICK, "--mixed_precision=bfloat16", f"--workdir={tmp_path / 'w'}",
+    proc = run_module("mtl_keras.train", *QUICK, PLAIN, "--mixed_precision=bfloat16", f"--workdir={tmp_path / 'w'}",
                       f"--export_dir={tmp_path / 'e'}", "--model_name=bf16", "--noint8")
     # (What bfloat16 changes in the model, compute dtype bfloat16 with float32 weights, and a float16 run
     # training to a finite loss: tests/test_recipe.py. Here: the run's exports are float32 all the same.)
@@ -93,7 +97,7 @@ def test_bfloat16_training_exports_float32(tmp_path):
 
 
 def test_mirrored_on_two_logical_cpus(tmp_path):
-    common = [*QUICK, "--epochs=3", "--noexport", "--seed=5"]
+    common = [*QUICK, PLAIN, "--epochs=3", "--noexport", "--seed=5"]  # (two replicas never compile with XLA)
     # mirrored prefers GPUs: hide them, or a one-GPU machine trains one replica.
     two = run_module("mtl_keras.train", *common, "--cpu_devices=2", "--distribution=mirrored",
                      f"--workdir={tmp_path / 'two'}", env=subprocess_env(CUDA_VISIBLE_DEVICES=""))
@@ -107,12 +111,12 @@ def test_mirrored_on_two_logical_cpus(tmp_path):
             return [float(r["loss"]) for r in csv.DictReader(f)]
 
     # Two replicas learn like one device: the same global batch and seed give the same training curve up to
-    # the order of float sums. Measured 2026-12-05: 2.158 / 1.821 / 1.726 on two replicas against
-    # 2.183 / 1.819 / 1.727 on one (at most 1.1 % apart); allowed 2 %. Replicas that each took the whole
-    # --batch_size (half the steps per epoch) would lag behind it.
+    # the order of float sums. Measured 2026-12-06, both without XLA: 2.1876 / 1.8089 / 1.7273 on two replicas
+    # against 2.1903 / 1.8102 / 1.7230 on one (at most 0.25 % apart); allowed 1 %. Replicas that each took the
+    # whole --batch_size (half the steps per epoch) would lag behind it.
     two, one = losses("two"), losses("one")
     assert one[-1] < 0.9 * one[0], one  # it learns
-    np.testing.assert_allclose(two, one, rtol=0.02)
+    np.testing.assert_allclose(two, one, rtol=0.01)
 
 
 def test_deterministic_runs_repeat_to_the_last_digit(tmp_path):

@@ -1,22 +1,33 @@
 """Writes results/cifar10_cpu/table.md from the runs of results/cifar10_cpu/run.sh (runs/ROW/seedN/metrics.json):
     python3 results/cifar10_cpu/table.py
-"""
+Rows already in table.md whose run folder is gone (runs/ is not kept in git) stay as they are."""
 
 import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FLAGS = {"budget": "", "muon": "--optimizer=muon", "alt_flip": "--augment=alt_flip_crop",
-         "whitened": "--stem_init=whitened", "batch128": "--batch_size=128 --learning_rate=2.8e-3"}
-lines = ["| row | seed | fine % | coarse % | consistency % | epochs | steps | train s | images/s | change |",
-         "|" + " --- |" * 10]
+         "whitened": "--stem_init=whitened", "batch128": "--batch_size=128 --learning_rate=2.8e-3",
+         "muon_alt_flip": "--optimizer=muon --augment=alt_flip_crop"}
+HEADER = ["| row | seed | fine % | coarse % | consistency % | epochs | steps | train s | images/s | change |",
+          "|" + " --- |" * 10]
+
+table = HERE / "table.md"
+rows = {}  # (row, seed) -> line
+if table.is_file():
+    for line in table.read_text().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0], int(cells[1])] = line
 for row, change in FLAGS.items():
     for path in sorted((HERE / "runs" / row).glob("seed*/metrics.json")):
         m = json.loads(path.read_text())
         b = m["time_budget"]
-        lines.append(f"| {row} | {path.parent.name[4:]} | {100 * m['fine_accuracy']:.2f} | "
-                     f"{100 * m['coarse_accuracy']:.2f} | {100 * m['hierarchy_consistency']:.2f} | {b['epochs']} | "
-                     f"{b['steps']:,} | {m['train_seconds']:,.0f} | {m['train_images_per_second']:,.0f} | "
-                     f"`{change or '(the config under the budget)'}` |")
-(HERE / "table.md").write_text("\n".join(lines) + "\n")
+        seed = int(path.parent.name[4:])
+        rows[row, seed] = (
+            f"| {row} | {seed} | {100 * m['fine_accuracy']:.2f} | {100 * m['coarse_accuracy']:.2f} | "
+            f"{100 * m['hierarchy_consistency']:.2f} | {b['epochs']} | {b['steps']:,} | {m['train_seconds']:,.0f} | "
+            f"{m['train_images_per_second']:,.0f} | `{change or '(the config under the budget)'}` |")
+order = list(FLAGS)
+lines = HEADER + [rows[key] for key in sorted(rows, key=lambda k: (order.index(k[0]), k[1]))]
+table.write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
