@@ -233,21 +233,25 @@ SHARED_RUNS = ("trained_run", "grid_run")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Orders the tests so that the shared runs are made while other tests run, and the two workers end together:
-    one test per shared run first, then the slow tests that need none, the slow tests that do, and last the fast
-    ones (under a second each, mostly) in the same order. pytest-xdist hands the first tests out one per worker in
-    turn, so each shared run starts at once on its own worker; the slow tests that need none take longer than the
-    shared runs, so no worker waits on a run another is making; and the fast tests fill the end, so no worker is
-    left alone on a long test."""
-    first, rest = [], []
+    """Orders the tests so that the shared runs start at once on workers of their own while other tests run,
+    and the workers end together: the slow tests that need no shared run first, then the slow ones that do, then
+    the fast ones (under a second each, mostly) in the same order, with the test that makes each shared run at
+    0, 2, 4, ... With `--maxschedchunk=1` (setup.cfg) pytest-xdist starts each worker on 2 consecutive tests
+    (0-1, 2-3, ...) and then hands out one test at a time as they finish: each shared run starts on its own
+    worker, no worker waits on a run another is making (the slow tests before those that need a shared run take
+    longer than the runs), and the fast tests fill the end, so no worker is left alone on a long test."""
+    makers, rest = [], []
     for item in items:
         needs = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
-        if needs and needs[0] not in {name for _, name in first}:
-            first.append((item, needs[0]))
+        if needs and needs[0] not in {name for _, name in makers}:
+            makers.append((item, needs[0]))
         else:
             rest.append((not item.get_closest_marker("slow"), bool(needs), item))
     rest.sort(key=lambda entry: entry[:2])  # stable: collection order within each group
-    items[:] = [item for item, _ in first] + [item for *_, item in rest]
+    ordered = [item for *_, item in rest]
+    for k, (item, _) in enumerate(makers):
+        ordered.insert(2 * k, item)
+    items[:] = ordered
 
 
 # Under CI every test should run: a skip is allowed only when its reason matches a line of .ci/allowed_skips
