@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,25 +66,37 @@ def _good_png(path, value: int = 0) -> str:
     return str(path)
 
 
+# The child is started by a small launcher, not forked from the test process itself: Linux counts a process's
+# maximum RSS across fork and exec (a child forked from a pytest worker that has grown to 2 GB reports 2 GB before
+# it runs a line), while a child forked from the launcher starts from the launcher's few MB.
+LAUNCHER = """
+import os, resource, signal, sys
+report, seconds, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    os.execv(sys.executable, [sys.executable, *sys.argv[4:]])
+signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+signal.alarm(seconds)
+_, status, usage = os.wait4(pid, 0)
+open(report, "w").write(str(usage.ru_maxrss * 1024))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def _measured(code: str, *args: str, timeout: int = 300) -> tuple[str, str, int, int]:
     """Runs `python -c code args` under `timeout` and a 6 GB address-space cap (a bomb that slipped through fails
-    instead of taking the shared machine's memory); returns stdout, stderr, exit status and the maximum RSS in
-    bytes of the child and what it waited for (wait4's rusage)."""
-    import resource
+    instead of taking the shared machine's memory); returns stdout, stderr, exit status and the child's maximum
+    RSS in bytes (wait4's rusage, read by LAUNCHER)."""
     import tempfile
 
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (6 * GB, 6 * GB))
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(["timeout", str(timeout), sys.executable, "-c", textwrap.dedent(code), *args],
-                                cwd=REPO, env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                preexec_fn=cap)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait for it again
-        out.seek(0)
-        err.seek(0)
-        return out.read().decode(), err.read().decode(), proc.returncode, usage.ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "maxrss"
+        proc = subprocess.run([sys.executable, "-c", LAUNCHER, str(report), str(timeout), str(6 * GB), "-c",
+                               textwrap.dedent(code), *args], cwd=REPO, env=subprocess_env(),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout + 60)
+        return proc.stdout, proc.stderr, proc.returncode, int(report.read_text())
 
 
 def test_headers_read_what_the_decoders_allocate(corpus):
