@@ -3,6 +3,7 @@ alone (forward + backward, compiled the way the config compiles its step), with 
 
     python benchmarks/step_profile.py                                  # mtl_vit_c10_cpu, its batch (64)
     python benchmarks/step_profile.py --config=mtl_vit_c10_cpu --batch_size=128 --steps=200
+    python benchmarks/step_profile.py --mixed_precision=bfloat16      # any other train flag goes to the config
 
 TensorFlow backend (the parts use tf.GradientTape). The model and its compile are the config's own
 (`flags.config_from_args` -> `modeling.build_and_compile`, 10 fine / 2 coarse classes at 32 x 32 x 3, CIFAR-10's
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="mtl_vit_c10_cpu", help="a shipped config name or a flagfile")
     p.add_argument("--batch_size", type=int, default=None, help="default: the config's")
     p.add_argument("--steps", type=int, default=100, help="timed steps per part")
-    args = p.parse_args(argv)
+    args, train_flags = p.parse_known_args(argv)
 
     import keras
     import numpy as np
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     from mtl_keras.models.flops import forward_flops
 
     flags = [f"--config={args.config}", "--dataset=shapes"] + ([f"--batch_size={args.batch_size}"]
-                                                               if args.batch_size else [])
+                                                               if args.batch_size else []) + train_flags
     cfg = config_from_args(flags)
     b, jit = cfg.optim.batch_size, cfg.optim.jit_compile
     keras.utils.set_random_seed(0)
@@ -142,11 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     timed = sum(s for name, s, _ in rows[1:])
     rows.append(("rest", whole - timed, rows[0][2] - sum(f for _, _, f in rows[1:])))
     print(f"{args.config}: {cfg.model.model} {cfg.model.variant}, batch {b}, "
-          f"{'XLA' if jit else 'no XLA'}, {cfg.optim.optimizer}, {model.count_params():,} parameters; "
+          f"{'XLA' if jit else 'no XLA'}, {cfg.optim.optimizer}, {cfg.optim.mixed_precision}, "
+          f"{model.count_params():,} parameters; "
           f"keras {keras.__version__}, TensorFlow {tf.__version__}")
     print(f"{'part':<14}{'ms/step':>9}{'share':>8}{'GFLOP':>9}{'GFLOP/s':>9}")
     for name, seconds, flops in rows:
-        rate = f"{flops / seconds / 1e9:9.1f}" if flops and seconds > 0 else f"{'':>9}"
+        rate = f"{flops / seconds / 1e9:9.1f}" if name != "rest" and flops and seconds > 0 else f"{'':>9}"
         print(f"{name:<14}{1000 * seconds:9.2f}{seconds / whole:8.1%}{flops / 1e9:9.3f}{rate}")
     print(f"whole step: {b / whole:,.0f} images/s; the input pipeline alone: {b / feed:,.0f} images/s "
           f"({1000 * feed:.2f} ms a batch)")
