@@ -18,7 +18,8 @@ def machine() -> str:
 HERE = Path(__file__).resolve().parent
 FLAGS = {"budget": "", "muon": "--optimizer=muon", "alt_flip": "--augment=alt_flip_crop",
          "whitened": "--stem_init=whitened", "batch128": "--batch_size=128 --learning_rate=2.8e-3",
-         "muon_alt_flip": "--optimizer=muon --augment=alt_flip_crop"}
+         "muon_alt_flip": "--optimizer=muon --augment=alt_flip_crop",
+         "muon_alt_flip_whitened": "--optimizer=muon --augment=alt_flip_crop --stem_init=whitened"}
 HEADER = ["| row | seed | fine % | coarse % | consistency % | epochs | steps | train s | images/s | change | machine |",
           "|" + " --- |" * 11]
 EARLIER = "AMD EPYC (Zen 4), 2 cores"  # the machine of the rows written before the table named machines
