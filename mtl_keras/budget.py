@@ -55,7 +55,8 @@ class TimeBudget(keras.callbacks.Callback):
     `seconds` are spent (counting `spent` seconds of earlier, resumed attempts).
 
     `steps` counts the training steps of the run (resumed attempts included) and `stopped` tells whether the
-    budget ended this fit.
+    budget ended this fit. One instance may serve several fits of a run (progressive resolution's two sizes): the
+    clock runs on across them, and `until` (seconds, default the whole budget) ends a fit early at a step boundary.
     """
 
     def __init__(self, seconds: float, peak: float, warmup: float, schedule: str, directory: str | Path,
@@ -66,6 +67,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.spent, self.steps = spent(self.directory, initial_epoch)
         self.initial_steps = self.steps
         self.stopped = False
+        self.until = self.seconds
         self._start = None
         self._last_set = -math.inf
 
@@ -78,6 +80,9 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         self._start = time.perf_counter()
+
+    def on_train_end(self, logs=None) -> None:
+        self.spent, self._start = self.elapsed(), None
 
     def _set_rate(self, rate: float) -> None:
         optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # loss scaling wraps it
@@ -100,8 +105,9 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         self.steps += 1
-        if self.elapsed() >= self.seconds:
-            self.stopped = True
+        elapsed = self.elapsed()
+        if elapsed >= self.until:
+            self.stopped = elapsed >= self.seconds
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:

@@ -35,6 +35,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.directory = Path(directory)
         self.run_config = dict(run_config)
         self.state_path = self.directory / "state.json"
+        self.saved = None  # the model `restore` loaded into: what each epoch saves, whichever model `fit` runs
 
     def check(self) -> tuple[int, Path | None]:
         """The newest checkpoint's (epoch, weights file), (0, None) when none; raises CheckpointError when it
@@ -68,6 +69,7 @@ class Checkpoint(keras.callbacks.Callback):
 
     def restore(self, model: keras.Model) -> int:
         """Loads the newest checkpoint into `model` (and its optimizer); returns its epoch (0: none)."""
+        self.saved = model
         epoch, weights = self.check()
         if not epoch:
             return 0
@@ -89,7 +91,7 @@ class Checkpoint(keras.callbacks.Callback):
         tmp = self.directory / f".tmp-{name}"
         try:
             with _without_mesh(), disk_full_names(self.directory / name):
-                self.model.save_weights(tmp)
+                (self.saved or self.model).save_weights(tmp)
             os.replace(tmp, self.directory / name)
         except BaseException:  # a full disk: no half-written file left beside the last good checkpoint
             tmp.unlink(missing_ok=True)

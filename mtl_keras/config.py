@@ -128,6 +128,10 @@ class OptimConfig:
     epochs: int = _field(10)
     # Wall-clock seconds of training (budget.py): the schedule follows the elapsed share and --epochs is a cap.
     time_budget: float | None = _field(None, before=None)
+    # Progressive resolution (modeling.at_resolution): the first progressive_share of training (of the time
+    # budget, else of the epochs) on images resized to progressive_size inside the model, then at full size.
+    progressive_size: int = _field(0, before=0)  # 0: off
+    progressive_share: float = _field(0.5, before=0.5)
     batch_size: int = _field(128)
     learning_rate: float = _field(1e-3)
     weight_decay: float = _field(0.05)

@@ -95,6 +95,27 @@ def _valid_stem_init(values: dict) -> bool:
     return True
 
 
+def _valid_progressive(values: dict) -> bool:
+    """--progressive_size: a ViT (its position embedding resizes), one model (no stateful weighting, replicas or
+    processes), at a size its patches divide."""
+    size = values["progressive_size"]
+    if not size:
+        return True
+    if values["model"] != "vit":
+        raise flags.ValidationError(f"--progressive_size needs --model=vit (got --model={values['model']})")
+    patch = int(values["variant"].partition("/")[2] or 0)
+    if patch and size % patch:
+        raise flags.ValidationError(f"--progressive_size={size} is not a multiple of the patch size {patch} of "
+                                    f"--variant={values['variant']}")
+    if weightings.get(values["loss_weighting"]).stateful:
+        raise flags.ValidationError(f"--progressive_size works with --loss_weighting=fixed (got "
+                                    f"--loss_weighting={values['loss_weighting']})")
+    if values["distribution"] not in ("auto", "none"):
+        raise flags.ValidationError(f"--progressive_size trains on one device: use --distribution=none (got "
+                                    f"--distribution={values['distribution']})")
+    return True
+
+
 def _valid_loss_weighting(values: dict) -> bool:
     # A stateful weighting balances two task losses; a single-task run has one.
     if weightings.get(values["loss_weighting"]).stateful and values["task"] != "mtl":
@@ -240,6 +261,14 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
             "follow the elapsed share of the budget, training stops at the first step past it, and --epochs is "
             "only a cap. Unset: a fixed number of epochs.", lower_bound=0.0)
     d.validator("time_budget", lambda v: v is None or v > 0, "--time_budget must be a positive number of seconds")
+    d.integer("progressive_size", _D.progressive_size, "Progressive resolution (--model=vit): train the first "
+              "--progressive_share of the run (of --time_budget, else of --epochs) on the images resized to this "
+              "square size inside the model (a multiple of the patch size, below the image size), then at the full "
+              "size. Every weight is shared; the position embedding is resized to the smaller token grid. "
+              "0: off.", lower_bound=0)
+    d.float("progressive_share", _D.progressive_share, "--progressive_size: the share of training at the smaller "
+            "size, strictly between 0 and 1.")
+    d.validator("progressive_share", lambda v: 0 < v < 1, "--progressive_share must lie strictly between 0 and 1")
     d.integer("batch_size", _D.batch_size, "Global batch size.", lower_bound=1)
     d.float("learning_rate", _D.learning_rate, "Peak learning rate (see --lr_schedule and --optimizer).",
             lower_bound=0.0)
@@ -301,6 +330,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     d.multi_flags_validator(["task", "coarse_head"], _valid_coarse_head)
     d.multi_flags_validator(["model", "variant"], _valid_variant)
     d.multi_flags_validator(["model", "stem_init"], _valid_stem_init)
+    d.multi_flags_validator(["model", "variant", "progressive_size", "loss_weighting", "distribution"],
+                            _valid_progressive)
 
 
 def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

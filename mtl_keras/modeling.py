@@ -10,6 +10,7 @@ Backend-agnostic (no TensorFlow import), so the same code builds and compiles on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import keras
@@ -78,7 +79,12 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
                       stem_sample=stem_sample)
     finally:
         keras.config.set_dtype_policy(previous)
-    heads = heads_for(model_config, num_classes)
+    compile_model(model, model_config, optim, num_classes, make_optimizer(optim, steps_per_epoch))
+    return model
+
+
+def make_optimizer(optim: OptimConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimisation section's optimizer with its learning-rate schedule."""
     total = optim.epochs * steps_per_epoch
     warmup = min(int(optim.warmup_epochs * steps_per_epoch), total - 1)
     if optim.time_budget:  # a plain rate that budget.TimeBudget sets before each step from the elapsed time
@@ -103,6 +109,13 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
     else:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=optim.weight_decay, **extra)
         optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+    return optimizer
+
+
+def compile_model(model: keras.Model, model_config: ModelConfig, optim: OptimConfig, num_classes: Mapping[str, int],
+                  optimizer: keras.optimizers.Optimizer) -> None:
+    """Compiles `model` with `optimizer`, the per-head losses of `optim.loss_weighting` and the metrics."""
+    heads = heads_for(model_config, num_classes)
     loss, loss_weights = losses.compile_losses(model, list(heads), optim.loss_weighting,
                                                label_smoothing=optim.label_smoothing,
                                                **weightings.settings(optim.loss_weighting, vars(optim)))
@@ -113,4 +126,38 @@ def build_and_compile(model_config: ModelConfig, optim: OptimConfig, num_classes
     # without a head's label does not count for it); without sample weights they are the plain ones.
     model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, weighted_metrics=metrics,
                   jit_compile=optim.jit_compile)
-    return model
+
+
+def at_resolution(model: keras.Model, size: int) -> keras.Model:
+    """`model`'s layers, every weight shared, on its input images resized to `size` x `size` inside the model
+    (bilinear): progressive resolution trains this first, then `model` itself. The input is `model`'s, so the
+    input pipeline is the same at both sizes; a ViT's position embedding is resized to the smaller token grid
+    (transformer.AddPositionEmbedding). Run it inside `free_input_shapes(model)`: Keras checks each call of a
+    functional model against the image size it was built for."""
+    [image] = model.inputs
+    inputs = keras.Input(image.shape[1:], dtype=image.dtype, name=image.name)
+    resized = keras.layers.Resizing(size, size, name=f"resize_{size}")(inputs)
+    with free_input_shapes(model):
+        outputs = model(resized)
+    return keras.Model(inputs, outputs, name=f"{model.name}_{size}px")
+
+
+@contextlib.contextmanager
+def free_input_shapes(model: keras.Model):
+    """Inside the block, `model` and the functional models in it accept inputs of any image size."""
+    nested = [model, *(layer for layer in model._flatten_layers(include_self=False)
+                       if isinstance(layer, keras.Model))]
+    saved = [m.__dict__.get("_manual_input_spec", _UNSET) for m in nested]
+    for m in nested:
+        m.input_spec = None
+    try:
+        yield
+    finally:
+        for m, spec in zip(nested, saved):
+            if spec is _UNSET:
+                del m._manual_input_spec
+            else:
+                m.input_spec = spec
+
+
+_UNSET = object()

@@ -134,15 +134,38 @@ def _build_before_tracing(model, train_ds) -> None:
         model._symbolic_build(data_batch=train_ds.element_spec)
 
 
+def _phases(model, config: TrainConfig, num_classes, initial_epoch: int, budget) -> list[tuple]:
+    """(model to fit, last epoch, seconds of the budget where the fit stops) for each part of training still to
+    run: one, or under --progressive_size the same weights at the smaller size first (modeling.at_resolution)."""
+    from mtl_keras.modeling import at_resolution, compile_model
+
+    optim = config.optim
+    whole = [(model, optim.epochs, budget.seconds if budget else None)]
+    if not optim.progressive_size:
+        return whole
+    if budget:
+        if budget.spent >= optim.progressive_share * budget.seconds:
+            return whole
+        switch = (optim.epochs, optim.progressive_share * budget.seconds)
+    else:
+        switch = (round(optim.progressive_share * optim.epochs), None)
+        if initial_epoch >= switch[0]:
+            return whole
+    small = at_resolution(model, optim.progressive_size)
+    compile_model(small, config.model, optim, num_classes, model.optimizer)
+    return [(small, *switch), *whole]
+
+
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,
-         initial_epoch: int) -> tuple[float, int, dict]:
+         initial_epoch: int, num_classes) -> tuple[float, int, dict]:
     """Fits from `initial_epoch` (restored from `checkpoint`) to --epochs or the end of --time_budget; returns
-    seconds spent in fit, epochs run and, under a time budget, its record for metrics.json (else {})."""
+    seconds spent in fit, epochs run and records for metrics.json (the time budget's, progressive resolution's)."""
     import keras
 
     from mtl_keras import console, losses
     from mtl_keras.budget import TimeBudget
     from mtl_keras.callbacks import NanGuard, TensorBoardScalars, trim_history
+    from mtl_keras.modeling import free_input_shapes
 
     if initial_epoch:
         print(f"Resumed from epoch {initial_epoch} ({checkpoint.state_path})")
@@ -158,22 +181,35 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
         if initial_epoch and budget.exhausted:
             print(f"--time_budget={optim.time_budget:g} s was spent by epoch {initial_epoch}: nothing left to train")
     epochs_done = initial_epoch
-    if initial_epoch < epochs and not (budget and budget.exhausted):
+    records = {}
+    for fit_model, last_epoch, until in _phases(model, config, num_classes, initial_epoch, budget):
+        if epochs_done >= last_epoch or budget and budget.exhausted or guard.failure:
+            continue
+        if budget:
+            budget.until = until
+        smaller = fit_model is not model
+        if smaller:
+            print(f"progressive resolution: {optim.progressive_size} x {optim.progressive_size} px until "
+                  + (f"{until:g} s of the budget" if budget else f"epoch {last_epoch}") + ", then full size")
         # In this order: the epoch's row is written before its checkpoint, so no checkpointed epoch lacks a row
         # (a kill between the two leaves a row that the resumed run trims, see trim_history); the budget's
         # seconds are recorded before the checkpoint too (budget.py).
         callbacks = [guard, *([budget] if budget else []),
                      *losses.weighting_callbacks(model, config.optim.loss_weighting),
-                     keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=initial_epoch > 0),
+                     keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=epochs_done > 0),
                      TensorBoardScalars(workdir / "tensorboard"),
                      checkpoint]
         verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
-        callbacks += console.epoch_clock(epochs, initial_epoch) if verbose == 2 else []
-        _build_before_tracing(model, train_ds)
-        # shuffle=False: the tf.data pipeline shuffles; Keras would only warn that it ignores shuffle=True.
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                            steps_per_epoch=steps, verbose=verbose, callbacks=callbacks, shuffle=False)
-        epochs_done = initial_epoch + len(history.epoch)
+        callbacks += console.epoch_clock(epochs, epochs_done) if verbose == 2 else []
+        with free_input_shapes(model) if smaller else contextlib.nullcontext():
+            _build_before_tracing(fit_model, train_ds)
+            # shuffle=False: the tf.data pipeline shuffles; Keras would only warn that it ignores shuffle=True.
+            history = fit_model.fit(train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=epochs_done,
+                                    steps_per_epoch=steps, verbose=verbose, callbacks=callbacks, shuffle=False)
+        epochs_done += len(history.epoch)
+        if smaller:
+            records["progressive"] = {"size": optim.progressive_size, "share": optim.progressive_share,
+                                      "epochs_at_size": epochs_done}
     if guard.failure:
         epoch, step, loss = guard.failure
         kept = f"the last good checkpoint is {checkpoint.state_path}" if checkpoint.state_path.is_file() else \
@@ -182,13 +218,13 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
                        "(try a lower --learning_rate or --grad_clip_norm)")
     seconds, epochs_run = time.time() - start, epochs_done - initial_epoch
     if budget is None:
-        return seconds, epochs_run, {}
+        return seconds, epochs_run, records
     if budget.stopped:
         print(f"--time_budget={optim.time_budget:g} s spent: stopped after {budget.steps} steps in epoch {epochs_done}")
-    return seconds, epochs_run, {"time_budget": {"seconds": optim.time_budget, "spent": round(budget.elapsed(), 1),
-                                                 "epochs": epochs_done, "steps": budget.steps,
-                                                 "steps_this_attempt": budget.steps - budget.initial_steps,
-                                                 "stopped_by_budget": budget.stopped}}
+    return seconds, epochs_run, records | {
+        "time_budget": {"seconds": optim.time_budget, "spent": round(budget.elapsed(), 1), "epochs": epochs_done,
+                        "steps": budget.steps, "steps_this_attempt": budget.steps - budget.initial_steps,
+                        "stopped_by_budget": budget.stopped}}
 
 
 def _export(model, serving: ServingConfig, workdir: Path, splits) -> dict:
@@ -247,6 +283,13 @@ def run(config: TrainConfig) -> dict:
     splits = datasets.prepare(data, seed)
     train = splits.train
     evaluate.check_validation(config.model, len(splits.val), config_lib.ModelConfig.hedge_target)
+    size = optim.progressive_size
+    if size and not size < min(train.images.shape[1:3]):
+        raise RunError(f"--progressive_size={size} must be below the images' size {train.images.shape[1]} x "
+                       f"{train.images.shape[2]} (it is the smaller size trained first)")
+    if size and replicas > 1:
+        raise RunError(f"--progressive_size trains on one device, not the {replicas} replicas of "
+                       f"--distribution={optim.distribution}: use --distribution=none")
     if len(train) < optim.batch_size:
         raise RunError(f"--batch_size={optim.batch_size} exceeds the {len(train)} training examples")
     if not len(splits.test):  # found after training, it crashed the test pass and lost the model
@@ -311,8 +354,8 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     atomic.write_text(workdir / "flags.txt", flagfile_text(config))
     atomic.write_text(workdir / "config.json", json.dumps(config_lib.flat(config), indent=1) + "\n")
     atomic.write_text(workdir / "classes.json", json.dumps(class_names(info), indent=1) + "\n")
-    train_seconds, epochs_run, budget_record = _fit(model, config, workdir, train_ds, val_ds, steps, checkpoint,
-                                                    initial_epoch)
+    train_seconds, epochs_run, fit_records = _fit(model, config, workdir, train_ds, val_ds, steps, checkpoint,
+                                                  initial_epoch, info.num_classes)
     group = processes.active()
     if group:  # every process's weights digest; then process 0 goes on alone
         digests = processes.finish(model)
@@ -347,8 +390,11 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     if group:
         metrics |= {"processes": group.num_processes, "weights_sha256": digests}
     metrics["train_seconds"] = round(train_seconds, 1)
-    trained = budget_record["time_budget"]["steps_this_attempt"] * optim.batch_size if budget_record else None
-    metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds, trained) | budget_record
+    budget = fit_records.get("time_budget")
+    trained = budget["steps_this_attempt"] * optim.batch_size if budget else None
+    metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds, trained) | fit_records
+    if optim.progressive_size:  # forward_gflops is the full size's; images trained at the smaller size cost less
+        metrics["train_gflops"] = None
     evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}

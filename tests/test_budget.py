@@ -81,8 +81,9 @@ def test_a_resumed_run_continues_the_same_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(budget.time, "perf_counter", clock)
     first, _ = _fit(tmp_path, clock, seconds=10.0, epochs=2)  # a run killed after its second epoch
     assert not first.stopped and first.steps == 8
+    assert budget.spent(tmp_path / "checkpoints", 2) == (8.0, 8)  # what the resumed run starts from
     second, rates = _fit(tmp_path, clock, seconds=10.0, initial_epoch=2)
-    assert second.spent == 8.0 and second.steps == 10
+    assert second.spent == 10.0 and second.steps == 10 and second.initial_steps == 8
     assert len(rates) == 2 and second.stopped  # only the 2 s left of the budget
     # The rate carries on from where the budget stood, not from the start of the warmup.
     assert rates == pytest.approx([budget.learning_rate(f, 1e-2, 0.2, "cosine") for f in (0.8, 0.9)], rel=1e-5)
@@ -124,3 +125,25 @@ def test_train_stops_at_the_budget_records_it_and_a_rerun_trains_no_further(tmp_
     assert again["time_budget"]["steps"] == record["steps"] and again["epochs_run"] == 0
     with pytest.raises(MtlError, match="time_budget"):  # another budget is another run
         train.run(config.make(**{**settings, "time_budget": 60.0}))
+
+
+@pytest.mark.slow  # fits a one-layer model (the fast tier fits nothing)
+def test_one_budget_runs_on_across_two_fits_and_until_ends_the_first_early(tmp_path, monkeypatch):
+    """Progressive resolution's two sizes: the first fit stops at `until`, the second carries on the clock."""
+    clock = _Clock()
+    monkeypatch.setattr(budget.time, "perf_counter", clock)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.AdamW(0.0), loss="mse")
+    x, y = np.ones((32, 4), "float32"), np.zeros((32, 2), "float32")
+    timer = budget.TimeBudget(10.0, 1e-2, 0.2, "cosine", tmp_path / "checkpoints")
+    timer.until = 3.0
+    first = _Rates()
+    model.fit(x, y, batch_size=8, epochs=10, verbose=0, callbacks=[clock, timer, first])
+    assert len(first.rates) == 3 and not timer.stopped and timer.spent == 3.0  # ended early, not by the budget
+    clock.now += 5.0  # time between the two fits (outside fit, not training) is not counted
+    timer.until = timer.seconds
+    second = _Rates()
+    model.fit(x, y, batch_size=8, epochs=10, initial_epoch=1, verbose=0, callbacks=[clock, timer, second])
+    assert timer.stopped and timer.steps == 10 and len(second.rates) == 7
+    assert second.rates == pytest.approx([budget.learning_rate(s / 10.0, 1e-2, 0.2, "cosine") for s in range(3, 10)],
+                                         rel=1e-5)

@@ -8,6 +8,7 @@ names are part of the contract: checkpoints and .keras files of earlier versions
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -22,7 +23,13 @@ def gelu_tanh(x):
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
 class AddPositionEmbedding(layers.Layer):
-    """Adds a learned position embedding to a [batch, tokens, width] sequence."""
+    """Adds a learned position embedding to a [batch, tokens, width] sequence.
+
+    On a sequence of another length than it was built for (a square token grid of another side: the same trunk
+    on smaller images, `modeling.at_resolution`), the embedding is read as its square grid and resized
+    bilinearly to the new grid (as FlexiViT and DeiT resize position embeddings), so the one weight trains at
+    both sizes.
+    """
 
     def __init__(self, initializer_stddev: float = 0.02, **kwargs):
         super().__init__(**kwargs)
@@ -34,10 +41,25 @@ class AddPositionEmbedding(layers.Layer):
             initializer=keras.initializers.TruncatedNormal(stddev=self.initializer_stddev))
 
     def call(self, x):
-        return x + ops.cast(self.embedding, x.dtype)
+        embedding = self.embedding
+        if x.shape[1] is not None and x.shape[1] != embedding.shape[1]:
+            embedding = resized_grid(embedding, x.shape[1])
+        return x + ops.cast(embedding, x.dtype)
 
     def get_config(self):
         return {**super().get_config(), "initializer_stddev": self.initializer_stddev}
+
+
+def resized_grid(embedding, tokens: int):
+    """A [1, side * side, width] embedding of a square token grid, resized bilinearly to `tokens` (a square)."""
+    side, new = math.isqrt(embedding.shape[1]), math.isqrt(tokens)
+    if side * side != embedding.shape[1] or new * new != tokens:
+        raise ValueError(f"a position embedding of {embedding.shape[1]} tokens cannot be resized to {tokens}: both "
+                         "must be square token grids")
+    width = embedding.shape[2]
+    grid = ops.reshape(embedding, (1, side, side, width))
+    grid = ops.image.resize(grid, (new, new), interpolation="bilinear", antialias=False)
+    return ops.reshape(grid, (1, tokens, width))
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")

@@ -15,6 +15,7 @@ for row in "$@"; do
     whitened) extra="--stem_init=whitened" ;;
     batch128) extra="--batch_size=128 --learning_rate=2.8e-3" ;;
     wider) extra="--variant=Mi/4" ;;
+    progressive) extra="--progressive_size=24 --progressive_share=0.5" ;;
     muon_alt_flip) extra="--optimizer=muon --augment=alt_flip_crop" ;;
     muon_alt_flip_whitened) extra="--optimizer=muon --augment=alt_flip_crop --stem_init=whitened" ;;
     *) echo "run.sh: unknown row $row" >&2; exit 2 ;;

@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 FLAGS = {"budget": "", "muon": "--optimizer=muon", "alt_flip": "--augment=alt_flip_crop",
          "whitened": "--stem_init=whitened", "batch128": "--batch_size=128 --learning_rate=2.8e-3",
          "wider": "--variant=Mi/4",
+         "progressive": "--progressive_size=24 --progressive_share=0.5",
          "muon_alt_flip": "--optimizer=muon --augment=alt_flip_crop",
          "muon_alt_flip_whitened": "--optimizer=muon --augment=alt_flip_crop --stem_init=whitened"}
 HEADER = ["| row | seed | fine % | coarse % | consistency % | epochs | steps | train s | images/s | change | machine |",
