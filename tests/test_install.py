@@ -44,7 +44,10 @@ def test_installed_command_lists_trains_exports_checks_and_predicts_outside_the_
     assert not any(noise in proc.stdout + proc.stderr for noise in TF_NOISE), proc.stderr[-3000:]
     # Every check the export runs passed: three parity pairs, then the int8 gate, then the overall verdict.
     assert sum(line.strip() == "PASS" for line in lines) == 4, proc.stdout[-3000:]
-    assert any(line.startswith("int8 fine: test accuracy ") for line in lines), proc.stdout[-3000:]
+    # The int8 model ships only where it runs faster than fp32, measured on this machine at this moment: either
+    # its accuracy check, or the one line that says why it was not shipped (seen at 1.00x on a loaded 2-core box).
+    assert any(line.startswith("int8 fine: test accuracy ") for line in lines) or any(
+        line.startswith("int8: not shipped: model.int8.onnx runs at ") for line in lines), proc.stdout[-3000:]
     metrics = json.loads((trained_run.work / "metrics.json").read_text())
     # README: 93.65 % fine / 94.65 % coarse on this CPU (deterministic here); 10-class chance is 10 %. The bound
     # leaves room for another CPU's float order.
