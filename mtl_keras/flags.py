@@ -103,8 +103,13 @@ def _valid_progressive(values: dict) -> bool:
         return True
     if values["model"] != "vit":
         raise flags.ValidationError(f"--progressive_size needs --model=vit (got --model={values['model']})")
-    patch = int(values["variant"].partition("/")[2] or 0)
-    if patch and size % patch:
+    from mtl_keras.models.vit import parse_variant  # Keras: only when checked
+
+    try:
+        patch = parse_variant(values["variant"])[-1]
+    except ValueError:
+        return True  # --variant's own validator names the bad variant
+    if size % patch:
         raise flags.ValidationError(f"--progressive_size={size} is not a multiple of the patch size {patch} of "
                                     f"--variant={values['variant']}")
     if weightings.get(values["loss_weighting"]).stateful:
