@@ -21,7 +21,9 @@ FLAGS = {"budget": "", "muon": "--optimizer=muon", "alt_flip": "--augment=alt_fl
          "wider": "--variant=Mi/4",
          "progressive": "--progressive_size=24 --progressive_share=0.5",
          "muon_alt_flip": "--optimizer=muon --augment=alt_flip_crop",
-         "muon_alt_flip_whitened": "--optimizer=muon --augment=alt_flip_crop --stem_init=whitened"}
+         "muon_alt_flip_whitened": "--optimizer=muon --augment=alt_flip_crop --stem_init=whitened",
+         "muon_alt_flip_progressive": "--optimizer=muon --augment=alt_flip_crop --progressive_size=24 "
+                                      "--progressive_share=0.5"}
 HEADER = ["| row | seed | fine % | coarse % | consistency % | epochs | steps | train s | images/s | change | machine |",
           "|" + " --- |" * 11]
 EARLIER = "AMD EPYC (Zen 4), 2 cores"  # the machine of the rows written before the table named machines
