@@ -4,17 +4,24 @@
         --results_dir=results/cifar10_study/budget_a
     mtl-keras experiments --grid='cifar10_study/b_*' --seeds=0 \
         --results_dir=results/cifar10_study/budget_b
-    python benchmarks/cifar10_study.py --results=results/cifar10_study
+    python benchmarks/cifar10_study.py --results=results/cifar10_study --levers=results/cifar10_cpu \
+        --recipe=muon_alt_flip
 
 Writes RESULTS/study.md and study.csv (one row per flagfile, with the command that trains it) and scaling.png:
 test error against training compute for the ViT sizes and budgets, with a power-law fit err = a * C^-b over the
 ViT (conv stem, default recipe) rows. The fit's value at a larger compute is an extrapolation, printed as one.
+
+With --levers, the 15-minute lever runs (results/cifar10_cpu/runs/ROW/seedS/metrics.json) join the view: the
+`budget` row is the default recipe at a larger budget, so it joins the fit; the --recipe row is a changed recipe
+measured at one compute only, so it gets the family's exponent through its own points (an assumption, drawn and
+printed as one).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -27,7 +34,7 @@ SCALING_ROWS = ("a_vit_pico4", "a_vit_mu4", "a_vit_mi4", "a_vit_xs4")
 
 
 def in_scaling_family(experiment: str) -> bool:
-    return experiment in SCALING_ROWS or experiment.startswith("b_vit_")
+    return experiment in SCALING_ROWS or experiment.startswith("b_vit_") or experiment == "15 min: budget"
 COLUMNS = ("fine_accuracy_mean_pct", "coarse_accuracy_mean_pct", "hierarchy_consistency_mean_pct",
            "train_seconds_mean", "train_images_per_second_mean", "parameters_mean", "train_gflops_mean")
 
@@ -40,6 +47,27 @@ def read_rows(results: Path) -> list[dict]:
             with open(path, newline="") as f:
                 rows += [{"budget": budget, **r} for r in csv.DictReader(f) if r["task"] == "mtl"]
     return rows
+
+
+def read_levers(levers: Path) -> list[dict]:
+    """One row per lever with its mean fine accuracy and training compute over seeds (rows whose compute is not
+    recorded, e.g. progressive resolution, are left out)."""
+    rows = []
+    for run in sorted(p for p in (levers / "runs").iterdir() if p.is_dir()):
+        metrics = [json.loads(m.read_text()) for m in sorted(run.glob("seed*/metrics.json"))]
+        metrics = [m for m in metrics if m.get("train_gflops")]
+        if metrics:
+            rows.append({"budget": "levers", "experiment": f"15 min: {run.name}", "lever": run.name,
+                         "seeds": len(metrics),
+                         "fine_accuracy_mean_pct": str(100 * np.mean([m["fine_accuracy"] for m in metrics])),
+                         "train_gflops_mean": str(np.mean([m["train_gflops"] for m in metrics]))})
+    return rows
+
+
+def shifted(rows: list[dict], exponent: float) -> float:
+    """a of error = a * GFLOPs^-exponent through the given rows (geometric mean in log space)."""
+    return float(np.exp(np.mean([np.log(1 - _num(r["fine_accuracy_mean_pct"]) / 100)
+                                 + exponent * np.log(_num(r["train_gflops_mean"])) for r in rows])))
 
 
 def _num(text: str) -> float | None:
@@ -75,7 +103,8 @@ def write_table(rows: list[dict], results: Path) -> None:
     (results / "study.md").write_text("\n".join(lines) + "\n")
 
 
-def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path, at: list[float]) -> None:
+def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path, at: list[float],
+                recipe: tuple[str, float] | None = None) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import ScalarFormatter
 
@@ -86,7 +115,8 @@ def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path, at
         if gflops is None or acc is None:
             continue
         family = in_scaling_family(r["experiment"])
-        ax.scatter(gflops, 100 - acc, color="tab:blue" if family else "tab:gray", marker="o" if family else "x")
+        color = "tab:green" if recipe and r.get("lever") == recipe[0] else "tab:blue" if family else "tab:gray"
+        ax.scatter(gflops, 100 - acc, color=color, marker="o" if family or color == "tab:green" else "x")
         ax.annotate(r["experiment"], (gflops, 100 - acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if fit:
         xs = np.geomspace(min(_num(r["train_gflops_mean"]) or 1 for r in rows) / 2, max([1e5, *at]) * 1.5, 50)
@@ -97,6 +127,14 @@ def scaling_png(rows: list[dict], fit: tuple[float, float] | None, out: Path, at
             ax.annotate(f"extrapolated: {100 * (1 - fit[0] * c ** -fit[1]):.1f} % at {c:,.0f} GFLOPs",
                         (c, 100 * fit[0] * c ** -fit[1]),
                         fontsize=7, color="tab:red", xytext=(-150, 10), textcoords="offset points")
+        if recipe:
+            ax.plot(xs, 100 * recipe[1] * xs ** -fit[1], ":", color="tab:green",
+                    label=f"{recipe[0]}: the same exponent through its points (an assumption)")
+            for c in at:
+                ax.scatter(c, 100 * recipe[1] * c ** -fit[1], facecolors="none", edgecolors="tab:green", s=60)
+                ax.annotate(f"extrapolated: {100 * (1 - recipe[1] * c ** -fit[1]):.1f} %",
+                            (c, 100 * recipe[1] * c ** -fit[1]), fontsize=7, color="tab:green",
+                            xytext=(-110, -14), textcoords="offset points")
         ax.legend(fontsize=7)
     ax.set(xscale="log", yscale="log", xlabel="training compute (GFLOPs, 3 x forward x images)",
            ylabel="fine-head test error % (CIFAR-10, 5,000 held-out images)",
@@ -112,19 +150,29 @@ def main() -> None:
     parser.add_argument("--results", default="results/cifar10_study")
     parser.add_argument("--at_gflops", type=float, action="append", default=[],
                         help="print the fit's extrapolated fine-head accuracy at this training compute")
+    parser.add_argument("--levers", help="results folder of the 15-minute lever runs (results/cifar10_cpu)")
+    parser.add_argument("--recipe", help="the lever row whose recipe is drawn with the family's exponent")
     args = parser.parse_args()
     results = Path(args.results)
     rows = read_rows(results)
     if not rows:
         sys.exit(f"cifar10_study: error: no budget_*/results.csv under {results}; run the experiment grids first")
     write_table(rows, results)
-    fit = power_law(rows)
-    scaling_png(rows, fit, results / "scaling.png", args.at_gflops)
+    levers = read_levers(Path(args.levers)) if args.levers else []
+    fit = power_law(rows + levers)
+    chosen = [r for r in levers if r["lever"] == args.recipe]
+    if args.recipe and not chosen:
+        sys.exit(f"cifar10_study: error: no lever row {args.recipe!r} with a recorded compute under {args.levers}")
+    recipe = (args.recipe, shifted(chosen, fit[1])) if chosen and fit else None
+    scaling_png(rows + levers, fit, results / "scaling.png", args.at_gflops, recipe)
     print(f"wrote {results / 'study.md'}, study.csv, scaling.png ({len(rows)} rows)")
     if fit:
         print(f"fit: fine error = {fit[0]:.3f} x GFLOPs^-{fit[1]:.4f}")
         for c in args.at_gflops:
             print(f"extrapolation at {c:,.0f} training GFLOPs: fine accuracy {100 * (1 - fit[0] * c ** -fit[1]):.1f} %")
+            if recipe:
+                print(f"  {recipe[0]} with the same exponent (an assumption): "
+                      f"{100 * (1 - recipe[1] * c ** -fit[1]):.1f} %")
 
 
 if __name__ == "__main__":
