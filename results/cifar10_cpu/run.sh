@@ -19,6 +19,7 @@ for row in "$@"; do
     muon_alt_flip) extra="--optimizer=muon --augment=alt_flip_crop" ;;
     muon_alt_flip_whitened) extra="--optimizer=muon --augment=alt_flip_crop --stem_init=whitened" ;;
     muon_alt_flip_progressive) extra="--optimizer=muon --augment=alt_flip_crop --progressive_size=24 --progressive_share=0.5" ;;
+    muon_alt_flip_progressive_whitened) extra="--optimizer=muon --augment=alt_flip_crop --progressive_size=24 --progressive_share=0.5 --stem_init=whitened" ;;
     *) echo "run.sh: unknown row $row" >&2; exit 2 ;;
   esac
   # shellcheck disable=SC2086

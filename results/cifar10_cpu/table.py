@@ -23,7 +23,9 @@ FLAGS = {"budget": "", "muon": "--optimizer=muon", "alt_flip": "--augment=alt_fl
          "muon_alt_flip": "--optimizer=muon --augment=alt_flip_crop",
          "muon_alt_flip_whitened": "--optimizer=muon --augment=alt_flip_crop --stem_init=whitened",
          "muon_alt_flip_progressive": "--optimizer=muon --augment=alt_flip_crop --progressive_size=24 "
-                                      "--progressive_share=0.5"}
+                                      "--progressive_share=0.5",
+         "muon_alt_flip_progressive_whitened": "--optimizer=muon --augment=alt_flip_crop --progressive_size=24 "
+                                               "--progressive_share=0.5 --stem_init=whitened"}
 HEADER = ["| row | seed | fine % | coarse % | consistency % | epochs | steps | train s | images/s | change | machine |",
           "|" + " --- |" * 11]
 EARLIER = "AMD EPYC (Zen 4), 2 cores"  # the machine of the rows written before the table named machines
