@@ -156,6 +156,18 @@ def _phases(model, config: TrainConfig, num_classes, initial_epoch: int, budget)
     return [(small, *switch), *whole]
 
 
+def _epochs_at_size(optim, checkpoints: Path, finished: int) -> int | None:
+    """For a run resumed after the switch of --progressive_size: the epochs its earlier attempts ran at the smaller
+    size. By epochs, the switch's epoch; under a budget, the first finished epoch whose recorded seconds reach the
+    budget's share (the smaller fit stops in that epoch); None where the records do not say."""
+    from mtl_keras import budget
+
+    if not optim.time_budget:
+        return round(optim.progressive_share * optim.epochs)
+    until = optim.progressive_share * optim.time_budget
+    return next((e for e in range(1, finished + 1) if budget.spent(checkpoints, e)[0] >= until), None)
+
+
 def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,
          initial_epoch: int, num_classes) -> tuple[float, int, dict]:
     """Fits from `initial_epoch` (restored from `checkpoint`) to --epochs or the end of --time_budget; returns
@@ -210,6 +222,9 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
         if smaller:
             records["progressive"] = {"size": optim.progressive_size, "share": optim.progressive_share,
                                       "epochs_at_size": epochs_done}
+    if optim.progressive_size and "progressive" not in records:  # resumed after the switch
+        records["progressive"] = {"size": optim.progressive_size, "share": optim.progressive_share,
+                                  "epochs_at_size": _epochs_at_size(optim, workdir / "checkpoints", initial_epoch)}
     if guard.failure:
         epoch, step, loss = guard.failure
         kept = f"the last good checkpoint is {checkpoint.state_path}" if checkpoint.state_path.is_file() else \

@@ -78,6 +78,20 @@ def test_phases_split_the_epochs_or_the_budget_at_the_share():
     assert _phases(model, off, HEADS, 0, None) == [(model, 10, None)]
 
 
+def test_a_run_resumed_after_the_switch_still_knows_its_epochs_at_the_smaller_size(tmp_path):
+    from mtl_keras.train import _epochs_at_size
+
+    common = ["--variant=Pico/4", "--progressive_size=16", "--epochs=10", "--progressive_share=0.3"]
+    assert _epochs_at_size(config_from_args(common).optim, tmp_path, 5) == 3
+    timed = config_from_args([*common, "--time_budget=100"])
+    # The budget's records of the earlier attempt: the share (30 s) was reached in epoch 3.
+    records = {str(e): {"seconds": 12.0 * e, "steps": 8 * e} for e in (1, 2, 3, 4)}
+    (tmp_path / budget.FILE).write_text(json.dumps(records))
+    assert _epochs_at_size(timed.optim, tmp_path, 4) == 3
+    (tmp_path / budget.FILE).unlink()
+    assert _epochs_at_size(timed.optim, tmp_path, 4) is None  # no records: not guessed
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model=cct", "--variant=Pico/3x1"], "--progressive_size needs --model=vit (got --model=cct)"),
     (["--variant=Mu/4", "--progressive_size=18"], "--progressive_size=18 is not a multiple of the patch size 4"),
@@ -144,6 +158,7 @@ def test_train_runs_the_smaller_size_first_then_the_full_size_within_the_budget(
     again = train.run(config.make(**settings))
     assert "nothing left to train" in capsys.readouterr().out and again["epochs_run"] == 0
     assert again["fine_accuracy"] == pytest.approx(metrics["fine_accuracy"])
+    assert again["progressive"] == steps  # read back from the budget's records, as no epoch ran at 16 px
     with pytest.raises(MtlError, match="progressive_size"):  # another size is another run
         train.run(config.make(**{**settings, "progressive_size": 8}))
 
