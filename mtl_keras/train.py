@@ -156,6 +156,18 @@ def _phases(model, config: TrainConfig, num_classes, initial_epoch: int, budget)
     return [(small, *switch), *whole]
 
 
+def _progressive_gflops(config: TrainConfig, info, forward_gflops: float, images: int, images_at_size: int) -> float:
+    """Training GFLOPs of a --progressive_size run's attempt, 3 x forward per image at the size it trained at: the
+    smaller size's forward pass is counted on the same architecture built at that size."""
+    from mtl_keras.modeling import build
+    from mtl_keras.models.flops import forward_flops
+
+    size = config.optim.progressive_size
+    small = forward_flops(build(config.model, info.num_classes, (size, size, 3), optim=config.optim,
+                                fine_to_coarse=info.fine_to_coarse)) / 1e9
+    return round(3 * (small * images_at_size + forward_gflops * (images - images_at_size)), 1)
+
+
 def _epochs_at_size(optim, checkpoints: Path, finished: int) -> int | None:
     """For a run resumed after the switch of --progressive_size: the epochs its earlier attempts ran at the smaller
     size. By epochs, the switch's epoch; under a budget, the first finished epoch whose recorded seconds reach the
@@ -213,6 +225,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
                      checkpoint]
         verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
         callbacks += console.epoch_clock(epochs, epochs_done) if verbose == 2 else []
+        steps_before = budget.steps if budget else 0
         with free_input_shapes(model) if smaller else contextlib.nullcontext():
             _build_before_tracing(fit_model, train_ds)
             # shuffle=False: the tf.data pipeline shuffles; Keras would only warn that it ignores shuffle=True.
@@ -220,11 +233,13 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
                                     steps_per_epoch=steps, verbose=verbose, callbacks=callbacks, shuffle=False)
         epochs_done += len(history.epoch)
         if smaller:
+            steps_at_size = budget.steps - steps_before if budget else len(history.epoch) * steps
             records["progressive"] = {"size": optim.progressive_size, "share": optim.progressive_share,
-                                      "epochs_at_size": epochs_done}
+                                      "epochs_at_size": epochs_done, "images_at_size": steps_at_size * optim.batch_size}
     if optim.progressive_size and "progressive" not in records:  # resumed after the switch
         records["progressive"] = {"size": optim.progressive_size, "share": optim.progressive_share,
-                                  "epochs_at_size": _epochs_at_size(optim, workdir / "checkpoints", initial_epoch)}
+                                  "epochs_at_size": _epochs_at_size(optim, workdir / "checkpoints", initial_epoch),
+                                  "images_at_size": 0}  # in this attempt
     if guard.failure:
         epoch, step, loss = guard.failure
         kept = f"the last good checkpoint is {checkpoint.state_path}" if checkpoint.state_path.is_file() else \
@@ -408,8 +423,10 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     budget = fit_records.get("time_budget")
     trained = budget["steps_this_attempt"] * optim.batch_size if budget else None
     metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds, trained) | fit_records
-    if optim.progressive_size:  # forward_gflops is the full size's; images trained at the smaller size cost less
-        metrics["train_gflops"] = None
+    if optim.progressive_size:  # forward_gflops is the full size's; the images trained at the smaller size cost less
+        images = trained if budget else steps * optim.batch_size * epochs_run
+        metrics["train_gflops"] = _progressive_gflops(config, info, metrics["forward_gflops"], images,
+                                                      metrics["progressive"]["images_at_size"])
     evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}

@@ -11,6 +11,7 @@ from absl import flags
 from mtl_keras import budget, config, modeling
 from mtl_keras.errors import MtlError
 from mtl_keras.flags import config_from_args, error_line
+from mtl_keras.models.flops import forward_flops
 from mtl_keras.models.transformer import AddPositionEmbedding
 
 HEADS = {"fine": 10, "coarse": 2}
@@ -146,19 +147,28 @@ def test_train_runs_the_smaller_size_first_then_the_full_size_within_the_budget(
     record, steps = metrics["time_budget"], metrics["progressive"]
     assert record["stopped_by_budget"] and record["spent"] >= 8.0, (record, steps)
     # At least one epoch at 16 px, stopped at 4 s, then at least one step at 32 px in an epoch of its own.
-    assert steps == {"size": 16, "share": 0.5, "epochs_at_size": steps["epochs_at_size"]}
+    assert steps == {"size": 16, "share": 0.5, "epochs_at_size": steps["epochs_at_size"],
+                     "images_at_size": steps["images_at_size"]}
     assert 1 <= steps["epochs_at_size"] < record["epochs"] == metrics["epochs_run"]
+    images = record["steps"] * 64
+    assert 0 < steps["images_at_size"] < images and steps["images_at_size"] % 64 == 0
+    # Training compute counts each image at the size it trained at: the 16 px pass of the same architecture.
+    heads = {h: len(metrics["accuracy_per_class"][h]) for h in ("fine", "coarse")}
+    small = forward_flops(modeling.build(config.make(variant="Pico/4").model, heads, (16, 16, 3))) / 1e9
+    full, at_size = metrics["forward_gflops"], steps["images_at_size"]
+    assert small < 0.5 * full  # a quarter of the tokens
+    assert metrics["train_gflops"] == pytest.approx(3 * (small * at_size + full * (images - at_size)), rel=1e-2)
     work = tmp_path / "w"
     history = (work / "history.csv").read_text().splitlines()
     assert [int(row.split(",")[0]) for row in history[1:]] == list(range(record["epochs"]))
     assert json.loads((work / "checkpoints" / "state.json").read_text())["epoch"] == record["epochs"]
     assert keras.models.load_model(work / "model.keras").input_shape == (None, 32, 32, 3)
-    assert metrics["train_gflops"] is None and metrics["fine_accuracy"] is not None
+    assert metrics["fine_accuracy"] is not None
     # The checkpoint holds the full-size model's weights: the rerun restores it and trains no further.
     again = train.run(config.make(**settings))
     assert "nothing left to train" in capsys.readouterr().out and again["epochs_run"] == 0
     assert again["fine_accuracy"] == pytest.approx(metrics["fine_accuracy"])
-    assert again["progressive"] == steps  # read back from the budget's records, as no epoch ran at 16 px
+    assert again["progressive"] == steps | {"images_at_size": 0}  # from the budget's records: nothing ran at 16 px
     with pytest.raises(MtlError, match="progressive_size"):  # another size is another run
         train.run(config.make(**{**settings, "progressive_size": 8}))
 
