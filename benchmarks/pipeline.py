@@ -5,7 +5,7 @@
     PYTHONPATH=. python benchmarks/pipeline.py feed [--dataset=folder --data_dir=ROOT]   # tf_data vs host
 
 `feed` compares the two input pipelines (--input_pipeline=tf_data and host) feeding the CPU config's model
-(the mtl_vit_c10_cpu config; default data: the built-in shapes set, any train flag overrides): images/s of
+(the AdamW recipe of cifar10_study/b_vit_mu4_e18_tta; default data: the built-in shapes set, any train flag overrides): images/s of
 `model.fit` steps after a warm-up epoch, so the model's step time is included, as in training.
 
 Data: the built-in `shapes` set (CIFAR-shaped, 32x32x3) and Fashion-MNIST (28x28x1, skipped when the
@@ -135,7 +135,7 @@ def feed_benchmarks(argv: list[str]) -> None:
     from mtl_keras.data import feeds
     from mtl_keras.modeling import build_and_compile
 
-    config = mtl_flags.config_from_args(["--config=mtl_vit_c10_cpu", "--dataset=shapes", *argv])
+    config = mtl_flags.config_from_args(["--config=cifar10_study/b_vit_mu4_e18_tta", "--dataset=shapes", *argv])
     splits = datasets.prepare(config.data, config.run.seed)
     bs = config.optim.batch_size
     print(f"model.fit fed by each input pipeline: {config.model.model} {config.model.variant}, batch {bs}, augment "

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = ["--config=mtl_vit_c10_cpu", "--dataset=shapes", "--noexport", "--notta_flip"]
+MODEL = ["--config=cifar10_study/b_vit_mu4_e18_tta", "--dataset=shapes", "--noexport", "--notta_flip"]
 # mode: (backend, extra flags, processes, env)
 MODES = {
     "one": ("jax", ["--distribution=none"], 1, {}),

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The 15-minute CPU recipe's levers on CIFAR-10, each at the same --time_budget=900 (15 min of training) on the
-# carved split of configs/mtl_vit_c10_cpu.flags (the 50,000 training images as a folder tree, DATA, default
+# carved split of the AdamW recipe that the CPU config had before these levers, cifar10_study/b_vit_mu4_e18_tta
+# (the 50,000 training images as a folder tree, DATA, default
 # data/cifar10; 10 % of each class held out as test and 10 % as validation with a fixed seed). One row is the
 # config under the budget plus one change; --epochs=36 --warmup_epochs=2 keep the config's warmup share (1/18)
 # and cap no run (about 23 epochs fit in 900 s here).
@@ -23,6 +24,6 @@ for row in "$@"; do
     *) echo "run.sh: unknown row $row" >&2; exit 2 ;;
   esac
   # shellcheck disable=SC2086
-  python3 -m mtl_keras.train --config=mtl_vit_c10_cpu --data_dir="${DATA:-data/cifar10}" --time_budget=900 \
+  python3 -m mtl_keras.train --config=cifar10_study/b_vit_mu4_e18_tta --data_dir="${DATA:-data/cifar10}" --time_budget=900 \
     --epochs=36 --warmup_epochs=2 --noexport --seed="$seed" $extra --workdir="results/cifar10_cpu/runs/$row/seed$seed"
 done
