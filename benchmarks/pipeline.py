@@ -5,8 +5,8 @@
     PYTHONPATH=. python benchmarks/pipeline.py feed [--dataset=folder --data_dir=ROOT]   # tf_data vs host
 
 `feed` compares the two input pipelines (--input_pipeline=tf_data and host) feeding the CPU config's model
-(the AdamW recipe of cifar10_study/b_vit_mu4_e18_tta; default data: the built-in shapes set, any train flag overrides): images/s of
-`model.fit` steps after a warm-up epoch, so the model's step time is included, as in training.
+(its AdamW recipe, cifar10_study/b_vit_mu4_e18_tta; default data: the built-in shapes set, any train flag
+overrides): images/s of `model.fit` steps after a warm-up epoch, so the model's step time is included, as in training.
 
 Data: the built-in `shapes` set (CIFAR-shaped, 32x32x3) and Fashion-MNIST (28x28x1, skipped when the
 Debian package is absent). "1 core" runs the same pipeline with tf.data's thread pool and intra-op

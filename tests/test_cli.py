@@ -103,7 +103,7 @@ def test_the_configs_folder_command_works_from_any_folder(tmp_path, monkeypatch)
     # shipped config, and a real file of that path still wins.
     monkeypatch.chdir(tmp_path)
     cfg = config_from_args(["--flagfile=configs/mtl_vit_c10_cpu.flags"])
-    assert cfg == config_from_args(["--config=mtl_vit_c10_cpu"]) and cfg.optim.epochs == 18
+    assert cfg == config_from_args(["--config=mtl_vit_c10_cpu"]) and cfg.optim.time_budget == 900
     assert config_from_args(["--flagfile=configs/cifar10_study/a_vit_mu4.flags"]).model.variant == "Mu/4"
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "mtl_vit_c10_cpu.flags").write_text("--epochs=3\n")
