@@ -179,8 +179,9 @@ def test_a_checkpoint_written_at_the_smaller_size_holds_the_full_models_weights(
 
     model, _ = _model()
     small = modeling.at_resolution(model, 16)
-    modeling.compile_model(small, config_from_args(["--variant=Pico/4"]).model, config.OptimConfig(), HEADS,
-                           model.optimizer)
+    # Without XLA: what is checked is what the checkpoint holds, and compiling the step took most of the test.
+    modeling.compile_model(small, config_from_args(["--variant=Pico/4"]).model, config.OptimConfig(jit_compile=False),
+                           HEADS, model.optimizer)
     identity = config.identity(config_from_args(["--variant=Pico/4", "--progressive_size=16"]), "checkpoint")
     checkpoint = Checkpoint(tmp_path / "checkpoints", identity)
     assert checkpoint.restore(model) == 0  # nothing yet; the model to save from now on
