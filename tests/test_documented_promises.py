@@ -48,6 +48,9 @@ def test_an_int8_drop_beyond_the_limit_fails_the_verification():
     assert not failed.ok and failed.metrics()["onnx_parity_ok"] is False
     assert failed.problems == ["int8 fine: -1.5 points > 1.0"] and failed.text().endswith(
         "FAIL: int8 fine: -1.5 points > 1.0")
+    assert "int8 fine: test accuracy 60.00% -> 58.50% (-1.50 points)" in failed.text()
+    # An int8 model that scores higher reads as a gain, not as a doubled minus sign.
+    assert "int8 fine: test accuracy 60.00% -> 60.02% (+0.02 points)" in verification(-0.02).text()
 
 
 @pytest.mark.slow

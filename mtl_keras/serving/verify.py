@@ -73,7 +73,7 @@ class Verification:
     def text(self) -> str:
         lines = [r.table() for r in self.comparisons]
         lines += [f"int8 {head}: test accuracy {r['fp32_accuracy']:.2%} -> {r['int8_accuracy']:.2%} "
-                  f"(-{r['drop_points']} points)" for head, r in (self.int8 or {}).items()]
+                  f"({-r['drop_points']:+.2f} points)" for head, r in (self.int8 or {}).items()]
         return "\n".join(lines + ["PASS" if self.ok else "FAIL: " + "; ".join(self.problems)])
 
     def metrics(self) -> dict:
