@@ -156,16 +156,17 @@ def _phases(model, config: TrainConfig, num_classes, initial_epoch: int, budget)
     return [(small, *switch), *whole]
 
 
-def _progressive_gflops(config: TrainConfig, info, forward_gflops: float, images: int, images_at_size: int) -> float:
-    """Training GFLOPs of a --progressive_size run's attempt, 3 x forward per image at the size it trained at: the
-    smaller size's forward pass is counted on the same architecture built at that size."""
+def _smaller_size_gflops_saved(config: TrainConfig, info, forward_gflops: float, images_at_size: int) -> float:
+    """Training GFLOPs that counting the images trained under --progressive_size at the full size overstates:
+    3 x (full - smaller forward) per image, the smaller size's forward pass counted on the same architecture
+    built at that size."""
     from mtl_keras.modeling import build
     from mtl_keras.models.flops import forward_flops
 
     size = config.optim.progressive_size
     small = forward_flops(build(config.model, info.num_classes, (size, size, 3), optim=config.optim,
                                 fine_to_coarse=info.fine_to_coarse)) / 1e9
-    return round(3 * (small * images_at_size + forward_gflops * (images - images_at_size)), 1)
+    return 3 * (forward_gflops - small) * images_at_size
 
 
 def _epochs_at_size(optim, checkpoints: Path, finished: int) -> int | None:
@@ -206,6 +207,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
             print(f"--time_budget={optim.time_budget:g} s was spent by epoch {initial_epoch}: nothing left to train")
     epochs_done = initial_epoch
     records = {}
+    at_size = None  # (epochs done, images trained in this attempt) when the smaller size ran
     for fit_model, last_epoch, until in _phases(model, config, num_classes, initial_epoch, budget):
         if epochs_done >= last_epoch or budget and budget.exhausted or guard.failure:
             continue
@@ -234,12 +236,12 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
         epochs_done += len(history.epoch)
         if smaller:
             steps_at_size = budget.steps - steps_before if budget else len(history.epoch) * steps
-            records["progressive"] = {"size": optim.progressive_size, "share": optim.progressive_share,
-                                      "epochs_at_size": epochs_done, "images_at_size": steps_at_size * optim.batch_size}
-    if optim.progressive_size and "progressive" not in records:  # resumed after the switch
+            at_size = (epochs_done, steps_at_size * optim.batch_size)
+    if optim.progressive_size:  # without a smaller fit in this attempt it resumed after the switch
+        epochs_at_size, images_at_size = at_size or (
+            _epochs_at_size(optim, workdir / "checkpoints", initial_epoch), 0)
         records["progressive"] = {"size": optim.progressive_size, "share": optim.progressive_share,
-                                  "epochs_at_size": _epochs_at_size(optim, workdir / "checkpoints", initial_epoch),
-                                  "images_at_size": 0}  # in this attempt
+                                  "epochs_at_size": epochs_at_size, "images_at_size": images_at_size}
     if guard.failure:
         epoch, step, loss = guard.failure
         kept = f"the last good checkpoint is {checkpoint.state_path}" if checkpoint.state_path.is_file() else \
@@ -424,9 +426,8 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     trained = budget["steps_this_attempt"] * optim.batch_size if budget else None
     metrics |= compute_figures(model, steps * optim.batch_size, epochs_run, train_seconds, trained) | fit_records
     if optim.progressive_size:  # forward_gflops is the full size's; the images trained at the smaller size cost less
-        images = trained if budget else steps * optim.batch_size * epochs_run
-        metrics["train_gflops"] = _progressive_gflops(config, info, metrics["forward_gflops"], images,
-                                                      metrics["progressive"]["images_at_size"])
+        metrics["train_gflops"] = round(metrics["train_gflops"] - _smaller_size_gflops_saved(
+            config, info, metrics["forward_gflops"], metrics["progressive"]["images_at_size"]), 1)
     evaluate.save_predictions(workdir, truth, probs, info, consistent)  # after model.keras: experiments check order
 
     artifacts = {"workdir": str(workdir), "model": str(model_path)}
