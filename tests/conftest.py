@@ -114,6 +114,38 @@ def parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str
     return exit_.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
+def main_in_process(prog: str, args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of PROG's main (`export` or `check_onnx`) on ARGS, parsed by the flags its
+    define_*_flags defines, in this process: what `python -m mtl_keras.PROG ARGS` does once its flags parse, without
+    a new Python process and its TensorFlow import (seconds each). Each program keeps real CLI cases too."""
+    from absl import flags
+
+    from mtl_keras import check_onnx, export
+    from mtl_keras import flags as mtl_flags
+
+    define, program = {"export": (mtl_flags.define_export_flags, export),
+                       "check_onnx": (mtl_flags.define_check_flags, check_onnx)}[prog]
+    fv = flags.FlagValues()
+    define(fv)
+    fv([prog, *args])
+    monkeypatch.setattr(flags, "FLAGS", fv)  # main reads absl's global FLAGS, as under app.run
+    capsys.readouterr()
+    status = program.main([prog])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def predict_in_process(args: list, capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `mtl-keras predict ARGS` run by its main in this process (it parses its own
+    flags), without a new Python process; tests/test_predict.py keeps real CLI cases."""
+    from mtl_keras.serving import predict
+
+    capsys.readouterr()
+    status = predict.main(["predict", *map(str, args)])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
 def refused_in_process(args: list[str]) -> str:
     """The line `train ARGS` ends in when train.run refuses the parsed flags before training (what its main
     prints after `train: error: `); fails the test if the run is not refused with an MtlError."""

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, predict_in_process, run_module
 
 
 def test_train_help_lists_its_flags_with_their_help():
@@ -72,7 +72,7 @@ def test_tta_flip_reaches_the_trained_and_saved_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_reads_a_runs_model_keras(trained_run, tmp_path):
+def test_predict_reads_a_runs_model_keras(trained_run, tmp_path, capsys):
     import tensorflow as tf
 
     from mtl_keras.data.sources import shapes
@@ -80,10 +80,10 @@ def test_predict_reads_a_runs_model_keras(trained_run, tmp_path):
     images, fine, _ = shapes.generate(2, seed=4)
     for i, image in enumerate(images):
         (tmp_path / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
-    proc = run_module("mtl_keras.predict", f"--model={trained_run.work / 'model.keras'}", "--json",
-                      "--top_k=1", str(tmp_path / "0.png"), str(tmp_path / "1.png"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads(proc.stdout)
+    status, out, err = predict_in_process([f"--model={trained_run.work / 'model.keras'}", "--json", "--top_k=1",
+                                           tmp_path / "0.png", tmp_path / "1.png"], capsys)
+    assert status == 0, err[-2000:]
+    results = json.loads(out)
     assert [r["path"] for r in results] == [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
     for r in results:  # class names from the run's classes.json
         assert r["fine"][0]["class"] in shapes.FINE_NAMES and r["coarse"][0]["class"] in shapes.COARSE_NAMES

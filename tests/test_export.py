@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import run_module
+from conftest import main_in_process, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -135,14 +135,16 @@ def test_checker_fails_on_perturbed_onnx_weights(trained_run, tmp_path):
     assert "FAIL" in proc.stdout and "max |diff|" in proc.stdout
 
 
-def test_checker_missing_file_is_one_line(trained_run, tmp_path):
+def test_checker_missing_file_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
     version = _version_dir(trained_run)
-    proc = run_module("mtl_keras.check_onnx", f"--saved_model={version}", f"--onnx={tmp_path / 'none.onnx'}")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"check_onnx: error: --onnx={tmp_path / 'none.onnx'}: no such file"
-    proc = run_module("mtl_keras.check_onnx", f"--saved_model={tmp_path}", f"--onnx={version / 'model.onnx'}")
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].endswith(f"--saved_model={tmp_path}: no saved_model.pb there")
+    status, _, err = main_in_process("check_onnx", [f"--saved_model={version}", f"--onnx={tmp_path / 'none.onnx'}"],
+                                     capsys, monkeypatch)
+    assert status == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"check_onnx: error: --onnx={tmp_path / 'none.onnx'}: no such file"]
+    status, _, err = main_in_process("check_onnx", [f"--saved_model={tmp_path}", f"--onnx={version / 'model.onnx'}"],
+                                     capsys, monkeypatch)
+    assert status == 1
+    assert err.strip().splitlines() == [f"check_onnx: error: --saved_model={tmp_path}: no saved_model.pb there"]
 
 
 def test_versions_increment_and_never_overwrite(tmp_path):
@@ -171,13 +173,14 @@ def _swap_output_names(proto):
     return proto
 
 
-def test_checker_fails_on_swapped_output_names(trained_run, tmp_path):
+def test_checker_fails_on_swapped_output_names(trained_run, tmp_path, capsys, monkeypatch):
     version = _version_dir(trained_run)
     onnx.save(_swap_output_names(onnx.load(version / "model.onnx")), tmp_path / "swapped.onnx")
-    proc = run_module("mtl_keras.check_onnx", f"--saved_model={version}", f"--onnx={tmp_path / 'swapped.onnx'}")
+    status, _, err = main_in_process("check_onnx", [f"--saved_model={version}", f"--onnx={tmp_path / 'swapped.onnx'}"],
+                                     capsys, monkeypatch)
     # The class names travel with the export: loading the swapped file already finds them another model's.
-    assert proc.returncode == 1
-    assert "names 10 fine classes for the model's 3 fine outputs" in proc.stderr, proc.stderr[-2000:]
+    assert status == 1 and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert "names 10 fine classes for the model's 3 fine outputs" in err, err[-2000:]
 
 
 def _softmax_onnx(path, classes: dict[str, int]) -> None:
@@ -198,11 +201,11 @@ def _softmax_onnx(path, classes: dict[str, int]) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
-def test_checker_fails_on_other_class_count(trained_run, tmp_path):
+def test_checker_fails_on_other_class_count(trained_run, tmp_path, capsys, monkeypatch):
     _softmax_onnx(tmp_path / "other.onnx", {"fine": 5, "coarse": 3})
-    proc = run_module("mtl_keras.check_onnx", f"--saved_model={_version_dir(trained_run)}",
-                      f"--onnx={tmp_path / 'other.onnx'}")
-    assert proc.returncode == 1 and "fine: shape (32, 10) vs (32, 5)" in proc.stdout
+    status, out, _ = main_in_process("check_onnx", [f"--saved_model={_version_dir(trained_run)}",
+                                                    f"--onnx={tmp_path / 'other.onnx'}"], capsys, monkeypatch)
+    assert status == 1 and "fine: shape (32, 10) vs (32, 5)" in out
 
 
 def test_onnx_metadata_has_class_names_and_flags(trained_run):
@@ -291,7 +294,7 @@ def test_rest_style_json_body_through_the_signature(trained_run):
     np.testing.assert_allclose([sum(p["fine"]) for p in predictions], 1.0, rtol=1e-5)
 
 
-def test_export_cli_from_workdir_adds_a_version(trained_run, tmp_path):
+def test_export_cli_from_workdir_adds_a_version(trained_run, tmp_path, capsys, monkeypatch):
     work = trained_run.work
     # No --model_name: the run folder's name, resolved, so WORK/checkpoints/.. names the model "quickstart" (its
     # unresolved name '..' put the version outside --export_dir).
@@ -301,15 +304,16 @@ def test_export_cli_from_workdir_adds_a_version(trained_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (export / "quickstart" / "1" / "saved_model.pb").is_file() and sorted(tmp_path.iterdir()) == [export]
     assert not (export / "quickstart" / "1" / "model.int8.onnx").exists()
-    clash = run_module("mtl_keras.export", f"--workdir={work}", f"--export_dir={export}",
-                       "--model_name=quickstart", "--version=1", "--noint8")
-    assert clash.returncode == 1 and "exists" in clash.stderr.strip().splitlines()[-1]
-    missing = run_module("mtl_keras.export", f"--workdir={tmp_path / 'nowhere'}")
-    assert missing.returncode == 1 and "has no model.keras" in missing.stderr.strip().splitlines()[-1]
-    odd = run_module("mtl_keras.export", f"--workdir={tmp_path / 'run 1'}", f"--export_dir={export}")
-    assert odd.returncode == 1 and odd.stderr.strip().splitlines()[-1] == (
+    clash = [f"--workdir={work}", f"--export_dir={export}", "--model_name=quickstart", "--version=1", "--noint8"]
+    status, _, err = main_in_process("export", clash, capsys, monkeypatch)
+    assert status == 1 and len(err.strip().splitlines()) == 1 and "exists" in err, err[-2000:]
+    status, _, err = main_in_process("export", [f"--workdir={tmp_path / 'nowhere'}"], capsys, monkeypatch)
+    assert status == 1 and len(err.strip().splitlines()) == 1 and "has no model.keras" in err, err[-2000:]
+    status, _, err = main_in_process("export", [f"--workdir={tmp_path / 'run 1'}", f"--export_dir={export}"],
+                                     capsys, monkeypatch)
+    assert status == 1 and err.strip().splitlines() == [
         f"export: error: --workdir={tmp_path / 'run 1'}: its folder name 'run 1' cannot name the model; pass "
-        "--model_name=NAME (letters, digits, '_' or '-')")
+        "--model_name=NAME (letters, digits, '_' or '-')"]
 
 
 def test_failed_export_leaves_no_version_folder(tmp_path, monkeypatch):

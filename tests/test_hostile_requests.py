@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, require, run_module, subprocess_env
+from conftest import REPO, predict_in_process, require, subprocess_env
 
 PIL = require("PIL.Image")
 FINE, COARSE = 4, 2
@@ -169,18 +169,18 @@ def test_non_finite_pixels_are_refused_by_the_saved_model_and_nan_rows_in_onnx(e
 
 
 @pytest.mark.slow
-def test_predict_names_each_damaged_file_and_classifies_the_rest(exported, tmp_path):
+def test_predict_names_each_damaged_file_and_classifies_the_rest(exported, tmp_path, capsys):
     version, _ = exported
     files = {f"{case.replace(' ', '_')}.bin": batch[index] for case, (batch, index, _) in DAMAGED.items()}
     files |= {"ok.png": GOOD, "grey.png": _encoded(IMAGE[..., 0], "PNG"), "dot.png": _encoded(IMAGE[:1, :1], "PNG")}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    proc = run_module("mtl_keras.predict", f"--model={version}", *sorted(str(tmp_path / n) for n in files))
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("predict: error: ")]
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    status, out, err = predict_in_process([f"--model={version}", *sorted(str(tmp_path / n) for n in files)], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("predict: error: ")]
+    assert status == 1 and "Traceback" not in err
     assert sorted(line.split(": ")[2] for line in errors) == sorted(str(tmp_path / n) for n in files
-                                                                   if n.endswith(".bin")), proc.stderr
-    answered = [line for line in proc.stdout.splitlines() if ": fine=" in line]
+                                                                   if n.endswith(".bin")), err
+    answered = [line for line in out.splitlines() if ": fine=" in line]
     assert sorted(line.split(": ")[0] for line in answered) == sorted(str(tmp_path / n) for n in
                                                                       ("ok.png", "grey.png", "dot.png"))
 

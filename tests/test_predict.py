@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_module
+from conftest import predict_in_process, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +52,9 @@ def test_predict_text_output(trained_run, image_files):
     assert line.startswith(f"{image_files / 'a.png'}: fine=") and "  coarse=" in line and "%)" in line
 
 
-def test_predict_bad_model_path_is_one_line(tmp_path, image_files):
-    proc = run_module("mtl_keras.predict", f"--model={tmp_path}", str(image_files / "a.png"))
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (
+def test_predict_bad_model_path_is_one_line(tmp_path, image_files, capsys):
+    status, _, err = predict_in_process([f"--model={tmp_path}", image_files / "a.png"], capsys)
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
         f"predict: error: --model={tmp_path} is neither a .keras file, an .onnx file nor a SavedModel folder "
         f"(saved_model.pb)")

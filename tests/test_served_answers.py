@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import predict_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_predict_and_serving_bytes_see_the_same_pixels(exported, image_files, ar
         np.testing.assert_allclose(got, served[head], rtol=0, atol=1e-5)
 
 
-def test_served_pairs_are_the_pairs_evaluation_scores(exported, image_files):
+def test_served_pairs_are_the_pairs_evaluation_scores(exported, image_files, capsys):
     """serving_bytes's first names, predict's JSON (SavedModel and ONNX) and label all give evaluate.py's
     consistent pair; the test images include pairs where each head's argmax would contradict it."""
     import types
@@ -108,9 +108,9 @@ def test_served_pairs_are_the_pairs_evaluation_scores(exported, image_files):
     assert [c.decode() for c in served["label"]] == expected
     assert [c.decode() for c in served["level"]] == ["fine" if c else "coarse" for c in confident]
     for model in (version, version / "model.onnx"):
-        proc = run_module("mtl_keras.predict", f"--model={model}", "--json", "--batch_size=7", *image_files)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        results = json.loads(proc.stdout)
+        status, out, err = predict_in_process([f"--model={model}", "--json", "--batch_size=7", *image_files], capsys)
+        assert status == 0, err[-2000:]
+        results = json.loads(out)
         assert [(r["fine"][0]["class"], r["coarse"][0]["class"]) for r in results] == [
             (FINE[f], COARSE[c]) for f, c in zip(scored["fine"], scored["coarse"])]
         assert [r["label"] for r in results] == expected
@@ -148,14 +148,14 @@ def test_learned_pairs_say_when_they_contradict_the_hierarchy():
     assert [(a["fine"]["class"], a["coarse"]["class"]) for a in marginal] == [("c", "Y"), ("a", "X")]
 
 
-def test_a_short_class_list_is_one_line(exported, image_files, tmp_path):
+def test_a_short_class_list_is_one_line(exported, image_files, tmp_path, capsys):
     import shutil
 
     _, run = exported
     shutil.copy(run / "model.keras", tmp_path / "model.keras")
     (tmp_path / "classes.json").write_text(json.dumps({"fine": FINE[:3], "coarse": COARSE}))
-    proc = run_module("mtl_keras.predict", f"--model={tmp_path / 'model.keras'}", image_files[0])
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
+    status, _, err = predict_in_process([f"--model={tmp_path / 'model.keras'}", image_files[0]], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
         f"predict: error: {tmp_path / 'classes.json'} names 3 fine classes for the model's 5 fine outputs, so they "
         "are not this model's names; use the classes of the run that trained it")
