@@ -226,9 +226,10 @@ def test_without_tensorflow_train_killed_resumed_then_exported_with_parity(tmp_p
 
     _tree(tmp_path / "root", per_class=8)
     work = tmp_path / "w"
+    # With XLA, the default: on JAX --nojit_compile runs every op eagerly (this test alone took 81 s so, 33 s with it).
     flags = ["mtl_keras.train", "--dataset=folder", f"--data_dir={tmp_path / 'root'}", "--model=vit",
              "--variant=Pico/4", "--epochs=2", "--batch_size=8", "--augment=flip_crop", "--seed=2",
-             "--nojit_compile", f"--workdir={work}", f"--export_dir={tmp_path / 'export'}"]
+             f"--workdir={work}", f"--export_dir={tmp_path / 'export'}"]
     killed = _without_tf("--kill_after_epoch=2", *flags, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (work / "checkpoints").is_dir() and not (work / "model.keras").exists()
