@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Under pytest-xdist two workers share the 2-core machine with the subprocesses they start: each TensorFlow
 # process (a worker, a CLI run) then runs an op on one thread, so two processes do not oversubscribe the cores
-# (an idle thread of TensorFlow's pool spins a while before it sleeps). The same tests measured 5-8 % less CPU time
-# and 5 % less wall time (BUILD_NOTES.md, "CI"). A user's shell setting wins; a single test run keeps all threads.
+# (an idle thread of TensorFlow's pool spins a while before it sleeps). The same tests measured 7-8 % less CPU time
+# and 5-7 % less wall time (BUILD_NOTES.md, "CI"). A user's shell setting wins; a single test run keeps all threads.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(_name, "1")
@@ -98,9 +98,8 @@ def fast_tier_trains_and_exports_nothing(request, monkeypatch):
         monkeypatch.setattr(target, name, refused)
 
 
-def parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str]]:
-    """(exit status, stderr lines) of PROG's own flag parser (`parser_exiting_in_one_line` on the flags its
-    define_*_flags defines, as `app.run` calls it) on `args`: the CLI's parse without a new Python process."""
+def program_flags(prog: str):
+    """A fresh absl FlagValues holding the flags PROG (train, export, check_onnx, experiments) defines."""
     from absl import flags
 
     from mtl_keras import flags as mtl_flags
@@ -108,6 +107,15 @@ def parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str
     fv = flags.FlagValues()
     {"train": mtl_flags.define_train_flags, "export": mtl_flags.define_export_flags,
      "check_onnx": mtl_flags.define_check_flags, "experiments": mtl_flags.define_experiments_flags}[prog](fv)
+    return fv
+
+
+def parsed_in_process(prog: str, args: list[str], capsys) -> tuple[int, list[str]]:
+    """(exit status, stderr lines) of PROG's own flag parser (`parser_exiting_in_one_line` on the flags its
+    define_*_flags defines, as `app.run` calls it) on `args`: the CLI's parse without a new Python process."""
+    from mtl_keras import flags as mtl_flags
+
+    fv = program_flags(prog)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         mtl_flags.parser_exiting_in_one_line(prog, fv)([prog, *args])
@@ -119,14 +127,12 @@ def main_in_process(prog: str, args: list[str], capsys, monkeypatch) -> tuple[in
     define_*_flags defines, in this process: what `python -m mtl_keras.PROG ARGS` does once its flags parse, without
     a new Python process and its TensorFlow import (seconds each). Each program keeps real CLI cases too."""
     from absl import flags
+    from absl import logging  # noqa: F401  (bound to flags.FLAGS at its first import: that must come before the patch)
 
     from mtl_keras import check_onnx, export
-    from mtl_keras import flags as mtl_flags
 
-    define, program = {"export": (mtl_flags.define_export_flags, export),
-                       "check_onnx": (mtl_flags.define_check_flags, check_onnx)}[prog]
-    fv = flags.FlagValues()
-    define(fv)
+    program = {"export": export, "check_onnx": check_onnx}[prog]
+    fv = program_flags(prog)
     fv([prog, *args])
     monkeypatch.setattr(flags, "FLAGS", fv)  # main reads absl's global FLAGS, as under app.run
     capsys.readouterr()
