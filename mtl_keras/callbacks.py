@@ -201,6 +201,23 @@ class NanGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class FailedValueGuard(keras.callbacks.Callback):
+    """Raises the error of an epoch's logged value whose computation failed, before any other callback reads it.
+
+    Keras turns every logged value into a float and keeps, as it is, one it could not convert
+    (`pythonify_logs`). On JAX a step whose collective lost its peer leaves such values: each one raises the
+    collective's error when read, but CSVLogger iterates over it first and fails with an unrelated TypeError,
+    which would hide the lost peer. Goes first in the callback list.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import numpy as np
+
+        for value in (logs or {}).values():
+            if not isinstance(value, (int, float, str)):
+                np.asarray(value)  # a value whose computation failed raises that failure here
+
+
 class TensorBoardScalars(keras.callbacks.Callback):
     """Per-epoch TensorBoard scalars: every logged loss and metric (per head) and the learning rate.
 

@@ -189,7 +189,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
 
     from mtl_keras import console, losses
     from mtl_keras.budget import TimeBudget
-    from mtl_keras.callbacks import NanGuard, TensorBoardScalars, trim_history
+    from mtl_keras.callbacks import FailedValueGuard, NanGuard, TensorBoardScalars, trim_history
     from mtl_keras.modeling import free_input_shapes
 
     if initial_epoch:
@@ -220,7 +220,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
         # In this order: the epoch's row is written before its checkpoint, so no checkpointed epoch lacks a row
         # (a kill between the two leaves a row that the resumed run trims, see trim_history); the budget's
         # seconds are recorded before the checkpoint too (budget.py).
-        callbacks = [guard, *([budget] if budget else []),
+        callbacks = [FailedValueGuard(), guard, *([budget] if budget else []),
                      *losses.weighting_callbacks(model, config.optim.loss_weighting),
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=epochs_done > 0),
                      TensorBoardScalars(workdir / "tensorboard"),

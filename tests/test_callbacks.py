@@ -1,4 +1,4 @@
-"""Checkpoint (atomic save, resume, clear errors) and NaN guard, on a tiny Keras model."""
+"""Checkpoint (atomic save, resume, clear errors), NaN guard and failed-value guard, on a tiny Keras model."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mtl_keras import config
-from mtl_keras.callbacks import Checkpoint, CheckpointError, NanGuard, trim_history
+from mtl_keras import processes
+from mtl_keras.callbacks import Checkpoint, CheckpointError, FailedValueGuard, NanGuard, trim_history
 
 SETTINGS = {"dataset": "shapes", "epochs": 3, "learning_rate": 1e-3, "workdir": "a"}
 
@@ -86,6 +87,34 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
               callbacks=[guard, Checkpoint(tmp_path, CONFIG)])
     assert guard.failure is not None and guard.failure[:2] == (2, 3)
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
+
+
+def test_a_logged_value_whose_step_failed_raises_its_own_error_before_the_csv_logger_reads_it(tmp_path, monkeypatch):
+    # On JAX, a step whose collective lost its peer leaves log values that raise that error when read. Keras keeps
+    # a value it cannot turn into a float, and CSVLogger then failed on it with "iteration over a 0-d array",
+    # which hid the lost peer from train's one-line report.
+    lost = "Gloo all-reduce failed: [pair.cc:534] Connection closed by peer [127.0.0.1]:40105"
+
+    class Failed:
+        def __float__(self):
+            raise RuntimeError(lost)
+
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError(lost)
+
+        def __iter__(self):  # as a 0-d jax.Array
+            raise TypeError("iteration over a 0-d array")
+
+    csv = keras.callbacks.CSVLogger(str(tmp_path / "history.csv"))
+    callbacks = keras.callbacks.CallbackList([FailedValueGuard(), csv], model=_model())
+    callbacks.on_train_begin()
+    callbacks.on_epoch_end(0, {"loss": 0.5, "val_loss": np.float32(0.25)})  # values that convert pass
+    with pytest.raises(RuntimeError) as failed:
+        callbacks.on_epoch_end(1, {"loss": 0.5, "val_loss": Failed()})
+    assert str(failed.value) == lost
+    monkeypatch.setattr(processes, "_group", processes.Group(("localhost:1234",), 2, 0, 5))
+    assert str(processes.lost_peer(failed.value)).startswith("lost peer process 1: it stopped during training")
+    assert (tmp_path / "history.csv").read_text().splitlines()[1:] == ["0,0.5,0.25"]
 
 
 def test_run_identity_is_derived_in_one_place():
