@@ -115,11 +115,12 @@ def _setup_runtime(optim: OptimConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def pipelines(config: TrainConfig, splits, shard: tuple[int, int] = (0, 1)):
+def pipelines(config: TrainConfig, splits, shard: tuple[int, int] = (0, 1), start_step: int = 0):
     """The run's (training, validation or None) batches from its input pipeline (data/feeds.py). `shard`: this
-    process's slice of each global batch (a multi-process run)."""
+    process's slice of each global batch (a multi-process run); `start_step`: the first training batch (a fit
+    from epoch E starts at E * steps per epoch, so a resumed run trains on the batches it would have had)."""
     return feeds.fit_feeds(config.data, splits, task=config.model.task, batch_size=config.optim.batch_size,
-                           seed=config.run.seed, shard=shard)
+                           seed=config.run.seed, shard=shard, start_step=start_step)
 
 
 def _build_before_tracing(model, train_ds) -> None:
@@ -181,10 +182,11 @@ def _epochs_at_size(optim, checkpoints: Path, finished: int) -> int | None:
     return next((e for e in range(1, finished + 1) if budget.spent(checkpoints, e)[0] >= until), None)
 
 
-def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int, checkpoint,
+def _fit(model, config: TrainConfig, workdir: Path, feeds_from, steps: int, checkpoint,
          initial_epoch: int, num_classes) -> tuple[float, int, dict]:
     """Fits from `initial_epoch` (restored from `checkpoint`) to --epochs or the end of --time_budget; returns
-    seconds spent in fit, epochs run and records for metrics.json (the time budget's, progressive resolution's)."""
+    seconds spent in fit, epochs run and records for metrics.json (the time budget's, progressive resolution's).
+    `feeds_from(start_step)`: the (training, validation) batches of a fit whose first step is `start_step`."""
     import keras
 
     from mtl_keras import console, losses
@@ -228,6 +230,7 @@ def _fit(model, config: TrainConfig, workdir: Path, train_ds, val_ds, steps: int
         verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
         callbacks += console.epoch_clock(epochs, epochs_done) if verbose == 2 else []
         steps_before = budget.steps if budget else 0
+        train_ds, val_ds = feeds_from(epochs_done * steps)  # each fit goes on with the run's batch stream
         with free_input_shapes(model) if smaller else contextlib.nullcontext():
             _build_before_tracing(fit_model, train_ds)
             # shuffle=False: the tf.data pipeline shuffles; Keras would only warn that it ignores shuffle=True.
@@ -356,7 +359,6 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     info, train = splits.info, splits.train
     keras.utils.set_random_seed(seed)
     steps = len(train) // optim.batch_size
-    train_ds, val_ds = pipelines(config, splits, processes.shard())
 
     input_shape = train.images.shape[1:]
     norm_stats = channel_stats(train.images) if config.model.model in ADAPTED_NORM else None
@@ -381,12 +383,18 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
                             config_lib.identity(config, "checkpoint"), write=processes.is_primary())
     initial_epoch = checkpoint.restore(model)  # CheckpointError: one line for the user
     processes.same_everywhere(initial_epoch, "the checkpoint epoch to resume from")
+    # The first fit's batches now: what the input pipeline refuses, it refuses before the records are written.
+    made = {initial_epoch * steps: pipelines(config, splits, processes.shard(), initial_epoch * steps)}
+
+    def feeds_from(start_step: int):
+        return made.pop(start_step) if start_step in made else pipelines(config, splits, processes.shard(),
+                                                                          start_step)
     # The records only once nothing can refuse the run: a refused rerun once rewrote classes.json for the
     # checkpoint's model, and predict named a dog "cow".
     atomic.write_text(workdir / "flags.txt", flagfile_text(config))
     atomic.write_text(workdir / "config.json", json.dumps(config_lib.flat(config), indent=1) + "\n")
     atomic.write_text(workdir / "classes.json", json.dumps(class_names(info), indent=1) + "\n")
-    train_seconds, epochs_run, fit_records = _fit(model, config, workdir, train_ds, val_ds, steps, checkpoint,
+    train_seconds, epochs_run, fit_records = _fit(model, config, workdir, feeds_from, steps, checkpoint,
                                                   initial_epoch, info.num_classes)
     group = processes.active()
     if group:  # every process's weights digest; then process 0 goes on alone

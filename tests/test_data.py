@@ -61,6 +61,42 @@ def test_training_batches_do_not_depend_on_how_often_the_pipeline_is_iterated(sh
     assert list(np.concatenate([y["fine"].numpy().argmax(-1) for _, y in other.take(5)])) != list(run[:40])
 
 
+@pytest.mark.parametrize("shard", [(0, 1), (1, 2)])
+def test_a_fit_from_step_s_gets_the_batches_and_augmentation_the_whole_stream_has_there(shapes_splits, shard):
+    """A resumed run (or the full-size phase of a progressive one) starts a new fit: its batches begin at
+    epoch * steps of the run's stream, so it trains on what the uninterrupted run would have. 36 images in
+    batches of 8: the stream's batches straddle passes, and step 7 starts inside the second pass."""
+    split = datasets.Split(shapes_splits.train.images[:36], shapes_splits.train.fine[:36],
+                           shapes_splits.train.coarse[:36])
+
+    def batches(start_step, n):
+        ds = pipeline.pipeline(split, shapes_splits.info, training=True, batch_size=8, seed=3, augment="flip_crop",
+                               shard=shard, start_step=start_step)
+        return [(x.numpy(), y["fine"].numpy()) for x, y in ds.take(n)]
+
+    whole, resumed = batches(0, 12), batches(7, 5)
+    for (x, y), (rx, ry) in zip(whole[7:], resumed, strict=True):
+        np.testing.assert_array_equal(rx, x)
+        np.testing.assert_array_equal(ry, y)
+    assert not np.array_equal(resumed[0][0], whole[0][0])
+
+
+def test_host_training_batches_from_step_s_are_the_whole_streams(shapes_splits):
+    from mtl_keras.data import host
+
+    def batches(start_step, n):
+        stream = host.train_batches(shapes_splits.train, shapes_splits.info, task="mtl", batch_size=64, seed=3,
+                                    policies=("flip_crop",), mixup_alpha=0.2, cutmix_alpha=1.0,
+                                    start_step=start_step)
+        return [next(stream) for _ in range(n)]
+
+    steps = len(shapes_splits.train) // 64
+    whole, resumed = batches(0, steps + 3), batches(steps + 1, 2)
+    for (x, y), (rx, ry) in zip(whole[steps + 1:], resumed, strict=True):
+        np.testing.assert_array_equal(rx, x)
+        np.testing.assert_array_equal(ry["fine"], y["fine"])
+
+
 def test_pipeline_labels_follow_the_hierarchy(shapes_splits):
     info = shapes_splits.info
     ds = pipeline.pipeline(shapes_splits.train, info, training=True, augment="flip_crop", batch_size=64)

@@ -63,10 +63,11 @@ def _policies(augment: str) -> tuple[str, ...]:
 
 
 def fit_feeds(data: DataConfig, splits, *, task: str, batch_size: int, seed: int,
-              shard: tuple[int, int] = (0, 1)):
+              shard: tuple[int, int] = (0, 1), start_step: int = 0):
     """(training batches, validation batches or None) for `model.fit` from the chosen pipeline: the data
     section's augmentation settings reach the training batches here and only here. `shard` (k, n): this
-    process's slice of every global batch in a run of n processes (tf.data only)."""
+    process's slice of every global batch in a run of n processes (tf.data only). The training batches start at
+    global batch `start_step`: a fit from epoch E of S steps each passes E * S."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     has_val = len(splits.val) > 0
@@ -75,6 +76,7 @@ def fit_feeds(data: DataConfig, splits, *, task: str, batch_size: int, seed: int
 
         common = {"task": task, "batch_size": batch_size, "shard": shard}
         train = pipeline.pipeline(splits.train, splits.info, training=True, augment=data.augment, seed=seed,
+                                  start_step=start_step,
                                   randaugment_ops=data.randaugment_ops,
                                   randaugment_magnitude=data.randaugment_magnitude, mixup_alpha=data.mixup_alpha,
                                   cutmix_alpha=data.cutmix_alpha, **common)
@@ -87,7 +89,7 @@ def fit_feeds(data: DataConfig, splits, *, task: str, batch_size: int, seed: int
     refuse_mixing_partial(splits.train, data.augment)
     train = host.train_batches(splits.train, splits.info, task=task, batch_size=batch_size, seed=seed,
                                policies=parse_policies(data.augment), mixup_alpha=data.mixup_alpha,
-                               cutmix_alpha=data.cutmix_alpha)
+                               cutmix_alpha=data.cutmix_alpha, start_step=start_step)
     return train, host.eval_batches(splits.val, splits.info, task=task, batch_size=batch_size) if has_val else None
 
 

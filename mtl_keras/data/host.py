@@ -56,8 +56,9 @@ def _batch(split: Split, info: DatasetInfo, task: str, index: np.ndarray, augmen
 
 
 def train_batches(split: Split, info: DatasetInfo, *, task: str, batch_size: int, seed: int,
-                  policies: tuple[str, ...], mixup_alpha: float, cutmix_alpha: float) -> Iterator:
-    """Endless augmented training batches; batch k's randomness is (seed, k), so a run is reproducible."""
+                  policies: tuple[str, ...], mixup_alpha: float, cutmix_alpha: float, start_step: int = 0) -> Iterator:
+    """Endless augmented training batches from batch `start_step` on; batch k's randomness is (seed, k), so a run
+    is reproducible, and one resumed after `start_step` steps goes on with the batches it would have had."""
     steps = len(split) // batch_size
 
     @functools.lru_cache(maxsize=4)
@@ -73,7 +74,7 @@ def train_batches(split: Split, info: DatasetInfo, *, task: str, batch_size: int
 
         return _batch(split, info, task, order(epoch)[k * batch_size:(k + 1) * batch_size], augment)
 
-    return _ahead(make, itertools.count())
+    return _ahead(make, itertools.count(start_step))
 
 
 def _ahead(make, keys) -> Iterator:

@@ -28,10 +28,11 @@ def split_heads(labels: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf
     return heads if task == "mtl" else {task: heads[task]}
 
 
-def _batches(split: Split, batch_size: int, training: bool, seed: int, shard: tuple[int, int] = (0, 1)
-             ) -> tf.data.Dataset:
+def _batches(split: Split, batch_size: int, training: bool, seed: int, shard: tuple[int, int] = (0, 1),
+             start_step: int = 0) -> tf.data.Dataset:
     """(images uint8 [B, H, W, C], example indices [B], epochs [B]) batches, shuffled and repeated for training
 (an example's epoch is its pass through the split, counted over the repeated stream; 0 for evaluation).
+Training batches start at global batch `start_step` of that stream (a resumed run goes on where it stopped).
 
     `shard` (k, n): every process draws the same global batches of `batch_size` indices and keeps the k-th of n
     equal slices, so n processes together train on the batches one process would (and decode only their own
@@ -47,7 +48,8 @@ def _batches(split: Split, batch_size: int, training: bool, seed: int, shard: tu
                 tf.range(size, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
             return tf.data.Dataset.from_tensor_slices((order, tf.fill([size], epoch)))
 
-        ds = tf.data.Dataset.counter().flat_map(one_pass)  # each pass holds every index once
+        first_pass, offset = divmod(start_step * batch_size, size)
+        ds = tf.data.Dataset.counter(first_pass).flat_map(one_pass).skip(offset)  # each pass holds every index once
     else:
         ds = tf.data.Dataset.range(size).map(lambda i: (i, tf.constant(0, tf.int64)))
     k, n = shard
@@ -75,7 +77,7 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
              training: bool = False, augment: str = "none", seed: int = 0,
              image_shape: tuple[int, int, int] | None = None, randaugment_ops: int = 2,
              randaugment_magnitude: float = 0.5, mixup_alpha: float = 0.2,
-             cutmix_alpha: float = 1.0, shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+             cutmix_alpha: float = 1.0, shard: tuple[int, int] = (0, 1), start_step: int = 0) -> tf.data.Dataset:
     """Batches of (float32 images 0-255, one-hot label dict), graph-only from index to batch.
 
     Training pipelines shuffle, repeat forever (pass `steps_per_epoch` to fit) and apply the `augment`
@@ -83,6 +85,8 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
     [seed, batch number], so runs are reproducible. `image_shape` (H, W, C), when given, is the shape the
     model takes; `fit_images` adapts the images to it after augmentation. `shard` (k, n): this process's slice
     of every global batch of `batch_size` (see `_batches`); its augmentation seed is [seed, step * n + k].
+    Training batches start at batch `start_step` (a run resumed after `start_step` steps gets the batches, and
+    the augmentation, the uninterrupted run would have had).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -113,7 +117,8 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
             return tf.cast(x, tf.float32), heads, {h: weights[h] for h in heads}
         return tf.cast(x, tf.float32), split_heads(labels, info, task)
 
-    steps = tf.data.Dataset.counter(start=shard[0], step=shard[1])  # distinct augmentation seeds per slice
-    ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed, shard), steps)
+    slice_k, slices = shard  # distinct augmentation seeds per slice
+    steps = tf.data.Dataset.counter(start=start_step * slices + slice_k, step=slices)
+    ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed, shard, start_step if training else 0), steps)
     return ds.map(lambda xi, step: prepare(*xi, step), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True).prefetch(tf.data.AUTOTUNE)
