@@ -109,20 +109,27 @@ def _clock(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def epoch_clock(epochs: int, initial_epoch: int = 0) -> list:
+def epoch_clock(epochs: int, initial_epoch: int = 0, budget_left=None) -> list:
     """Keras callbacks printing, after each epoch's line of metrics off a terminal, the time spent and an estimate
     of the time left (mean epoch time so far x epochs to go): `epoch 3/10: 0:42 elapsed, about 1:38 left`. Keras's
-    own ProgbarLogger comes first, so that the clock follows the metrics (Keras appends its logger last)."""
+    own ProgbarLogger comes first, so that the clock follows the metrics (Keras appends its logger last).
+    `budget_left()`, under --time_budget: the budget's seconds left, which cap the estimate. The clock runs on
+    across the fits of a run (progressive resolution's two sizes): pass the same callbacks to each."""
     import keras
 
     class EpochClock(keras.callbacks.Callback):
+        start = None
+
         def on_train_begin(self, logs=None):
-            self.start = time.time()
+            if self.start is None:
+                self.start = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
             done = epoch + 1 - initial_epoch
             elapsed = time.time() - self.start
             left = elapsed / done * (epochs - epoch - 1)
+            if budget_left is not None:
+                left = min(left, budget_left())
             print(f"epoch {epoch + 1}/{epochs}: {_clock(elapsed)} elapsed, about {_clock(left)} left", flush=True)
 
     return [keras.callbacks.ProgbarLogger(), EpochClock()]

@@ -209,6 +209,9 @@ def _fit(model, config: TrainConfig, workdir: Path, feeds_from, steps: int, chec
             print(f"--time_budget={optim.time_budget:g} s was spent by epoch {initial_epoch}: nothing left to train")
     epochs_done = initial_epoch
     records = {}
+    verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
+    clock = console.epoch_clock(epochs, initial_epoch, budget_left=budget and (
+        lambda: max(0.0, budget.seconds - budget.elapsed())))  # one clock for every fit of the run
     at_size = None  # (epochs done, images trained in this attempt) when the smaller size ran
     for fit_model, last_epoch, until in _phases(model, config, num_classes, initial_epoch, budget):
         if epochs_done >= last_epoch or budget and budget.exhausted or guard.failure:
@@ -227,8 +230,7 @@ def _fit(model, config: TrainConfig, workdir: Path, feeds_from, steps: int, chec
                      keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=epochs_done > 0),
                      TensorBoardScalars(workdir / "tensorboard"),
                      checkpoint]
-        verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
-        callbacks += console.epoch_clock(epochs, epochs_done) if verbose == 2 else []
+        callbacks += clock if verbose == 2 else []
         steps_before = budget.steps if budget else 0
         train_ds, val_ds = feeds_from(epochs_done * steps)  # each fit goes on with the run's batch stream
         with free_input_shapes(model) if smaller else contextlib.nullcontext():

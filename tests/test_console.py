@@ -50,6 +50,23 @@ def test_hardware_line_names_backend_and_devices():
     assert line.endswith(f": {gpus} GPU{'s' if gpus > 1 else ''}" if gpus else ": CPU only (no GPU found)")
 
 
+def test_epoch_clock_runs_on_across_the_fits_of_a_run_and_a_budget_caps_its_estimate(capsys, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(console.time, "time", lambda: now[0])
+    _, clock = console.epoch_clock(36, 0, budget_left=lambda: 450.0)
+    for epoch in (0, 1):  # progressive resolution: two fits of one run, one epoch each here
+        clock.on_train_begin()
+        now[0] += 30
+        clock.on_epoch_end(epoch)
+    _, plain = console.epoch_clock(10, 4)  # resumed at epoch 4, no budget: mean epoch time x epochs to go
+    plain.on_train_begin()
+    now[0] += 60
+    plain.on_epoch_end(4)
+    assert capsys.readouterr().out.splitlines() == ["epoch 1/36: 0:30 elapsed, about 7:30 left",
+                                                    "epoch 2/36: 1:00 elapsed, about 7:30 left",
+                                                    "epoch 5/10: 1:00 elapsed, about 5:00 left"]
+
+
 def test_epoch_clock_formats_minutes_and_hours():
     assert [console._clock(s) for s in (0, 59.6, 61, 3599, 3600, 7384)] == \
         ["0:00", "1:00", "1:01", "59:59", "1:00:00", "2:03:04"]
