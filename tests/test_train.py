@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import time
 
 import pytest
@@ -186,11 +187,12 @@ def test_run_without_validation_finishes_and_reruns(tmp_path):
 
 
 @pytest.mark.slow
-def test_refused_rerun_leaves_the_records_alone(tmp_path):
-    work = tmp_path / "w"
-    assert run_module("mtl_keras.train", *QUICK, f"--workdir={work}").returncode == 0
+def test_refused_rerun_leaves_the_records_alone(trained_run, tmp_path):
+    # A copy of the shared quick-start run (tests only read the shared one), rerun with another learning rate.
+    work = shutil.copytree(trained_run.work, tmp_path / "w")
     records = {name: (work / name).read_bytes() for name in ("flags.txt", "config.json", "classes.json")}
-    line = refused_in_process([*QUICK, "--learning_rate=0.01", f"--workdir={work}"])
+    assert json.loads(records["config.json"])["learning_rate"] != 0.01
+    line = refused_in_process(["--config=quickstart", "--learning_rate=0.01", f"--workdir={work}"])
     assert line.startswith("train: error: ") and "other flags (learning_rate)" in line, line
     assert {name: (work / name).read_bytes() for name in records} == records  # flags.txt still reproduces the run
 
