@@ -3,6 +3,7 @@ data parallelism on TensorFlow and JAX, determinism."""
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,14 +68,11 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path):
     assert not (tmp_path / "nan" / "metrics.json").exists()
 
 
-def test_truncated_checkpoint_is_one_line(tmp_path):
-    work = tmp_path / "w"
-    flags = [*QUICK, PLAIN, "--epochs=1", "--max_train_examples=128", "--noexport"]  # any checkpoint
-    first = run_module("mtl_keras.train", *flags, f"--workdir={work}")
-    assert first.returncode == 0, first.stderr[-2000:]
-    weights = work / "checkpoints" / "epoch-1.weights.h5"
+def test_truncated_checkpoint_is_one_line(trained_run, tmp_path):
+    work = shutil.copytree(trained_run.work, tmp_path / "w")  # a copy of the shared quick-start run: any checkpoint
+    [weights] = (work / "checkpoints").glob("epoch-*.weights.h5")
     weights.write_bytes(weights.read_bytes()[:1000])
-    proc = run_module("mtl_keras.train", *flags, f"--workdir={work}")
+    proc = run_module("mtl_keras.train", "--config=quickstart", f"--workdir={work}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"train: error: checkpoint {weights} cannot be read (")
