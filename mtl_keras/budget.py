@@ -78,6 +78,10 @@ class TimeBudget(keras.callbacks.Callback):
     def elapsed(self) -> float:
         return self.spent + (time.perf_counter() - self._start if self._start is not None else 0.0)
 
+    def left(self) -> float:
+        """The budget's seconds not yet spent."""
+        return max(0.0, self.seconds - self.elapsed())
+
     def on_train_begin(self, logs=None) -> None:
         self._start = time.perf_counter()
 

@@ -210,8 +210,7 @@ def _fit(model, config: TrainConfig, workdir: Path, feeds_from, steps: int, chec
     epochs_done = initial_epoch
     records = {}
     verbose = console.fit_verbosity()  # a progress bar on a terminal, else a line per epoch and its clock
-    budget_left = (lambda: max(0.0, budget.seconds - budget.elapsed())) if budget else None
-    clock = console.epoch_clock(epochs, initial_epoch, budget_left)  # one clock for every fit of the run
+    clock = console.epoch_clock(epochs, initial_epoch, budget.left if budget else None)  # one for every fit of the run
     at_size = None  # (epochs done, images trained in this attempt) when the smaller size ran
     for fit_model, last_epoch, until in _phases(model, config, num_classes, initial_epoch, budget):
         if epochs_done >= last_epoch or budget and budget.exhausted or guard.failure:

@@ -119,6 +119,6 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
 
     slice_k, slices = shard  # distinct augmentation seeds per slice
     steps = tf.data.Dataset.counter(start=start_step * slices + slice_k, step=slices)
-    ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed, shard, start_step if training else 0), steps)
+    ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed, shard, start_step), steps)
     return ds.map(lambda xi, step: prepare(*xi, step), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True).prefetch(tf.data.AUTOTUNE)
