@@ -33,12 +33,27 @@ def _import_tensorflow(*argv: str, **env: str) -> str:
     return proc.stderr
 
 
-@pytest.mark.slow  # three Pythons importing TensorFlow
+@pytest.mark.slow  # two Pythons importing TensorFlow
 def test_importing_tensorflow_through_the_package_prints_nothing_unless_asked():
     assert not any(noise in _import_tensorflow() for noise in TF_NOISE), _import_tensorflow()
-    # --verbose, or the user's own TF_CPP_MIN_LOG_LEVEL, keeps TensorFlow's lines (this machine prints some).
+    # --verbose keeps TensorFlow's lines (this machine prints some); the user's own TF_CPP_MIN_LOG_LEVEL: below.
     assert "absl::InitializeLog" in _import_tensorflow("--verbose")
-    assert "absl::InitializeLog" in _import_tensorflow(TF_CPP_MIN_LOG_LEVEL="0")
+
+
+@pytest.mark.parametrize("user_level, argv, level", [
+    (None, ["train"], "3"),  # raised: neither the user nor a flag asked for TensorFlow's lines
+    ("0", ["train"], "0"),  # the user's own level is kept
+    (None, ["train", "--verbose"], None),  # --verbose leaves the variable unset
+])
+def test_the_log_level_is_raised_only_when_neither_the_user_nor_a_flag_set_it(monkeypatch, user_level, argv, level):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "x")  # so that the worker's own value comes back after the test
+    if user_level is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # any finder it adds goes with the test
+    console.quiet_native_logs(argv)
+    assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == level
 
 
 def test_hardware_line_names_backend_and_devices():

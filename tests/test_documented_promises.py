@@ -54,18 +54,19 @@ def test_an_int8_drop_beyond_the_limit_fails_the_verification():
 
 
 @pytest.mark.slow
-def test_tta_flip_reaches_the_trained_and_saved_model(tmp_path):
-    # A flipped-view average is unchanged by a horizontal flip of its input; a plain model is not.
+def test_tta_flip_reaches_the_trained_and_saved_model(trained_run, tmp_path):
+    # A flipped-view average is unchanged by a horizontal flip of its input; a plain model is not. The plain one
+    # is the shared quick-start run's (its config leaves --tta_flip off).
     import keras
 
     from mtl_keras import config, train
 
-    for tta in (True, False):
-        work = tmp_path / str(tta)
-        train.run(config.make(dataset="shapes", variant="Pico/4", epochs=1, batch_size=64, max_train_examples=128,
-                              tta_flip=tta, export=False, workdir=str(work), jit_compile=False))
-        model = keras.saving.load_model(work / "model.keras")
-        x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    work = tmp_path / "tta"
+    train.run(config.make(dataset="shapes", variant="Pico/4", epochs=1, batch_size=64, max_train_examples=128,
+                          tta_flip=True, export=False, workdir=str(work), jit_compile=False))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    for tta, path in ((True, work / "model.keras"), (False, trained_run.work / "model.keras")):
+        model = keras.saving.load_model(path)
         a, b = model.predict(x, verbose=0), model.predict(x[:, :, ::-1], verbose=0)
         diff = max(np.abs(a[h] - b[h]).max() for h in ("fine", "coarse"))
         assert bool(diff < 1e-5) == tta, (tta, diff)

@@ -39,3 +39,18 @@ def test_colour_alone_does_not_give_the_class():
 def test_negative_count_is_an_error():
     with pytest.raises(ValueError, match="n must be >= 0"):
         shapes.generate(-1, seed=0)
+
+
+def test_load_draws_the_set_once_per_process_and_shares_it_read_only(monkeypatch):
+    shapes._split.cache_clear()
+    drawn = []
+    real = shapes.generate
+    monkeypatch.setattr(shapes, "generate", lambda n, seed: drawn.append((n, seed)) or real(n, seed))
+    first, again = shapes.load(), shapes.load()
+    assert drawn == [(shapes.TRAIN_SIZE, 0), (shapes.TEST_SIZE, 1)]  # the second load drew nothing
+    assert again.train is first.train and again.test is first.test
+    assert first.train.images.shape == (shapes.TRAIN_SIZE, 32, 32, 3) and len(first.test) == shapes.TEST_SIZE
+    for array in (*vars(first.train).values(), *vars(first.test).values()):
+        with pytest.raises(ValueError, match="read-only"):
+            array[:1] = 0  # a caller writing into it would change every later load's data
+    np.testing.assert_array_equal(first.test.fine, shapes.generate(shapes.TEST_SIZE, seed=1)[1])
