@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -41,16 +43,82 @@ def test_negative_count_is_an_error():
         shapes.generate(-1, seed=0)
 
 
-def test_load_draws_the_set_once_per_process_and_shares_it_read_only(monkeypatch):
-    shapes._split.cache_clear()
+@pytest.fixture
+def small_set(monkeypatch, tmp_path):
+    """`shapes.load` on 300 + 100 images, with Keras's cache in tmp_path and no split drawn yet in this process;
+    yields the list of (n, seed) that `generate` is called with."""
+    monkeypatch.setattr(shapes, "TRAIN_SIZE", 300)
+    monkeypatch.setattr(shapes, "TEST_SIZE", 100)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     drawn = []
     real = shapes.generate
     monkeypatch.setattr(shapes, "generate", lambda n, seed: drawn.append((n, seed)) or real(n, seed))
+    shapes._split.cache_clear()
+    yield drawn
+    shapes._split.cache_clear()
+
+
+def test_load_draws_the_set_once_per_process_and_shares_it_read_only(small_set):
     first, again = shapes.load(), shapes.load()
-    assert drawn == [(shapes.TRAIN_SIZE, 0), (shapes.TEST_SIZE, 1)]  # the second load drew nothing
+    assert small_set == [(300, 0), (100, 1)]  # the second load drew nothing
     assert again.train is first.train and again.test is first.test
-    assert first.train.images.shape == (shapes.TRAIN_SIZE, 32, 32, 3) and len(first.test) == shapes.TEST_SIZE
+    assert first.train.images.shape == (300, 32, 32, 3) and len(first.test) == 100
     for array in (*vars(first.train).values(), *vars(first.test).values()):
         with pytest.raises(ValueError, match="read-only"):
             array[:1] = 0  # a caller writing into it would change every later load's data
-    np.testing.assert_array_equal(first.test.fine, shapes.generate(shapes.TEST_SIZE, seed=1)[1])
+    np.testing.assert_array_equal(first.test.fine, shapes.generate(100, seed=1)[1])
+
+
+def test_a_later_process_reads_the_drawing_from_keras_cache(small_set, tmp_path):
+    first = shapes.load()
+    first_name = shapes.cache_file(300, 0)
+    kept = sorted(p.name for p in (tmp_path / "keras" / "datasets").iterdir())
+    assert kept == [shapes.cache_file(100, 1).name, shapes.cache_file(300, 0).name]
+    assert shapes.cache_file(300, 0).name.startswith("mtl_keras_shapes-300-0-")
+    edited = tmp_path / "shapes.py"  # a changed generator never reads an older drawing
+    edited.write_text(Path(shapes.__file__).read_text() + "# edited\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shapes, "__file__", str(edited))
+        assert shapes.cache_file(300, 0) != first_name
+    shapes._split.cache_clear()  # as in a new process
+    later = shapes.load()
+    assert small_set == [(300, 0), (100, 1)]  # read, not drawn again
+    for a, b in ((first.train, later.train), (first.test, later.test)):
+        for name in ("images", "fine", "coarse"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+            assert getattr(b, name).dtype == getattr(a, name).dtype and not getattr(b, name).flags.writeable
+
+
+def _flip_a_byte_in_the_images(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "cut short", "not a split", "wrong labels"])
+def test_a_damaged_or_foreign_cache_file_is_drawn_again_and_replaced(small_set, damage):
+    shapes.load()
+    path = shapes.cache_file(300, 0)
+    if damage == "flipped byte":
+        _flip_a_byte_in_the_images(path)
+    elif damage == "cut short":
+        path.write_bytes(path.read_bytes()[:5000])
+    elif damage == "not a split":
+        np.savez(path, images=np.zeros((300, 8, 8, 3), np.uint8), fine=np.zeros(300, np.int32),
+                 coarse=np.zeros(300, np.int32))
+    else:
+        images, fine, coarse = shapes.generate(300, seed=0)
+        np.savez(path, images=images, fine=(fine + 1) % 10, coarse=coarse)
+    shapes._split.cache_clear()
+    small_set.clear()
+    again = shapes.load()
+    assert small_set == [(300, 0)]  # drawn again: the test split's file was sound
+    np.testing.assert_array_equal(again.train.images, shapes.generate(300, seed=0)[0])
+    assert shapes._read(path, 300) is not None  # and the file replaced
+
+
+def test_a_cache_that_cannot_be_written_is_left_alone(small_set, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "file" / "keras"))  # under a file: no folder can be made
+    first = shapes.load()
+    assert len(first.train) == 300 and small_set == [(300, 0), (100, 1)]

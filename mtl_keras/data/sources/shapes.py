@@ -11,9 +11,16 @@ model must learn shape to score well. Generation is deterministic by seed and ne
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
 
 import numpy as np
 
+from mtl_keras.atomic import umask
+from mtl_keras.data.sources.cifar import keras_cache
 from mtl_keras.data.types import DatasetInfo, Source, Split
 
 IMAGE_SIZE = 32
@@ -109,10 +116,56 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, fine, coarse
 
 
+def cache_file(n: int, seed: int) -> Path:
+    """Where a drawn split is kept between processes: Keras's dataset cache, named by the split and by a digest of
+    this module's source, so a changed generator never reads an older drawing."""
+    version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return Path(keras_cache()) / f"mtl_keras_shapes-{n}-{seed}-{version}.npz"
+
+
+def _read(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The split kept at `path`, or None where it is missing, unreadable, damaged (each member's CRC is checked as
+    it is read) or not a split of `n` images."""
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            images, fine, coarse = kept["images"], kept["fine"], kept["coarse"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if images.shape != (n, IMAGE_SIZE, IMAGE_SIZE, 3) or images.dtype != np.uint8 or fine.shape != (n,) \
+            or fine.dtype != np.int32 or coarse.dtype != np.int32:
+        return None
+    if not ((fine >= 0) & (fine < len(FINE_NAMES))).all() \
+            or not np.array_equal(coarse, np.asarray(FINE_TO_COARSE, np.int32)[fine]):
+        return None
+    return images, fine, coarse
+
+
+def _keep(path: Path, arrays: tuple[np.ndarray, ...]) -> None:
+    """Writes the split to `path` through a temporary file and a rename; a cache that cannot be written (a
+    read-only or full disk) is left alone: the next process draws again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would keep the cache from the user's other accounts
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **dict(zip(("images", "fine", "coarse"), arrays)))
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+
+
 @functools.lru_cache(maxsize=2)
 def _split(n: int, seed: int) -> Split:
-    """One split, drawn once per process and shared read-only (a drawing costs about 2 s for 12,000 images)."""
-    arrays = generate(n, seed)
+    """One split: drawn once (about 2 s for 12,000 images) and kept in Keras's dataset cache, read from there by
+    later processes, and shared read-only within a process."""
+    path = cache_file(n, seed)
+    arrays = _read(path, n)
+    if arrays is None:
+        arrays = generate(n, seed)
+        _keep(path, arrays)
     for a in arrays:
         a.flags.writeable = False
     return Split(*arrays)
@@ -120,6 +173,7 @@ def _split(n: int, seed: int) -> Split:
 
 def load(settings=None) -> Source:
     """The `shapes` dataset: 12,000 training images (seed 0) and 2,000 test images (seed 1); no settings used.
-    Its arrays are read-only and shared by every load in the process."""
+    Its arrays are read-only and shared by every load in the process; later processes read the drawing from
+    Keras's dataset cache ($KERAS_HOME/datasets, else ~/.keras/datasets; 43 MB)."""
     info = DatasetInfo("shapes", FINE_NAMES, COARSE_NAMES, FINE_TO_COARSE)
     return Source(info, _split(TRAIN_SIZE, seed=0), _split(TEST_SIZE, seed=1))
