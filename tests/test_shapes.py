@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ def _flip_a_byte_in_the_images(path):
     path.write_bytes(data)
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "cut short", "not a split", "wrong labels"])
+@pytest.mark.parametrize("damage", ["flipped byte", "cut short", "not a split", "wrong labels", "a FIFO"])
 def test_a_damaged_or_foreign_cache_file_is_drawn_again_and_replaced(small_set, damage):
     shapes.load()
     path = shapes.cache_file(300, 0)
@@ -106,9 +107,12 @@ def test_a_damaged_or_foreign_cache_file_is_drawn_again_and_replaced(small_set, 
     elif damage == "not a split":
         np.savez(path, images=np.zeros((300, 8, 8, 3), np.uint8), fine=np.zeros(300, np.int32),
                  coarse=np.zeros(300, np.int32))
-    else:
+    elif damage == "wrong labels":
         images, fine, coarse = shapes.generate(300, seed=0)
         np.savez(path, images=images, fine=(fine + 1) % 10, coarse=coarse)
+    else:  # opening it for reading would wait for a writer forever
+        path.unlink()
+        os.mkfifo(path)
     shapes._split.cache_clear()
     small_set.clear()
     again = shapes.load()

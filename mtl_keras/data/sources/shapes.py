@@ -126,6 +126,8 @@ def cache_file(n: int, seed: int) -> Path:
 def _read(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The split kept at `path`, or None where it is missing, unreadable, damaged (each member's CRC is checked as
     it is read) or not a split of `n` images."""
+    if not path.is_file():  # also never opens a FIFO or a device in its place
+        return None
     try:
         with np.load(path, allow_pickle=False) as kept:
             images, fine, coarse = kept["images"], kept["fine"], kept["coarse"]
