@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -19,19 +20,27 @@ def umask() -> int:
         return mask
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+@contextlib.contextmanager
+def replacing(path: str | Path, mode: str = "w"):
+    """The open file (`mode` "w" or "wb") of a temporary file in `path`'s folder, renamed to `path` when the block
+    ends, or removed when it raises."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would hide the run's records from other users
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would hide the file from other users
+        with os.fdopen(fd, mode) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+    with replacing(path) as f:
+        f.write(text)
+    return Path(path)
 
 
 def write_json(path: str | Path, value, indent: int = 1) -> Path:

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from mtl_keras.atomic import umask
+from mtl_keras import atomic
 from mtl_keras.data.sources.cifar import keras_cache
 from mtl_keras.data.types import DatasetInfo, Source, Split
 
@@ -116,11 +114,15 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, fine, coarse
 
 
+@functools.cache
+def _digest(source: str) -> str:
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12]
+
+
 def cache_file(n: int, seed: int) -> Path:
     """Where a drawn split is kept between processes: Keras's dataset cache, named by the split and by a digest of
     this module's source, so a changed generator never reads an older drawing."""
-    version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    return Path(keras_cache()) / f"mtl_keras_shapes-{n}-{seed}-{version}.npz"
+    return Path(keras_cache()) / f"mtl_keras_shapes-{n}-{seed}-{_digest(__file__)}.npz"
 
 
 def _read(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -142,21 +144,15 @@ def _read(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Non
     return images, fine, coarse
 
 
-def _keep(path: Path, arrays: tuple[np.ndarray, ...]) -> None:
+def _keep(path: Path, images: np.ndarray, fine: np.ndarray, coarse: np.ndarray) -> None:
     """Writes the split to `path` through a temporary file and a rename; a cache that cannot be written (a
     read-only or full disk) is left alone: the next process draws again."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with atomic.replacing(path, "wb") as f:
+            np.savez(f, images=images, fine=fine, coarse=coarse)
     except OSError:
-        return
-    try:
-        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would keep the cache from the user's other accounts
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **dict(zip(("images", "fine", "coarse"), arrays)))
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        pass
 
 
 @functools.lru_cache(maxsize=2)
@@ -167,7 +163,7 @@ def _split(n: int, seed: int) -> Split:
     arrays = _read(path, n)
     if arrays is None:
         arrays = generate(n, seed)
-        _keep(path, arrays)
+        _keep(path, *arrays)
     for a in arrays:
         a.flags.writeable = False
     return Split(*arrays)
