@@ -35,7 +35,8 @@ def _import_tensorflow(*argv: str, **env: str) -> str:
 
 @pytest.mark.slow  # two Pythons importing TensorFlow
 def test_importing_tensorflow_through_the_package_prints_nothing_unless_asked():
-    assert not any(noise in _import_tensorflow() for noise in TF_NOISE), _import_tensorflow()
+    quiet = _import_tensorflow()
+    assert not any(noise in quiet for noise in TF_NOISE), quiet
     # --verbose keeps TensorFlow's lines (this machine prints some); the user's own TF_CPP_MIN_LOG_LEVEL: below.
     assert "absl::InitializeLog" in _import_tensorflow("--verbose")
 

@@ -23,15 +23,13 @@ def test_train_bad_flag_is_one_line(flag, capsys):
     assert status == 2 and len(lines) == 1 and lines[0].startswith(f"train: error: {flag.split('=')[0]}"), lines
 
 
-# The real CLIs: the cases that start a Python importing TensorFlow (~5-8 s each) are slow; their parse runs
-# in-process above and below.
-SLOW = pytest.mark.slow
+# The real CLIs: a few cases per program, which fail before TensorFlow is imported (a Python importing it costs
+# seconds); every parse runs in-process above and below.
 
 
-@pytest.mark.parametrize("flag", ["--gamma=1.5", pytest.param("--loss_weighting=dwa --task=fine", marks=SLOW)])
-def test_train_cli_bad_flag_is_one_line_and_writes_nothing(tmp_path, flag):
-    proc = run_module("mtl_keras.train", *flag.split(), f"--workdir={tmp_path / 'w'}")
-    name = flag.split("=")[0]
+def test_train_cli_bad_flag_is_one_line_and_writes_nothing(tmp_path):
+    proc = run_module("mtl_keras.train", "--gamma=1.5", f"--workdir={tmp_path / 'w'}")
+    name = "--gamma"
     assert proc.returncode == 2 and _error_lines(proc)[0].startswith(f"train: error: {name}"), proc.stderr
     assert len(_error_lines(proc)) == 1, proc.stderr
     assert not (tmp_path / "w").exists()
@@ -41,15 +39,6 @@ def test_bad_flag_in_a_flagfile_parses_to_one_line(tmp_path, capsys):
     (tmp_path / "bad.flags").write_text("--epochs=1\n--learning_rate=nan\n")
     status, lines = parsed_in_process("train", [f"--flagfile={tmp_path / 'bad.flags'}"], capsys)
     assert status == 2 and lines == ["train: error: --learning_rate must be a finite number"], lines
-
-
-@pytest.mark.slow
-def test_bad_flag_in_a_flagfile_is_one_line(tmp_path):
-    (tmp_path / "bad.flags").write_text("--epochs=1\n--learning_rate=nan\n")
-    proc = run_module("mtl_keras.train", f"--flagfile={tmp_path / 'bad.flags'}", f"--workdir={tmp_path / 'w'}")
-    assert proc.returncode == 2 and _error_lines(proc) == [
-        "train: error: --learning_rate must be a finite number"], proc.stderr
-    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("prog,args,line", [
@@ -72,9 +61,7 @@ def test_every_program_parses_a_bad_flag_to_one_line(prog, args, line, capsys):
      "check_onnx: error: --int8_max_drop"),
     ("mtl_keras.predict", ["--top_k=0", "image.png"], "predict: error: --top_k"),
     ("mtl_keras.predict", ["--max_image_pixels=-1", "image.png"], "predict: error: --max_image_pixels"),
-    pytest.param("mtl_keras.experiments", ["--grid=quickstart", "--gamma=nan"], "experiments: error: --gamma",
-                 marks=SLOW),  # the experiments CLI in the fast tier: tests/test_experiments.py
-])
+])  # (experiments: its parse in-process above, its CLI end to end in tests/test_experiments.py)
 def test_every_cli_bad_flag_is_one_line(tmp_path, module, args, line):
     proc = run_module(module, *args, f"--workdir={tmp_path / 'w'}" if module == "mtl_keras.export" else
                       f"--results_dir={tmp_path / 'w'}" if module == "mtl_keras.experiments" else "--json")

@@ -1,4 +1,4 @@
-"""Runs that survive and scale: kill and resume, NaN guard, corrupt checkpoints, mixed precision,
+"""Runs that survive and scale: kill and resume, NaN guard, corrupt checkpoints,
 data parallelism on TensorFlow and JAX, determinism."""
 
 import csv
@@ -79,21 +79,6 @@ def test_truncated_checkpoint_is_one_line(trained_run, tmp_path):
     assert last.endswith(f"delete {work / 'checkpoints'} to start the run over")
 
 
-def test_bfloat16_training_exports_float32(tmp_path):
-    proc = run_module("mtl_keras.train", *QUICK, PLAIN, "--mixed_precision=bfloat16", f"--workdir={tmp_path / 'w'}",
-                      f"--export_dir={tmp_path / 'e'}", "--model_name=bf16", "--noint8")
-    # (What bfloat16 changes in the model, compute dtype bfloat16 with float32 weights, and a float16 run
-    # training to a finite loss: tests/test_recipe.py. Here: the run's exports are float32 all the same.)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
-    assert metrics["onnx_parity_ok"] is True
-    import onnx
-
-    proto = onnx.load(tmp_path / "e" / "bf16" / "1" / "model.onnx")
-    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert not any(t.data_type == onnx.TensorProto.BFLOAT16 for t in proto.graph.initializer)
-
-
 def test_deterministic_runs_repeat_to_the_last_digit_and_two_mirrored_replicas_learn_like_one(tmp_path):
     common = [*QUICK, "--epochs=3", "--noexport", "--seed=5"]
     # Two runs with --deterministic on the default path (XLA) repeat every figure but the timings.
@@ -127,6 +112,12 @@ def test_deterministic_runs_repeat_to_the_last_digit_and_two_mirrored_replicas_l
 
 
 def test_trunks_heads_losses_on_jax_backend():
+    """Every light trunk and loss weighting, FAMO's rule, the hierarchy-aware heads and data parallelism, in one
+    JAX process (tests/scripts/jax_backend.py)."""
+    from test_hierarchy import TREE, famo_reference
+
+    from mtl_keras.models.hierarchy import membership
+
     require("jax")
     env = subprocess_env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "jax_backend.py")], cwd=REPO,
@@ -147,3 +138,12 @@ def test_trunks_heads_losses_on_jax_backend():
     log_var = by_weighting["uncertainty"]["log_var"]
     assert min(abs(v) for v in log_var) > 1e-4, log_var
     assert report["data_parallel"]["replicas"] == 2 and len(report["data_parallel"]["loss"]) == 2
+    # FAMO's logits follow the paper's rule from the losses the steps saw; the hierarchy heads' coarse output is
+    # the fine one summed over each superclass (as on TensorFlow, tests/test_hierarchy.py).
+    expected = famo_reference(np.array(report["famo"]["losses"]), 0.1, 0.01)
+    np.testing.assert_allclose(report["famo"]["logits"], expected, rtol=1e-3, atol=1e-5)
+    assert abs(expected[0] - expected[1]) > 1e-3  # the weights moved
+    for head in ("marginal", "both"):
+        fine, coarse = np.array(report[head]["fine"]), np.array(report[head]["coarse"])
+        np.testing.assert_allclose(coarse, fine @ membership(TREE), atol=1e-5)
+        assert report[head]["loss"] == report[head]["loss"]  # not NaN
