@@ -172,18 +172,6 @@ QUICK = ["--config=quickstart", "--variant=Pico/4", "--epochs=1", "--max_train_e
 
 
 @pytest.mark.slow
-def test_run_without_validation_finishes_and_reruns(tmp_path):
-    # CSVLogger fills the val_* columns of such a run with NA; reading them used to crash after training.
-    work = tmp_path / "w"
-    for attempt in ("train", "rerun"):  # the rerun skips training and re-evaluates
-        proc = run_module("mtl_keras.train", *QUICK, "--validation_fraction=0", f"--workdir={work}")
-        assert proc.returncode == 0, f"{attempt}: {proc.stderr[-2000:]}"
-    metrics = json.loads((work / "metrics.json").read_text())
-    assert "fine_accuracy" in metrics and not any(k.startswith("val_") for k in metrics)
-    assert (work / "model.keras").is_file() and (work / "learning_curves.png").is_file()
-
-
-@pytest.mark.slow
 def test_refused_rerun_leaves_the_records_alone(trained_run, tmp_path):
     # A copy of the shared quick-start run (tests only read the shared one), rerun with another learning rate.
     work = shutil.copytree(trained_run.work, tmp_path / "w")
