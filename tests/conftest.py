@@ -153,8 +153,8 @@ def predict_in_process(args: list, capsys) -> tuple[int, str, str]:
 
 
 def refused_in_process(args: list[str]) -> str:
-    """The line `train ARGS` ends in when train.run refuses the parsed flags before training (what its main
-    prints after `train: error: `); fails the test if the run is not refused with an MtlError."""
+    """The line `train ARGS` ends in when train.run refuses the parsed flags, or stops, with an MtlError (what its
+    main prints after `train: error: `); fails the test if the run ends otherwise."""
     from mtl_keras import flags as mtl_flags
     from mtl_keras import train
     from mtl_keras.errors import MtlError
