@@ -150,13 +150,13 @@ def answered_ids(probabilities: dict, decoding) -> dict[str, tf.Tensor]:
     return {head: tf.argmax(p, -1, output_type=tf.int32) for head, p in probabilities.items()}
 
 
-def bytes_function(model, class_names: dict | None, top_k: int, max_pixels: int = DataConfig.max_image_pixels,
-                   pixels_fn=None):
+def bytes_function(model, pixels_fn, class_names: dict | None, top_k: int,
+                   max_pixels: int = DataConfig.max_image_pixels):
     """serving_bytes: encoded images -> each head's probabilities, its top `top_k` class names and scores
     (the answered class first; a head with fewer classes returns all of them) and the hedged label / level;
     images above `max_pixels` are refused (decode_batch). `class_names`: classes.json (names and decoding).
-    `pixels_fn` (serving_default's function) answers the decoded pixels when given, so the SavedModel holds the
-    model's graph once; else the model is called here."""
+    `pixels_fn` (serving_default's function, `model` called on pixels) answers the decoded images, so the
+    SavedModel holds the model's graph once; `model` gives the input shape and the heads' names."""
     from mtl_keras.serving.answers import Decoding
 
     names = head_names(model, class_names)
@@ -166,8 +166,7 @@ def bytes_function(model, class_names: dict | None, top_k: int, max_pixels: int 
     def serve(image_bytes):
         with tf.control_dependencies([_not_empty(image_bytes, BYTES, BYTES_INPUT)]):
             image_bytes = tf.identity(image_bytes)
-        pixels = decode_batch(image_bytes, shape, max_pixels)
-        probabilities = pixels_fn(pixels) if pixels_fn is not None else model(pixels, training=False)
+        probabilities = pixels_fn(decode_batch(image_bytes, shape, max_pixels))
         out = dict(probabilities)
         ids = answered_ids(probabilities, decoding)
         for head, p in probabilities.items():
@@ -216,7 +215,7 @@ def write_saved_model(model, path: Path, class_names: dict | None, top_k: int,
     pixels_fn = archive.add_endpoint("serve", serve_pixels(model), [input_spec(model)])  # serving_default
     # serving_bytes calls that function on the decoded pixels: one trace and one stored graph of the model, not two
     # (ResNet-152: about a third less time writing the SavedModel), and both signatures answer through the same graph.
-    archive.add_endpoint(BYTES, bytes_function(model, class_names, top_k, max_pixels, pixels_fn), [bytes_spec()])
+    archive.add_endpoint(BYTES, bytes_function(model, pixels_fn, class_names, top_k, max_pixels), [bytes_spec()])
     archive.add_endpoint(DECODING, decoding_function(class_names), [])
     archive.write_out(str(path), verbose=False)
 
