@@ -21,6 +21,13 @@ from mtl_keras.data.images import decode, fit_images
 from mtl_keras.data.types import DatasetInfo, Split
 
 
+def traced(fn):
+    """`fn` for a tf.data map, traced as written. Its branches test Python values only (tf.cond / tf.switch_case
+    where a tensor decides), so autograph's rewrite of the source (about 1 CPU-second per training run) would
+    change nothing in the graph: the batches are bit-identical."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def split_heads(labels: tf.Tensor, info: DatasetInfo, task: str) -> dict[str, tf.Tensor]:
     """Concatenated [fine | coarse] label vectors as the label dict for `task` (one head unless "mtl")."""
     n_fine = info.num_classes["fine"]
@@ -49,19 +56,20 @@ Training batches start at global batch `start_step` of that stream (a resumed ru
             return tf.data.Dataset.from_tensor_slices((order, tf.fill([size], epoch)))
 
         first_pass, offset = divmod(start_step * batch_size, size)
-        ds = tf.data.Dataset.counter(first_pass).flat_map(one_pass).skip(offset)  # each pass holds every index once
+        # Each pass holds every index once.
+        ds = tf.data.Dataset.counter(first_pass).flat_map(traced(one_pass)).skip(offset)
     else:
-        ds = tf.data.Dataset.range(size).map(lambda i: (i, tf.constant(0, tf.int64)))
+        ds = tf.data.Dataset.range(size).map(traced(lambda i: (i, tf.constant(0, tf.int64))))
     k, n = shard
     if n > 1:
         per = batch_size // n
         ds = ds.batch(batch_size, drop_remainder=True).map(
-            lambda index, epoch: (index[k * per:(k + 1) * per], epoch[k * per:(k + 1) * per])).unbatch()
+            traced(lambda index, epoch: (index[k * per:(k + 1) * per], epoch[k * per:(k + 1) * per]))).unbatch()
         batch_size, training = per, True  # drop_remainder below
     if isinstance(split.images, FileImages):
         paths, size = tf.constant(split.images.paths.astype(str)), split.images.image_size
         # Deterministic order (as in memory): the same --seed gives the same batches.
-        ds = ds.map(lambda i, epoch: (decode(tf.gather(paths, i), size), i, epoch),
+        ds = ds.map(traced(lambda i, epoch: (decode(tf.gather(paths, i), size), i, epoch)),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         # A file that breaks after the load-time check is dropped, not allowed to end the epoch.
         return ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=training)
@@ -69,7 +77,7 @@ Training batches start at global batch `start_step` of that stream (a resumed ru
     # per map call is faster than slicing examples, and each pass's permutation holds 8-byte indices only.
     images = tf.constant(np.asarray(split.images))
     return ds.batch(batch_size, drop_remainder=training).map(
-        lambda index, epoch: (tf.gather(images, index), index, epoch), num_parallel_calls=tf.data.AUTOTUNE,
+        traced(lambda index, epoch: (tf.gather(images, index), index, epoch)), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)
 
 
@@ -120,5 +128,5 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
     slice_k, slices = shard  # distinct augmentation seeds per slice
     steps = tf.data.Dataset.counter(start=start_step * slices + slice_k, step=slices)
     ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed, shard, start_step), steps)
-    return ds.map(lambda xi, step: prepare(*xi, step), num_parallel_calls=tf.data.AUTOTUNE,
+    return ds.map(traced(lambda xi, step: prepare(*xi, step)), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True).prefetch(tf.data.AUTOTUNE)
