@@ -128,7 +128,8 @@ def test_trunks_heads_losses_on_jax_backend():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.split("JSON:")[-1])
     assert report["backend"] == "jax" and report["tensorflow_imported"] is False
-    assert len(report["runs"]) == 5
+    assert [(run["trunk"], run["weighting"]) for run in report["runs"]] == [
+        ("vit", "uncertainty"), ("vit", "dwa"), ("cct", "fixed"), ("seed_vit", "fixed")]
     for run in report["runs"]:
         assert run["outputs"] == {"fine": [3, 10], "coarse": [3, 3]} and run["loss"] == run["loss"]  # not NaN
     # The weighting state moves inside JAX's stateless fit: DWA's third epoch trains with the weights its
@@ -140,7 +141,10 @@ def test_trunks_heads_losses_on_jax_backend():
     assert third == pytest.approx(dwa_weights(dwa), rel=1e-5)
     log_var = by_weighting["uncertainty"]["log_var"]
     assert min(abs(v) for v in log_var) > 1e-4, log_var
-    assert report["data_parallel"]["replicas"] == 2 and len(report["data_parallel"]["loss"]) == 2
+    # The data-parallel run is vit with the fixed weighting (the only vit case on it); its loss falls over the two
+    # epochs (measured 2026-12-07: 2.245 -> 1.986).
+    parallel = report["data_parallel"]
+    assert parallel["replicas"] == 2 and len(parallel["loss"]) == 2 and parallel["loss"][1] < parallel["loss"][0]
     # FAMO's logits follow the paper's rule from the losses the steps saw; the hierarchy heads' coarse output is
     # the fine one summed over each superclass (as on TensorFlow, tests/test_hierarchy.py).
     expected = famo_reference(np.array(report["famo"]["losses"]), 0.1, 0.01)
