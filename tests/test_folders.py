@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import require, run_module
+from conftest import predict_in_process, require, run_module
 from mtl_keras.data import datasets, pipeline, types
 from mtl_keras.data import host_images
 from mtl_keras.data import images as images_lib
@@ -239,7 +239,7 @@ def test_missing_inputs_name_the_flag(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_on_fashion_mnist_folder_and_predict_names(tmp_path):
+def test_train_on_fashion_mnist_folder_and_predict_names(tmp_path, capsys):
     """The same command as for the built-in data, only --dataset and --data_dir differ."""
     if not os.path.isfile(os.path.join(fashion_mnist.DEFAULT_DIR, fashion_mnist.FILES["test"][0])):
         if os.environ.get("CI"):
@@ -269,9 +269,9 @@ def test_train_on_fashion_mnist_folder_and_predict_names(tmp_path):
         assert (work / png).read_bytes()[:4] == b"\x89PNG"
     assert list((work / "tensorboard" / "train").glob("events.out.tfevents.*"))
     shoes = sorted((root / "footwear").glob("*/*.png"))[::50][:5]
-    pred = run_module("mtl_keras.predict", f"--model={export / 'fm' / '1'}", "--json", *map(str, shoes))
-    assert pred.returncode == 0, pred.stderr[-2000:]
-    results = json.loads(pred.stdout)
+    status, out, err = predict_in_process([f"--model={export / 'fm' / '1'}", "--json", *shoes], capsys)
+    assert status == 0, err[-2000:]
+    results = json.loads(out)
     fine_names = {p.name for p in root.glob("*/*")}
     assert all(r["fine"][0]["class"] in fine_names for r in results)  # names from the tree, not ids
     assert [r["coarse"][0]["class"] for r in results].count("footwear") >= 3

@@ -146,9 +146,10 @@ def test_bad_process_group_is_refused_in_process(monkeypatch, args, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [BAD_GROUPS[0], BAD_GROUPS[3]])
-def test_bad_process_group_is_one_line(tmp_path, args, message):
+def test_bad_process_group_is_one_line(tmp_path):
+    # One command line end to end; every refusal runs in-process above.
     require("jax")
+    args, message = BAD_GROUPS[0]
     proc = run_module("mtl_keras.train", *FLAGS, "--distribution=multi_worker", f"--workdir={tmp_path / 'w'}",
                       *args, env=jax_env(), timeout=120)
     assert proc.returncode == 1
