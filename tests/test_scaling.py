@@ -60,6 +60,11 @@ def test_two_processes_killed_and_resumed_train_like_one_and_only_process_0_writ
     # One group run that loses a peer and resumes serves both claims: a lost peer ends the other process in one
     # line and a rerun resumes; and the finished run trained like one process (the resumed epoch included).
     require("jax")
+    # The one-process run first: the group's processes then read its compiled weight initialisers from the
+    # session's JAX compilation cache (conftest.jax_compilation_cache).
+    one = run_module("mtl_keras.train", *FLAGS, "--epochs=2", "--max_train_examples=2048", "--distribution=none",
+                     f"--workdir={tmp_path / 'one'}", env=jax_env())
+    assert one.returncode == 0, one.stderr[-3000:]
     work, port = tmp_path / "two", free_port()
     procs = [start(k, port, work, "--epochs=2", "--max_train_examples=2048") for k in (0, 1)]
     state = work / "checkpoints" / "state.json"
@@ -84,9 +89,6 @@ def test_two_processes_killed_and_resumed_train_like_one_and_only_process_0_writ
         assert "Resumed from epoch 1" in out
         assert "2 replica(s)" in out and "identical in all 2 processes" in out
         assert "Traceback" not in err
-    one = run_module("mtl_keras.train", *FLAGS, "--epochs=2", "--max_train_examples=2048", "--distribution=none",
-                     f"--workdir={tmp_path / 'one'}", env=jax_env())
-    assert one.returncode == 0, one.stderr[-3000:]
     # Training: the same global batches and seed, only the order of float32 sums differs (per-device partial
     # sums, then a cross-process all-reduce); measured within 2e-7 (loss) and equal (accuracy); 1e-4 leaves
     # margin. Validation: processes need equal slices, so the last partial batch (8 of 1800 images) is skipped;
