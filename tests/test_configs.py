@@ -41,11 +41,6 @@ def _info_and_shape(name: str):
     return DatasetInfo(name, module.FINE_NAMES, module.COARSE_NAMES, module.FINE_TO_COARSE), (28, 28, 1)
 
 
-def _param(path: Path):
-    slow = "resnet152" in path.read_text()  # ResNet-152 takes seconds to build and compile on CPU
-    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
-
-
 def test_seed_grid_is_complete():
     names = {p.stem for p in CONFIGS}
     for model in ("vit", "resnet152"):
@@ -64,33 +59,63 @@ def test_flagfile_opens_with_purpose_and_command(path):
     assert all(line.startswith(("#", "--")) for line in lines if line.strip())
 
 
-@pytest.mark.parametrize("path", [_param(p) for p in ALL_CONFIGS])
-def test_flagfile_parses_and_builds_its_model(path, monkeypatch):
-    from mtl_keras.modeling import build_and_compile
+def _build_args(path: Path):
+    """(config, DatasetInfo, image shape, norm stats) a flagfile's model is built from; a folder config is read as
+    CIFAR-10 (every folder config here is a CIFAR-10 tree)."""
     from mtl_keras.models import ADAPTED_NORM
 
+    config = _parse(path)
+    if config.data.dataset == "folder":
+        config = _parse(path, "--dataset=cifar10")
+    info, shape = _info_and_shape(config.data.dataset)
+    stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model.model in ADAPTED_NORM else None
+    return config, info, shape, stats
+
+
+def _model_groups() -> list:
+    """The shipped flagfiles grouped by the model they build: many differ only in settings the model does not see
+    (seed, data, epochs, a stateless loss weighting's gamma), so each group builds one model and compiles it for
+    each of its flagfiles' optimisation settings. ResNet-152 groups are slow (seconds per build on CPU)."""
+    from mtl_keras import weightings
+
+    groups: dict[str, list[Path]] = {}
+    for path in ALL_CONFIGS:
+        config, info, shape, stats = _build_args(path)
+        optim = config.optim
+        state = optim if weightings.get(optim.loss_weighting).stateful else optim.loss_weighting
+        key = repr((config.model, info.num_classes, shape, stats, info.fine_to_coarse, optim.mixed_precision, state))
+        groups.setdefault(key, []).append(path)
+    return [pytest.param(paths, id=f"{paths[0].stem}+{len(paths) - 1}",
+                         marks=[pytest.mark.slow] if "resnet152" in paths[0].read_text() else [])
+            for paths in groups.values()]
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in ALL_CONFIGS])
+def test_flagfile_parses(path, monkeypatch):
     monkeypatch.chdir(REPO / "tests")  # nested --flagfile paths are relative to their file, not to here
     config = _parse(path)
     if config.data.dataset == "folder":  # every folder config here is a CIFAR-10 tree, and runs on CIFAR-10 too
         assert config.data.data_dir == "data/cifar10" and "data/cifar10/COARSE/FINE/" in _comments(path)
         config = _parse(path, "--dataset=cifar10")
-    info, shape = _info_and_shape(config.data.dataset)
-    stats = ([120.0] * shape[2], [4000.0] * shape[2]) if config.model.model in ADAPTED_NORM else None
-    # Many flagfiles differ only in settings the model does not see (seed, data, epochs): one build for each
-    # distinct set of build_and_compile's arguments, shared by the flagfiles that give the same ones.
-    key = repr((config.model, config.optim, info.num_classes, shape, stats, info.fine_to_coarse))
-    if key not in _BUILT:
-        model = build_and_compile(config.model, config.optim, info.num_classes, shape, steps_per_epoch=10,
-                                  norm_stats=stats, fine_to_coarse=info.fine_to_coarse)
-        _BUILT[key] = (set(model.output_names), str(model.get_compile_config()["weighted_metrics"]))
-    output_names, weighted_metrics = _BUILT[key]
-    expected = {h for h in ("fine", "coarse") if config.model.task in ("mtl", h)}
-    assert output_names == expected
-    if config.data.dataset == "cifar100" and "fine" in expected:
-        assert "top5_accuracy" in weighted_metrics
+    assert config.data.dataset in ("shapes", "fashion_mnist", "cifar10", "cifar100"), config.data.dataset
 
 
-_BUILT: dict[str, tuple[set[str], str]] = {}  # build_and_compile's arguments -> (output names, weighted metrics)
+@pytest.mark.parametrize("paths", _model_groups())
+def test_each_distinct_model_builds_and_compiles_for_its_flagfiles(paths):
+    from mtl_keras.modeling import build_and_compile, compile_model, make_optimizer
+
+    model = None
+    for path in paths:
+        config, info, shape, stats = _build_args(path)
+        if model is None:  # the group's model, compiled for its first flagfile as train builds it
+            model = build_and_compile(config.model, config.optim, info.num_classes, shape, steps_per_epoch=10,
+                                      norm_stats=stats, fine_to_coarse=info.fine_to_coarse)
+        else:
+            compile_model(model, config.model, config.optim, info.num_classes, make_optimizer(config.optim, 10))
+        expected = {h for h in ("fine", "coarse") if config.model.task in ("mtl", h)}
+        assert set(model.output_names) == expected, path
+        metrics = str(model.get_compile_config()["weighted_metrics"])
+        assert ("top5_accuracy" in metrics) == (config.data.dataset == "cifar100" and "fine" in expected), path
 
 
 PROGRAMS = {  # program -> (a flag it must list, a flag of another program it must not)
