@@ -111,8 +111,8 @@ def test_train_stops_at_the_budget_records_it_and_a_rerun_trains_no_further(tmp_
     from mtl_keras import train
     from mtl_keras.errors import MtlError
 
-    settings = dict(dataset="shapes", variant="Pico/4", max_train_examples=512, batch_size=64, epochs=40,
-                    time_budget=6.0, warmup_epochs=1.0, jit_compile=False, export=False,
+    settings = dict(dataset="shapes", variant="Pico/4", max_train_examples=512, validation_fraction=0.02,
+                    batch_size=64, epochs=40, time_budget=6.0, warmup_epochs=1.0, jit_compile=False, export=False,
                     workdir=str(tmp_path / "w"))
     metrics = train.run(config.make(**settings))
     record = metrics["time_budget"]
