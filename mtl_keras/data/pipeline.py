@@ -22,7 +22,7 @@ from mtl_keras.data.types import DatasetInfo, Split
 
 
 def traced(fn):
-    """`fn` for a tf.data map, traced as written. Its branches test Python values only (tf.cond / tf.switch_case
+    """`fn` for a tf.data map, traced as written. Its conditions test Python values only (tf.cond / tf.switch_case
     where a tensor decides), so autograph's rewrite of the source (about 1 CPU-second per training run) would
     change nothing in the graph: the batches are bit-identical."""
     return tf.autograph.experimental.do_not_convert(fn)
