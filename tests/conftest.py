@@ -83,7 +83,7 @@ FAST_TIER_REFUSED = (("keras", "Model", "fit"), ("mtl_keras.serving.signatures",
 
 @pytest.fixture(scope="session", autouse=True)
 def jax_compilation_cache(tmp_path_factory):
-    """The JAX processes the tests start share JAX's persistent compilation cache, one per test session (in the
+    """The JAX processes the tests start share JAX's persistent compilation cache, one per pytest run (in the
     temporary folder the xdist workers share): the processes of a group, a resumed run and its rerun compile the
     same steps and weight initialisers. A warm cache measured 26.3 -> 12.2 CPU-seconds for a Pico/4 run of 2
     epochs, with the same figures (BUILD_NOTES.md, "CI"). A user's own JAX cache setting wins."""

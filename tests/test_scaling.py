@@ -61,7 +61,7 @@ def test_two_processes_killed_and_resumed_train_like_one_and_only_process_0_writ
     # line and a rerun resumes; and the finished run trained like one process (the resumed epoch included).
     require("jax")
     # The one-process run first: the group's processes then read its compiled weight initialisers from the
-    # session's JAX compilation cache (conftest.jax_compilation_cache).
+    # test run's JAX compilation cache (conftest.jax_compilation_cache).
     one = run_module("mtl_keras.train", *FLAGS, "--epochs=2", "--max_train_examples=2048", "--distribution=none",
                      f"--workdir={tmp_path / 'one'}", env=jax_env())
     assert one.returncode == 0, one.stderr[-3000:]
