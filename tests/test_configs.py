@@ -78,16 +78,16 @@ def _model_groups() -> list:
     each of its flagfiles' optimisation settings. ResNet-152 groups are slow (seconds per build on CPU)."""
     from mtl_keras import weightings
 
-    groups: dict[str, list[Path]] = {}
+    groups: dict[str, list[tuple]] = {}  # key -> [(path, config, info, shape, stats), ...]
     for path in ALL_CONFIGS:
-        config, info, shape, stats = _build_args(path)
+        config, info, shape, stats = args = _build_args(path)
         optim = config.optim
         state = optim if weightings.get(optim.loss_weighting).stateful else optim.loss_weighting
         key = repr((config.model, info.num_classes, shape, stats, info.fine_to_coarse, optim.mixed_precision, state))
-        groups.setdefault(key, []).append(path)
-    return [pytest.param(paths, id=f"{paths[0].stem}+{len(paths) - 1}",
-                         marks=[pytest.mark.slow] if "resnet152" in paths[0].read_text() else [])
-            for paths in groups.values()]
+        groups.setdefault(key, []).append((path, *args))
+    return [pytest.param(members, id=f"{members[0][0].stem}+{len(members) - 1}",
+                         marks=[pytest.mark.slow] if members[0][1].model.model == "resnet152" else [])
+            for members in groups.values()]
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=[str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in ALL_CONFIGS])
@@ -100,13 +100,12 @@ def test_flagfile_parses(path, monkeypatch):
     assert config.data.dataset in ("shapes", "fashion_mnist", "cifar10", "cifar100"), config.data.dataset
 
 
-@pytest.mark.parametrize("paths", _model_groups())
-def test_each_distinct_model_builds_and_compiles_for_its_flagfiles(paths):
+@pytest.mark.parametrize("members", _model_groups())
+def test_each_distinct_model_builds_and_compiles_for_its_flagfiles(members):
     from mtl_keras.modeling import build_and_compile, compile_model, make_optimizer
 
     model = None
-    for path in paths:
-        config, info, shape, stats = _build_args(path)
+    for path, config, info, shape, stats in members:  # parsed once, when the groups were made
         if model is None:  # the group's model, compiled for its first flagfile as train builds it
             model = build_and_compile(config.model, config.optim, info.num_classes, shape, steps_per_epoch=10,
                                       norm_stats=stats, fine_to_coarse=info.fine_to_coarse)
