@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mtl_keras.data import datasets, pipeline
-from mtl_keras.data.images import fit_images
+from mtl_keras.data.images import decode_files, fit_images
 from mtl_keras.data.sources import cifar, shapes
 from mtl_keras.errors import DatasetError
 
@@ -39,6 +39,23 @@ def test_pipeline_structure_per_task(shapes_splits, task, keys):
     sizes = {"fine": 10, "coarse": 3}
     for k in keys:
         assert labels[k].shape == (16, sizes[k]) and labels[k].dtype == tf.float32
+
+
+def test_every_pipeline_runs_without_the_autotuning_thread(shapes_splits, tmp_path, monkeypatch):
+    # With tf.data's autotuning thread, deleting the iterator after a fit of over a minute sometimes waited, idle,
+    # up to a minute (benchmarks/iterator_teardown.py); training, evaluation and the folder decode pass go without.
+    for training in (True, False):
+        ds = pipeline.pipeline(shapes_splits.test, shapes_splits.info, batch_size=16, training=training,
+                               augment="flip_crop")
+        assert ds.options().autotune.enabled is False
+    iterated = []
+    real = tf.data.Dataset.as_numpy_iterator
+    monkeypatch.setattr(tf.data.Dataset, "as_numpy_iterator",
+                        lambda self: iterated.append(self.options().autotune.enabled) or real(self))
+    path = tmp_path / "one.png"
+    path.write_bytes(tf.io.encode_png(np.full((8, 8, 3), 200, np.uint8)).numpy())
+    pixels, ok = decode_files([str(path)], 4)
+    assert iterated == [False] and ok.tolist() == [True] and pixels.shape == (1, 4, 4, 3)
 
 
 def test_training_batches_do_not_depend_on_how_often_the_pipeline_is_iterated(shapes_splits):

@@ -77,6 +77,16 @@ def decode_bytes(contents: tf.Tensor, size: int, max_pixels: int | None = None) 
     return tf.ensure_shape(image, (size, size, 3))
 
 
+def without_autotune_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` without tf.data's autotuning thread. With it (TensorFlow 2.21), deleting an iterator that ran for
+    over a minute sometimes blocked, idle, until that thread's next tuning pass, up to a minute later: after the
+    last epoch of every such `fit`, and after a long decode pass. Without it, `AUTOTUNE` parallelism is the
+    core count and prefetch buffers still grow on demand; the batches are the same."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def decode_files(paths, size: int | None, max_pixels: int | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """Decodes every file in tf.data: (uint8 [N, size, size, 3] or None when size is None, ok mask [N]).
 
@@ -94,7 +104,8 @@ def decode_files(paths, size: int | None, max_pixels: int | None = None) -> tupl
     index = np.flatnonzero([too_large(p, limit) is None for p in paths])
     ds = tf.data.Dataset.from_tensor_slices((index.astype(np.int64), paths[index]))
     ds = ds.map(lambda i, p: (i, work(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    for index, pixels in ds.ignore_errors().batch(256).prefetch(2).as_numpy_iterator():  # Python per batch
+    ds = without_autotune_thread(ds.ignore_errors().batch(256).prefetch(2))
+    for index, pixels in ds.as_numpy_iterator():  # Python per batch
         ok[index] = True
         if images is not None:
             images[index] = pixels

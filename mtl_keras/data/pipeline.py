@@ -17,7 +17,7 @@ from mtl_keras.config import TASKS, parse_policies
 from mtl_keras.data import augment as augment_lib
 from mtl_keras.data.host_augment import refuse_mixing_partial
 from mtl_keras.data.host_images import FileImages
-from mtl_keras.data.images import decode, fit_images
+from mtl_keras.data.images import decode, fit_images, without_autotune_thread
 from mtl_keras.data.types import DatasetInfo, Split
 
 
@@ -128,5 +128,6 @@ def pipeline(split: Split, info: DatasetInfo, *, task: str = "mtl", batch_size: 
     slice_k, slices = shard  # distinct augmentation seeds per slice
     steps = tf.data.Dataset.counter(start=start_step * slices + slice_k, step=slices)
     ds = tf.data.Dataset.zip(_batches(split, batch_size, training, seed, shard, start_step), steps)
-    return ds.map(traced(lambda xi, step: prepare(*xi, step)), num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return without_autotune_thread(ds.map(traced(lambda xi, step: prepare(*xi, step)),
+                                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                                   .prefetch(tf.data.AUTOTUNE))
