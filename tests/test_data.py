@@ -98,6 +98,21 @@ def test_a_fit_from_step_s_gets_the_batches_and_augmentation_the_whole_stream_ha
     assert not np.array_equal(resumed[0][0], whole[0][0])
 
 
+def test_evaluation_slices_of_two_processes_are_equal_and_drop_the_last_partial_batch(shapes_splits):
+    # Processes of a group step together, so each takes an equal slice of every whole global batch: 20 images in
+    # batches of 8 give 2 global batches (16 images) and each process 2 slices of 4; the 4 left over are skipped.
+    split = datasets.Split(shapes_splits.val.images[:20], shapes_splits.val.fine[:20], shapes_splits.val.coarse[:20])
+
+    def images(shard):
+        ds = pipeline.pipeline(split, shapes_splits.info, batch_size=8, shard=shard)
+        return [x.numpy() for x, _ in ds]
+
+    whole, first, second = images((0, 1)), images((0, 2)), images((1, 2))
+    assert [len(b) for b in whole] == [8, 8, 4] and [len(b) for b in first] == [len(b) for b in second] == [4, 4]
+    for k in range(2):
+        np.testing.assert_array_equal(np.concatenate([first[k], second[k]]), whole[k])
+
+
 def test_host_training_batches_from_step_s_are_the_whole_streams(shapes_splits):
     from mtl_keras.data import host
 
