@@ -78,10 +78,10 @@ def decode_bytes(contents: tf.Tensor, size: int, max_pixels: int | None = None) 
 
 
 def without_autotune_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """`ds` without tf.data's autotuning thread. With it (TensorFlow 2.21), deleting an iterator that ran for
-    over a minute sometimes blocked, idle, until that thread's next tuning pass, up to a minute later: after the
-    last epoch of every such `fit`, and after a long decode pass. Without it, `AUTOTUNE` parallelism is the
-    core count and prefetch buffers still grow on demand; the batches are the same."""
+    """`ds` without tf.data's autotuning thread. With it (TensorFlow 2.21), deleting an iterator that had run for
+    over a minute sometimes waited, idle, for that thread's next tuning pass, up to a minute later: the quick
+    start sat 52 s after its last epoch (BUILD_NOTES.md). Without it, `AUTOTUNE` parallelism is the core count
+    and prefetching still runs ahead of the model; the batches are the same."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
