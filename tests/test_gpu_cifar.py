@@ -38,9 +38,8 @@ def test_benchmark_reports_mfu_of_a_real_run_on_cpu_with_a_fake_peak(tmp_path):
     work = tmp_path / "w"
     proc = subprocess.run([sys.executable, str(BENCHMARK), "--dataset=shapes", "--model=vit", "--variant=Pico/4",
                            "--epochs=2", "--batch_size=64", "--max_train_examples=256", "--validation_fraction=0.02",
-                           "--noexport",
-                           "--peak_tflops=0.001",
-                           "--input_pipeline=host", f"--workdir={work}"], cwd=REPO, capture_output=True, text=True,
+                           "--noexport", "--peak_tflops=0.001", "--input_pipeline=host", f"--workdir={work}"],
+                          cwd=REPO, capture_output=True, text=True,
                           check=False, timeout=600, env=subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

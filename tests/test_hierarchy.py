@@ -265,9 +265,8 @@ def test_train_cli_with_both_heads_famo_and_bfloat16_exports_float32(tmp_path):
 
     proc = run_module("mtl_keras.train", "--dataset=shapes", "--variant=Pico/4", "--epochs=2", "--batch_size=64",
                       "--max_train_examples=512", "--validation_fraction=0.02", "--coarse_head=both",
-                      "--loss_weighting=famo", "--noint8",
-                      "--mixed_precision=bfloat16", "--nojit_compile", f"--workdir={tmp_path / 'w'}",
-                      f"--export_dir={tmp_path / 'e'}", "--model_name=bf16")
+                      "--loss_weighting=famo", "--noint8", "--mixed_precision=bfloat16", "--nojit_compile",
+                      f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}", "--model_name=bf16")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert metrics["hierarchy_consistency"] == 1.0 and metrics["onnx_parity_ok"] is True
