@@ -22,7 +22,7 @@ import types
 
 from absl import flags
 
-from mtl_keras import config, flagfiles, weightings
+from mtl_keras import config, flagfiles, variants, weightings
 from mtl_keras.config import DataConfig, TrainConfig
 
 _D = types.SimpleNamespace(**config.flat(TrainConfig()))  # every default, by flag name
@@ -69,10 +69,8 @@ def _valid_augment(spec: str) -> bool:
 
 
 def _valid_variant(values: dict) -> bool:
-    from mtl_keras.models import check_variant  # Keras: only when a variant is checked
-
     try:
-        check_variant(values["model"], values["variant"])
+        variants.check(values["model"], values["variant"])
     except ValueError as e:
         raise flags.ValidationError(f"--variant: {e}") from None
     return True
@@ -87,10 +85,8 @@ def _valid_coarse_head(values: dict) -> bool:
 
 
 def _valid_stem_init(values: dict) -> bool:
-    from mtl_keras.models import WHITENABLE  # Keras: only when checked
-
-    if values["stem_init"] == "whitened" and values["model"] not in WHITENABLE:
-        raise flags.ValidationError(f"--stem_init=whitened needs --model={' or '.join(WHITENABLE)} (a first "
+    if values["stem_init"] == "whitened" and values["model"] not in variants.WHITENABLE:
+        raise flags.ValidationError(f"--stem_init=whitened needs --model={' or '.join(variants.WHITENABLE)} (a first "
                                     f"convolution on the images; got --model={values['model']})")
     return True
 
@@ -103,10 +99,8 @@ def _valid_progressive(values: dict) -> bool:
         return True
     if values["model"] != "vit":
         raise flags.ValidationError(f"--progressive_size needs --model=vit (got --model={values['model']})")
-    from mtl_keras.models.vit import parse_variant  # Keras: only when checked
-
     try:
-        patch = parse_variant(values["variant"])[-1]
+        patch = variants.parse_vit(values["variant"])[-1]
     except ValueError:
         return True  # --variant's own validator names the bad variant
     if size % patch:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -212,6 +213,29 @@ _NATIVE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages be
 
 def is_child() -> bool:
     return os.environ.get(_CHILD) == "1"
+
+
+def keras_backend() -> str:
+    """The backend Keras runs (or will run) on in this process, without loading Keras when it is not loaded yet:
+    the supervising parent needs only this, and stays a small process. Keras's own rule (keras/src/backend/
+    config.py): KERAS_BACKEND when set and not empty, else "backend" in keras.json under KERAS_HOME (default
+    ~/.keras, or /tmp/.keras when the home folder is not writable), else tensorflow."""
+    if "keras" in sys.modules:
+        import keras
+
+        return keras.backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.expanduser(os.path.join(home, "keras.json"))) as f:
+            settings = json.load(f)
+    except (OSError, ValueError):
+        return "tensorflow"
+    return settings.get("backend", "tensorflow") if isinstance(settings, dict) else "tensorflow"
 
 
 def follow_parent() -> None:

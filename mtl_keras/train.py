@@ -459,7 +459,6 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
 
 
 def main(argv: list[str]) -> None:
-    import keras
     from absl import flags, logging
 
     from mtl_keras import console, processes
@@ -471,7 +470,8 @@ def main(argv: list[str]) -> None:
     config = mtl_flags.to_config(flags.FLAGS)
     if processes.is_child():
         processes.follow_parent()
-    elif config.optim.distribution == "multi_worker" and keras.backend.backend() == "jax":
+    elif config.optim.distribution == "multi_worker" and processes.keras_backend() == "jax":
+        # The supervising parent loads no Keras: it starts the child that does the work, and waits.
         try:  # the work runs in a child process, so a native abort (lost coordinator) still ends in one line
             sys.exit(processes.supervise("train", processes.resolve(config.optim)))
         except MtlError as e:

@@ -1,13 +1,15 @@
 """Every CLI ends a bad flag value, from the command line or a flagfile, in one `PROG: error: --NAME...` line."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import parsed_in_process, run_module
+from conftest import REPO, parsed_in_process, run_module, subprocess_env
 
-# TensorFlow's C++ startup lines reach fd 2 while Keras is imported (the --variant check), before any Python
-# code could stop them; they are not the program's output.
+# TensorFlow's C++ startup lines reach fd 2 when a program imports it before its flags are checked, before any
+# Python code could stop them; they are not the program's output.
 TF_STARTUP = re.compile(r"WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} ")
 
 
@@ -31,6 +33,34 @@ def test_train_cli_bad_flag_is_one_line_and_writes_nothing(tmp_path):
     proc = run_module("mtl_keras.train", "--gamma=1.5", f"--workdir={tmp_path / 'w'}")
     assert proc.returncode == 2 and _error_lines(proc)[0].startswith("train: error: --gamma"), proc.stderr
     assert len(_error_lines(proc)) == 1, proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+# train's flags checked in a fresh Python, then the modules it loaded: the flag checks need no Keras and no backend.
+LOADED_AFTER_FLAGS = """
+import runpy, sys
+sys.argv = ["train", *sys.argv[1:]]
+try:
+    runpy.run_module("mtl_keras.train", run_name="__main__")
+except SystemExit as e:
+    print("EXIT", e.code, sorted({"keras", "tensorflow", "jax"} & set(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant=Huge/4"], "--variant: unknown ViT variant 'Huge/4': use NAME/PATCH with NAME in "),
+    (["--model=cct", "--variant=Mu/4"], "--variant: unknown CCT variant 'Mu/4': use LAYERS/KxN with LAYERS in "),
+    (["--model=seed_vit", "--stem_init=whitened"], "--stem_init=whitened needs --model=vit or cct (a first "),
+    (["--progressive_size=30"], "--progressive_size=30 is not a multiple of the patch size 4 of --variant=Mu/4"),
+])
+def test_size_flags_are_checked_before_any_backend_loads(args, message, tmp_path):
+    """The checks that read the trunks' size tables (mtl_keras.variants) answer in one line without Keras, so a
+    mistyped --variant costs no TensorFlow start-up."""
+    proc = subprocess.run([sys.executable, "-c", LOADED_AFTER_FLAGS, *args, f"--workdir={tmp_path / 'w'}"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines()[-1] == "EXIT 2 []", proc.stdout + proc.stderr[-2000:]
+    [line] = _error_lines(proc)
+    assert line.startswith("train: error: ") and message in line, line
     assert not (tmp_path / "w").exists()
 
 

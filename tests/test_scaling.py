@@ -151,6 +151,53 @@ def test_bad_process_group_is_refused_in_process(monkeypatch, args, message):
     assert message in str(refused.value) and len(str(refused.value).splitlines()) == 1
 
 
+# train's command line in a fresh Python, then the modules it loaded.
+LOADED_AFTER_MAIN = """
+import runpy, sys
+sys.argv = ["train", *sys.argv[1:]]
+try:
+    runpy.run_module("mtl_keras.train", run_name="__main__")
+except SystemExit as e:
+    print("EXIT", e.code, sorted({"keras", "tensorflow", "jax"} & set(sys.modules)))
+"""
+
+
+def test_the_supervising_process_loads_no_keras(tmp_path):
+    """The process a user starts for a group member only checks the group and supervises the child that does the
+    work: it loads neither Keras nor a backend, so a refused group is one line in a fraction of a second and a
+    running one holds no framework's memory twice."""
+    args, message = BAD_GROUPS[0]
+    proc = subprocess.run([sys.executable, "-c", LOADED_AFTER_MAIN, *FLAGS, "--distribution=multi_worker",
+                           f"--workdir={tmp_path / 'w'}", *args], cwd=REPO, env=jax_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.splitlines()[-1] == "EXIT 1 []", proc.stdout + proc.stderr[-2000:]
+    assert error_lines(proc.stderr) == [f"train: error: {message}"], proc.stderr[-2000:]
+    assert not (tmp_path / "w").exists()
+
+
+BACKEND_PROBE = """
+import json, sys
+from mtl_keras import processes
+told = processes.keras_backend()
+loaded = "keras" in sys.modules
+import keras
+print(json.dumps([told, loaded, keras.backend.backend()]))
+"""
+
+
+@pytest.mark.parametrize("env, keras_json, backend", [
+    ({}, {"backend": "jax"}, "jax"),  # keras.json alone
+    ({"KERAS_BACKEND": ""}, {"floatx": "float32"}, "tensorflow"),  # empty variable, no backend saved: the default
+])
+def test_the_backend_is_known_without_loading_keras_as_keras_decides_it(tmp_path, env, keras_json, backend):
+    # (KERAS_BACKEND=jax winning: the supervising test above, whose group is refused only on the JAX path.)
+    (tmp_path / "keras.json").write_text(json.dumps(keras_json))
+    proc = subprocess.run([sys.executable, "-c", BACKEND_PROBE], cwd=REPO, capture_output=True, text=True,
+                          env=subprocess_env(KERAS_HOME=str(tmp_path), JAX_PLATFORMS="cpu", **env), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [backend, False, backend]
+
+
 @pytest.mark.slow
 def test_bad_process_group_is_one_line(tmp_path):
     # One command line end to end; every refusal runs in-process above.

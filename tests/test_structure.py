@@ -94,7 +94,7 @@ def test_arrows_point_down_train_and_experiments_are_the_top():
 
 # Importing these must not import TensorFlow: settings, choice lists, flags, errors, dataset types and names,
 # and the model code (which the JAX-only GPU runner imports).
-TENSORFLOW_FREE = ["mtl_keras.config", "mtl_keras.errors", "mtl_keras.flags", "mtl_keras.data",
+TENSORFLOW_FREE = ["mtl_keras.config", "mtl_keras.variants", "mtl_keras.errors", "mtl_keras.flags", "mtl_keras.data",
                    "mtl_keras.data.types", "mtl_keras.data.splits", "mtl_keras.data.sources", "mtl_keras.models",
                    "mtl_keras.losses",
                    "mtl_keras.modeling", "mtl_keras.evaluate"]

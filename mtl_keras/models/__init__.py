@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from mtl_keras import losses, weightings
+from mtl_keras import losses, variants, weightings
 from mtl_keras.config import HEAD_KINDS, TRUNKS
 from mtl_keras.models import cct, hierarchy, resnet, seed_vit, tta, vit, whiten  # noqa: F401  (tta: its layer)
 from mtl_keras.models.heads import light_head, seed_head
@@ -27,6 +27,10 @@ assert tuple(REGISTRY) == TRUNKS, "config.TRUNKS and the trunk registry must nam
 ADAPTED_NORM = tuple(name for name, spec in REGISTRY.items() if spec.adapted_norm)
 # Trunks whose first convolution reads the images, which --stem_init=whitened sets from training patches.
 WHITENABLE = tuple(name for name, spec in REGISTRY.items() if spec.first_conv_on_pixels)
+# The flag checks read mtl_keras.variants, which imports no Keras: it must tell what the registry tells.
+assert WHITENABLE == variants.WHITENABLE, "variants.WHITENABLE and the registry's first_conv_on_pixels disagree"
+assert {name: spec.parse_variant for name, spec in REGISTRY.items() if spec.parse_variant} == variants.PARSERS, \
+    "variants.PARSERS and the registry's parse_variant disagree"
 
 
 def spec(trunk: str) -> TrunkSpec:
@@ -37,10 +41,10 @@ def spec(trunk: str) -> TrunkSpec:
 
 
 def check_variant(trunk: str, variant: str) -> None:
-    """Raises ValueError (one line) when `variant` is not a size of `trunk`; fixed-shape trunks take any."""
-    parse = spec(trunk).parse_variant
-    if parse is not None:
-        parse(variant)
+    """Raises ValueError (one line) for an unknown `trunk`, or a `variant` that is not one of its sizes;
+    fixed-shape trunks take any."""
+    spec(trunk)
+    variants.check(trunk, variant)
 
 
 def build_model(trunk: str, input_shape: tuple[int, int, int], heads: Mapping[str, int], *,

@@ -9,33 +9,18 @@ Blocks are the shared `transformer.encoder_block`; the trunk runs on any Keras b
 
 from __future__ import annotations
 
-import re
-
 import keras
 from keras import layers
 
+from mtl_keras import variants
 from mtl_keras.models.spec import TrunkSpec
 from mtl_keras.models.transformer import AddPositionEmbedding, encoder_block, gelu_tanh
 
-# layers name: (depth, width, heads, mlp_ratio). "Pico" is for tests; the rest are the paper's sizes.
-VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "Pico": (2, 32, 2, 1),
-    "2": (2, 128, 2, 1),
-    "4": (4, 128, 2, 1),
-    "6": (6, 256, 4, 2),
-    "7": (7, 256, 4, 2),
-    "14": (14, 384, 6, 3),
-}
+# The size table and its parser live in mtl_keras/variants.py (Keras-free, for the flag checks).
+VARIANTS = variants.CCT
+parse_variant = variants.parse_cct
+
 TOKENIZER_PLANES = 64  # channels of the tokenizer's inner convolutions (paper's in_planes)
-
-
-def parse_variant(variant: str) -> tuple[int, int, int, int, int, int]:
-    """Decodes "LAYERS/KxN" into (depth, width, heads, mlp_ratio, kernel, conv_layers)."""
-    m = re.fullmatch(r"(\w+)/(\d+)x(\d+)", variant)
-    if not m or m[1] not in VARIANTS or int(m[2]) < 1 or int(m[3]) < 1:
-        raise ValueError(f"unknown CCT variant {variant!r}: use LAYERS/KxN with LAYERS in "
-                         f"{list(VARIANTS)}, e.g. '7/3x1' (kernel 3, one tokenizer conv)")
-    return (*VARIANTS[m[1]], int(m[2]), int(m[3]))
 
 
 def tokenizer(x, width: int, kernel: int, conv_layers: int):

@@ -9,29 +9,14 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from mtl_keras import variants
 from mtl_keras.config import STEMS
 from mtl_keras.models.spec import TrunkSpec
 from mtl_keras.models.transformer import AddPositionEmbedding, encoder_block, gelu_tanh
 
-# name: (width, depth, mlp_dim, heads)
-VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "Pico": (32, 2, 64, 2),  # tests and smoke runs
-    "Mu": (64, 3, 128, 4),  # the quick start
-    "Mi": (96, 4, 192, 3),  # CPU-sized CIFAR steps between Mu and Ti (the CIFAR-10 scaling study)
-    "XS": (128, 6, 256, 4),
-    "Ti": (192, 12, 768, 3),
-    "S": (384, 12, 1536, 6),
-    "B": (768, 12, 3072, 12),
-}
-
-
-def parse_variant(variant: str) -> tuple[int, int, int, int, int]:
-    """Decodes "NAME/PATCH" into (width, depth, mlp_dim, heads, patch)."""
-    name, _, patch = variant.partition("/")
-    if name not in VARIANTS or not patch.isdigit() or int(patch) < 1:
-        raise ValueError(
-            f"unknown ViT variant {variant!r}: use NAME/PATCH with NAME in {sorted(VARIANTS)}, e.g. 'Mu/4'")
-    return (*VARIANTS[name], int(patch))
+# The size table and its parser live in mtl_keras/variants.py (Keras-free, for the flag checks).
+VARIANTS = variants.VIT
+parse_variant = variants.parse_vit
 
 
 def conv_stem(x, width: int, patch: int):
