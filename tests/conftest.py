@@ -55,6 +55,18 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# `python -c TRAIN_THEN_LOADED ARGS...`: train's command line in a fresh Python, then the line "EXIT <status>
+# [<which of keras, tensorflow, jax it loaded>]" (tests of what a refusal or a supervising process loads).
+TRAIN_THEN_LOADED = """
+import runpy, sys
+sys.argv = ["train", *sys.argv[1:]]
+try:
+    runpy.run_module("mtl_keras.train", run_name="__main__")
+except SystemExit as e:
+    print("EXIT", e.code, sorted({"keras", "tensorflow", "jax"} & set(sys.modules)))
+"""
+
+
 def run_module(module: str, *args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None
                ) -> subprocess.CompletedProcess:
     """Runs `python -m module args` (environment: `subprocess_env()` unless given) and returns the finished

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, parsed_in_process, run_module, subprocess_env
+from conftest import REPO, TRAIN_THEN_LOADED, parsed_in_process, run_module, subprocess_env
 
 # TensorFlow's C++ startup lines reach fd 2 when a program imports it before its flags are checked, before any
 # Python code could stop them; they are not the program's output.
@@ -36,17 +36,6 @@ def test_train_cli_bad_flag_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-# train's flags checked in a fresh Python, then the modules it loaded: the flag checks need no Keras and no backend.
-LOADED_AFTER_FLAGS = """
-import runpy, sys
-sys.argv = ["train", *sys.argv[1:]]
-try:
-    runpy.run_module("mtl_keras.train", run_name="__main__")
-except SystemExit as e:
-    print("EXIT", e.code, sorted({"keras", "tensorflow", "jax"} & set(sys.modules)))
-"""
-
-
 @pytest.mark.parametrize("args, message", [
     (["--variant=Huge/4"], "--variant: unknown ViT variant 'Huge/4': use NAME/PATCH with NAME in "),
     (["--model=cct", "--variant=Mu/4"], "--variant: unknown CCT variant 'Mu/4': use LAYERS/KxN with LAYERS in "),
@@ -54,9 +43,9 @@ except SystemExit as e:
     (["--progressive_size=30"], "--progressive_size=30 is not a multiple of the patch size 4 of --variant=Mu/4"),
 ])
 def test_size_flags_are_checked_before_any_backend_loads(args, message, tmp_path):
-    """The checks that read the trunks' size tables (mtl_keras.variants) answer in one line without Keras, so a
-    mistyped --variant costs no TensorFlow start-up."""
-    proc = subprocess.run([sys.executable, "-c", LOADED_AFTER_FLAGS, *args, f"--workdir={tmp_path / 'w'}"],
+    """The checks that read the trunks' size tables (mtl_keras.variants) answer in one line without Keras or a
+    backend, so a mistyped --variant costs no TensorFlow start-up."""
+    proc = subprocess.run([sys.executable, "-c", TRAIN_THEN_LOADED, *args, f"--workdir={tmp_path / 'w'}"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert proc.stdout.splitlines()[-1] == "EXIT 2 []", proc.stdout + proc.stderr[-2000:]
     [line] = _error_lines(proc)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require, run_module, subprocess_env
+from conftest import REPO, TRAIN_THEN_LOADED, require, run_module, subprocess_env
 
 # Tiny and unaugmented: the two processes together see exactly the global batches one process sees.
 FLAGS = ["--dataset=shapes", "--variant=Pico/4", "--max_train_examples=512", "--batch_size=64", "--augment=none",
@@ -151,23 +151,12 @@ def test_bad_process_group_is_refused_in_process(monkeypatch, args, message):
     assert message in str(refused.value) and len(str(refused.value).splitlines()) == 1
 
 
-# train's command line in a fresh Python, then the modules it loaded.
-LOADED_AFTER_MAIN = """
-import runpy, sys
-sys.argv = ["train", *sys.argv[1:]]
-try:
-    runpy.run_module("mtl_keras.train", run_name="__main__")
-except SystemExit as e:
-    print("EXIT", e.code, sorted({"keras", "tensorflow", "jax"} & set(sys.modules)))
-"""
-
-
 def test_the_supervising_process_loads_no_keras(tmp_path):
     """The process a user starts for a group member only checks the group and supervises the child that does the
     work: it loads neither Keras nor a backend, so a refused group is one line in a fraction of a second and a
     running one holds no framework's memory twice."""
     args, message = BAD_GROUPS[0]
-    proc = subprocess.run([sys.executable, "-c", LOADED_AFTER_MAIN, *FLAGS, "--distribution=multi_worker",
+    proc = subprocess.run([sys.executable, "-c", TRAIN_THEN_LOADED, *FLAGS, "--distribution=multi_worker",
                            f"--workdir={tmp_path / 'w'}", *args], cwd=REPO, env=jax_env(), capture_output=True,
                           text=True, timeout=60)
     assert proc.stdout.splitlines()[-1] == "EXIT 1 []", proc.stdout + proc.stderr[-2000:]
