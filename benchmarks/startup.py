@@ -5,8 +5,8 @@
 Each stack is imported REPEATS times, each time in a fresh interpreter (the page cache warm after a first
 untimed import), and the median wall and CPU seconds are printed with the installed versions. Every `mtl-keras`
 command, every export's conversion child and every process of a process group pays one of these; the test
-suite starts about a hundred such processes. ml_dtypes is listed alone because its 0.7.0 release took about
-0.75 s to import against 0.13 s for 0.6.0 (BUILD_NOTES.md, "Start-up time").
+suite starts about a hundred such processes. ml_dtypes is listed alone because its 0.7.0 release took 0.73
+CPU-seconds to import against 0.11 for 0.6.0 (BUILD_NOTES.md, "Start-up time").
 """
 
 from __future__ import annotations

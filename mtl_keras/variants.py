@@ -2,7 +2,7 @@
 
 Imports no Keras: the flag checks (flags.py) answer a bad `--variant` in one line before any backend loads, and
 a process group's supervising process never loads one. The trunks (models/vit.py, models/cct.py) build from
-these same tables, and models/__init__.py checks that its registry agrees with `PARSERS` and `WHITENABLE`.
+these same tables, and the model builder checks `--variant` and `--stem_init` with `check` and `WHITENABLE`.
 """
 
 from __future__ import annotations

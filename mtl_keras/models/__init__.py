@@ -25,12 +25,9 @@ REGISTRY: dict[str, TrunkSpec] = {"vit": vit.SPEC, "seed_vit": seed_vit.SPEC, "r
 assert tuple(REGISTRY) == TRUNKS, "config.TRUNKS and the trunk registry must name the same trunks"
 # Trunks that normalise with per-channel statistics of the training images (train computes them).
 ADAPTED_NORM = tuple(name for name, spec in REGISTRY.items() if spec.adapted_norm)
-# Trunks whose first convolution reads the images, which --stem_init=whitened sets from training patches.
-WHITENABLE = tuple(name for name, spec in REGISTRY.items() if spec.first_conv_on_pixels)
-# The flag checks read mtl_keras.variants, which imports no Keras: it must tell what the registry tells.
-assert WHITENABLE == variants.WHITENABLE, "variants.WHITENABLE and the registry's first_conv_on_pixels disagree"
-assert {name: spec.parse_variant for name, spec in REGISTRY.items() if spec.parse_variant} == variants.PARSERS, \
-    "variants.PARSERS and the registry's parse_variant disagree"
+# Trunks whose first convolution reads the images, which --stem_init=whitened sets from training patches (kept in
+# mtl_keras.variants with the size parsers, so the flag checks read them without Keras).
+WHITENABLE = variants.WHITENABLE
 
 
 def spec(trunk: str) -> TrunkSpec:

@@ -70,5 +70,4 @@ def _build(input_shape, *, variant: str, dropout: float = 0.0, stochastic_depth:
     return cct_trunk(input_shape, variant, dropout=dropout, stochastic_depth=stochastic_depth)
 
 
-SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, smallest_variant="Pico/3x1",
-                 seed_head_activation=gelu_tanh, first_conv_on_pixels=True)
+SPEC = TrunkSpec(build=_build, variants=VARIANTS, smallest_variant="Pico/3x1", seed_head_activation=gelu_tanh)

@@ -19,12 +19,11 @@ def rescale(x, channels: int, norm_stats: NormStats | None = None):
 @dataclasses.dataclass(frozen=True)
 class TrunkSpec:
     build: Callable[..., object]  # (input_shape, *, variant, stem, dropout, stochastic_depth) -> keras.Model
-    variants: dict | None = None  # the size table that `--variant` names; None: fixed shapes, any variant ignored
-    parse_variant: Callable[[str], tuple] | None = None  # raises ValueError for a variant not in `variants`
+    # the size table that `--variant` names (from mtl_keras/variants.py, which also parses it); None: fixed shapes
+    variants: dict | None = None
     smallest_variant: str | None = None  # the variant tests and smoke runs build (with `variants`)
     preprocess: Callable = rescale  # (x, channels, norm_stats) -> x, deterministic, inside the model
     image_size: int | None = None  # the size the trunk runs at (None: the input's)
     min_image_size: int = 1
     adapted_norm: bool = False  # preprocess needs `norm_stats` of the training images
     seed_head_activation: object = "relu"  # activation of the seed study's head MLPs on this trunk
-    first_conv_on_pixels: bool = False  # its first layer is a Conv2D on the preprocessed images (--stem_init)

@@ -66,5 +66,4 @@ def _build(input_shape, *, variant: str, stem: str = "conv", dropout: float = 0.
     return vit_trunk(input_shape, variant, stem=stem, dropout=dropout)
 
 
-SPEC = TrunkSpec(build=_build, variants=VARIANTS, parse_variant=parse_variant, smallest_variant="Pico/4",
-                 seed_head_activation=gelu_tanh, first_conv_on_pixels=True)
+SPEC = TrunkSpec(build=_build, variants=VARIANTS, smallest_variant="Pico/4", seed_head_activation=gelu_tanh)
