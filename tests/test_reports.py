@@ -124,6 +124,26 @@ def test_write_run_reports(tmp_path, small_splits, capsys):
     json.dumps(metrics)
 
 
+def test_each_pass_predicts_at_one_batch_shape_and_padding_changes_no_images_outputs(small_splits, monkeypatch):
+    """The test pass and a model in memory behind runtime.load run a smaller last batch padded to the others'
+    size, so the predict step is traced (and compiled by XLA or JAX) once per pass; each image's outputs are
+    what the model gives it in any batch."""
+    from mtl_keras.serving import runtime
+
+    model, test = tiny_model(), small_splits.test  # 64 images
+    alone = model.predict_on_batch(test.images)
+    rows, predict = [], model.predict_on_batch
+    monkeypatch.setattr(model, "predict_on_batch", lambda x: rows.append(len(x)) or predict(x))
+    truth, probs = evaluate.predict_split(model, test, small_splits.info, batch_size=48)
+    assert rows == [48, 48] and len(truth["fine"]) == 64
+    for head in ("fine", "coarse"):
+        np.testing.assert_allclose(probs[head], alone[head], atol=1e-6)
+    rows.clear()
+    out = runtime.load(model)(np.concatenate([test.images] * 5))  # 320 images: 256 + 64
+    assert rows == [runtime.BATCH, runtime.BATCH] and len(out["fine"]) == 320
+    np.testing.assert_allclose(out["coarse"][256:], alone["coarse"], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_every_training_run_leaves_its_reports(trained_run):
     """The CLI run shared by the export tests: TensorBoard events, PNGs and per-class accuracy in its workdir."""

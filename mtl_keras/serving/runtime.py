@@ -16,6 +16,7 @@ import numpy as np
 from mtl_keras.errors import ExportError
 
 CLASSES_FILE = "classes.json"  # {"fine": [...], "coarse": [...]}: WORKDIR/ and VERSION/assets.extra/
+BATCH = 256  # images per call of an artifact
 
 
 @dataclasses.dataclass
@@ -28,7 +29,7 @@ class Runtime:
     handle: object = None  # keeps what owns the variables (a loaded SavedModel) alive
     decoding: dict = dataclasses.field(default_factory=dict)  # answers.Decoding's keys the artifact carries
 
-    def __call__(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    def __call__(self, images: np.ndarray, batch_size: int = BATCH) -> dict[str, np.ndarray]:
         """Probabilities per head for float32 images, run `batch_size` images at a time."""
         images = np.asarray(images, np.float32)
         parts = [self.run_batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
@@ -67,10 +68,13 @@ def _decoding(path: Path) -> dict:
     return {k: values[k] for k in KEYS if k in values}
 
 
-def from_keras_model(model, path: str = "<memory>", names: dict | None = None) -> Runtime:
-    """A Keras model already in memory (what train has just fitted) as a `Runtime`."""
+def from_keras_model(model, path: str = "<memory>", names: dict | None = None, rows: int = 0) -> Runtime:
+    """A Keras model already in memory (what train has just fitted) as a `Runtime`. With `rows`, a smaller
+    batch is run padded to `rows` images (evaluate.predict_batch), at the shape its other batches have."""
+    from mtl_keras.evaluate import predict_batch
+
     def run_batch(x):
-        return {k: np.asarray(v) for k, v in model.predict_on_batch(x).items()}
+        return predict_batch(model, x, rows)
 
     widths = {head: t.shape[-1] for head, t in zip(model.output_names, model.outputs)}
     return Runtime("keras", path, tuple(model.input_shape[1:]), _checked(names or {}, widths, path), run_batch,
@@ -140,8 +144,8 @@ def _onnx(path: Path) -> Runtime:
 def load(path, flag: str = "--model") -> Runtime:
     """Opens `path`: a .keras file, a SavedModel folder (saved_model.pb) or an .onnx file; a Keras model in
     memory is wrapped as is. Anything else is one ExportError line naming `flag`."""
-    if not isinstance(path, (str, Path)):
-        return from_keras_model(path)
+    if not isinstance(path, (str, Path)):  # compared over many images: each call at one shape
+        return from_keras_model(path, rows=BATCH)
     p = Path(path)
     if p.suffix == ".onnx" and p.is_file():
         return _onnx(p)
