@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import gc
 import json
 import os
 import sys
@@ -458,6 +459,27 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
     return metrics
 
 
+def freeze_imported() -> None:
+    """Imports Keras, its backend framework and the models with the garbage collector paused, collects once, and
+    moves every object then alive (millions: the frameworks' modules) to the collector's permanent generation.
+    With the collector on, the import alone ran about 10 automatic full collections over an ever larger heap
+    (`import tensorflow, keras`: 3.7 against 2.3 CPU-seconds), and each full collection of the run walked the
+    frameworks again: one after every checkpoint write (callbacks.disk_full_names), 0.15 s each. The command
+    lines call it once, before any run starts, so that nothing a run makes is frozen (the experiment runner
+    trains run after run in one process)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        import keras  # noqa: F401  (and with it TensorFlow or JAX)
+
+        import mtl_keras.models  # noqa: F401
+    finally:
+        if paused:
+            gc.enable()
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: list[str]) -> None:
     from absl import flags, logging
 
@@ -476,6 +498,7 @@ def main(argv: list[str]) -> None:
             sys.exit(processes.supervise("train", processes.resolve(config.optim)))
         except MtlError as e:
             sys.exit(report("train", e))
+    freeze_imported()
     if not processes.is_child():
         print(console.hardware_line(), flush=True)
     try:

@@ -132,6 +132,7 @@ def test_ctrl_c_is_one_line_with_status_130(monkeypatch, capsys):
     from mtl_keras import flags as mtl_flags
 
     monkeypatch.setattr(train, "run", interrupt)
+    monkeypatch.setattr(train, "freeze_imported", lambda: None)  # a process-wide step of the command line
     monkeypatch.setattr(mtl_flags, "to_config", lambda fv: mtl_config.make())
     with pytest.raises(SystemExit) as exit_:
         train.main(["train"])

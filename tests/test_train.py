@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -154,17 +156,33 @@ def test_conflicting_flags_are_refused_in_process_before_anything_is_written(tmp
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
 
 
+# train's command line in a fresh Python, then the line "FROZEN <objects in the collector's permanent generation>
+# <whether the collector is on>".
+TRAIN_THEN_FROZEN = """
+import gc, runpy, sys
+sys.argv = ["train", *sys.argv[1:]]
+try:
+    runpy.run_module("mtl_keras.train", run_name="__main__")
+finally:
+    print("FROZEN", gc.get_freeze_count(), gc.isenabled())
+"""
+
+
 @pytest.mark.slow
-def test_conflicting_flags_fail_before_anything_is_written(tmp_path):
+def test_conflicting_flags_fail_before_anything_is_written_once_the_imports_are_frozen(tmp_path):
     # --cpu_devices sets up TensorFlow's devices, which only a fresh process can: end to end. GPUs hidden: mirrored
     # prefers them, and on a one-GPU machine --cpu_devices=2 would give one replica.
-    proc = run_module("mtl_keras.train", "--variant=Pico/4", "--cpu_devices=2", "--distribution=mirrored",
-                      "--batch_size=63", f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}",
-                      env=subprocess_env(CUDA_VISIBLE_DEVICES=""))
+    args = ["--variant=Pico/4", "--cpu_devices=2", "--distribution=mirrored", "--batch_size=63",
+            f"--workdir={tmp_path / 'w'}", f"--export_dir={tmp_path / 'e'}"]
+    proc = subprocess.run([sys.executable, "-c", TRAIN_THEN_FROZEN, *args], cwd=REPO, capture_output=True,
+                          text=True, env=subprocess_env(CUDA_VISIBLE_DEVICES=""), timeout=300)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--batch_size=63 does not divide by the 2 replicas of --distribution=mirrored" in proc.stderr, \
         proc.stderr[-2000:]
     assert not (tmp_path / "w").exists() and not (tmp_path / "e").exists()
+    # The command imported its frameworks, then froze them before the run (train.freeze_imported), and collects.
+    label, frozen, collecting = proc.stdout.split()[-3:]
+    assert label == "FROZEN" and int(frozen) > 100_000 and collecting == "True", proc.stdout[-500:]
 
 
 QUICK = ["--config=quickstart", "--variant=Pico/4", "--epochs=1", "--max_train_examples=256",

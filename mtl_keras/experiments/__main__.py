@@ -22,8 +22,9 @@ def main(argv: list[str]) -> None:
         for name, instead in (("seed", "--seeds"), ("workdir", "--results_dir")):
             if fv[name].present:
                 raise ExperimentError(f"--{name} is set per run; use {instead}")
-        from mtl_keras import console
+        from mtl_keras import console, train
 
+        train.freeze_imported()
         print(console.hardware_line(), flush=True)
         seeds = [int(s) for s in fv.seeds]
         extra = mtl_flags.given_train_flags(fv)
