@@ -461,8 +461,8 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
 
 def freeze_imported() -> None:
     """Imports Keras, its backend framework and the models with the garbage collector paused, collects once, and
-    moves every object then alive (millions: the frameworks' modules) to the collector's permanent generation.
-    With the collector on, the import alone ran about 10 automatic full collections over an ever larger heap
+    moves every object then alive (about 400,000 after TensorFlow's import) to the collector's permanent
+    generation. With the collector on, the import alone ran 6 automatic full collections over an ever larger heap
     (`import tensorflow, keras`: 3.7 against 2.3 CPU-seconds), and each full collection of the run walked the
     frameworks again: one after every checkpoint write (callbacks.disk_full_names), 0.15 s each. The command
     lines call it once, before any run starts, so that nothing a run makes is frozen (the experiment runner
