@@ -11,6 +11,7 @@ by setting TF_CPP_MIN_LOG_LEVEL or passing --verbose. Stdlib only (imported by m
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.abc
 import importlib.util
 import os
@@ -66,6 +67,47 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
 
         spec.loader.exec_module = exec_module
         return spec
+
+
+class _PausedCollectorImport(importlib.abc.MetaPathFinder):
+    """Runs the first import of a framework (TensorFlow, JAX, Keras, whichever comes first and imports the
+    others) with the garbage collector paused. Such an import makes some 400,000 objects, and with the collector
+    on it ran about 900 collections, 6 of them full ones over an ever larger heap: `import tensorflow, keras`
+    took 3.4-4.5 CPU-seconds, 3.0-3.5 through this package (BUILD_NOTES.md, "Start-up time"). What the import
+    leaves as garbage is collected once it is done."""
+
+    NAMES = ("tensorflow", "jax", "keras")
+
+    def __init__(self):
+        self.finding = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.NAMES or self.finding or not gc.isenabled():
+            return None  # not a framework, the lookup below, or inside an import that paused the collector
+        self.finding = True
+        try:
+            spec = importlib.util.find_spec(name)  # through the other finders (a quiet TensorFlow import too)
+        finally:
+            self.finding = False
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            gc.disable()
+            try:
+                run(module)
+            finally:
+                gc.enable()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def pause_collector_in_framework_imports() -> None:
+    """Installs `_PausedCollectorImport` once (imported by mtl_keras/__init__.py)."""
+    if not any(isinstance(f, _PausedCollectorImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PausedCollectorImport())
 
 
 def quiet_native_logs(argv: list[str] | None = None) -> None:

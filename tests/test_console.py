@@ -25,16 +25,21 @@ def test_filtered_stderr_drops_the_start_up_lines_and_keeps_the_rest(capfd):
 
 def _import_tensorflow(*argv: str, **env: str) -> str:
     environment = {k: v for k, v in subprocess_env(**env).items() if k != "TF_CPP_MIN_LOG_LEVEL" or env}
-    code = "import mtl_keras, tensorflow as tf; tf.config.list_physical_devices(); print('imported')"
+    # Also counts the garbage collections by the end of `import tensorflow`: at most the one as the collector
+    # comes back on after it (about 900 with the collector on during the import).
+    code = ("import gc, mtl_keras; runs = []; gc.callbacks.append(lambda phase, info: runs.append(phase)); "
+            "import tensorflow as tf; print('imported', runs.count('stop'), gc.isenabled()); "
+            "tf.config.list_physical_devices()")
     proc = subprocess.run(check=False, args=[sys.executable, "-c", code, *argv], cwd=REPO, env=environment,
-                          capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout == "imported\n", proc.stderr[-2000:]
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("imported "), proc.stdout + proc.stderr[-2000:]
+    _, collections, collecting = proc.stdout.split()
+    assert int(collections) <= 1 and collecting == "True", proc.stdout
     return proc.stderr
 
 
 @pytest.mark.slow  # two Pythons importing TensorFlow
-def test_importing_tensorflow_through_the_package_prints_nothing_unless_asked():
+def test_importing_tensorflow_through_the_package_prints_nothing_unless_asked_and_pauses_the_collector():
     quiet = _import_tensorflow()
     assert not any(noise in quiet for noise in TF_NOISE), quiet
     # --verbose keeps TensorFlow's lines (this machine prints some); the user's own TF_CPP_MIN_LOG_LEVEL: below.
