@@ -157,25 +157,31 @@ def test_mixing_alpha_flags_reach_the_pipeline(shapes_small, policy):
     assert whole(0.05) > 0.3 and whole(20.0) < 0.2
 
 
-def test_randaugment_flags_reach_the_pipeline(shapes_small):
-    # Mean |pixel change| against no augmentation over the same images. RandAugment draws its ops once per
-    # batch, so a figure over few batches rests on few draws and moves with the global seed; each flag is
-    # checked where its effect dwarfs that spread (global seeds 0-3, measured):
-    #   magnitude, 3 batches of 64: 8.5-8.8 at 0 against 48-67 at 1 (>= 5.5x; asserted 2x);
-    #   ops, 24 batches of 8 at magnitude 1: 27-43 for one op against 73-81 for four (>= 1.7x; asserted 1.3x).
-    def change(ops: int, magnitude: float, batches: int, size: int) -> float:
-        def images(*flags: str):
-            return np.concatenate([x for x, _ in _batches([f"--batch_size={size}", *flags], batches,
-                                                          splits=shapes_small)])
+def test_randaugment_flags_reach_the_pipeline(shapes_small, monkeypatch):
+    # The flags reach the RandAugment layer the training pipeline runs, and it changes the pixels. Keras's
+    # RandAugment draws its ops from its own seed generator inside a parallel map, so which op a batch gets does
+    # not repeat (BUILD_NOTES.md, "Pitfalls met"), and an op such as equalisation changes pixels at magnitude 0
+    # too: figures compared across two pipelines once failed on a rare draw (magnitude 0 gave 47.6 against 50.7
+    # at magnitude 1; 4.5-8.8 in 8 other runs). Only what the draws cannot change is compared here.
+    from mtl_keras.data import augment
 
-        augmented = images("--augment=randaugment", f"--randaugment_ops={ops}",
-                           f"--randaugment_magnitude={magnitude}")
-        return float(np.abs(augmented - images("--augment=none")).mean())
+    layers = []
 
-    weak, strong = change(1, 0.0, 3, 64), change(1, 1.0, 3, 64)
-    assert strong > 2 * weak, (weak, strong)
-    one, many = change(1, 1.0, 24, 8), change(4, 1.0, 24, 8)
-    assert many > 1.3 * one, (one, many)
+    class Recorded(augment.SwitchRandAugment):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            layers.append(self)
+
+    monkeypatch.setattr(augment, "SwitchRandAugment", Recorded)
+
+    def images(*flags: str):
+        return np.concatenate([x for x, _ in _batches(["--batch_size=8", *flags], 24, splits=shapes_small)])
+
+    augmented = images("--augment=randaugment", "--randaugment_ops=3", "--randaugment_magnitude=0.7")
+    [layer] = layers
+    assert (layer.num_ops, layer.factor, layer.value_range) == (3, (0, 0.7), (0, 255))
+    # Measured over these 24 batches of 8: 55.8-58.2 (4 runs); no augmentation changes nothing.
+    assert float(np.abs(augmented - images("--augment=none")).mean()) > 5
 
 
 def test_folder_flags_reach_the_splits_and_the_pipeline(tmp_path):
