@@ -44,7 +44,7 @@ def predict_split(model, split, info, batch_size: int = 256, input_pipeline: str
     for images, labels, *_ in feeds.eval_batches(split, info, batch_size, input_pipeline):  # *_: weights
         outputs = predict_batch(model, images, batch_size)
         for head, p in outputs.items():
-            probs.setdefault(head, []).append(np.asarray(p))
+            probs.setdefault(head, []).append(p)
             onehot = np.asarray(labels[head])
             truth.setdefault(head, []).append(np.where(onehot.max(-1) > 0, onehot.argmax(-1), -1))
     return ({h: np.concatenate(v) for h, v in truth.items()}, {h: np.concatenate(v) for h, v in probs.items()})

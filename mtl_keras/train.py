@@ -462,11 +462,13 @@ def _run_locked(config: TrainConfig, workdir: Path, splits, scope, replicas: int
 def freeze_imported() -> None:
     """Imports Keras, its backend framework and the models with the garbage collector paused, collects once, and
     moves every object then alive (about 400,000 after TensorFlow's import) to the collector's permanent
-    generation. With the collector on, the import alone ran 6 automatic full collections over an ever larger heap
-    (`import tensorflow, keras`: 3.7 against 2.3 CPU-seconds), and each full collection of the run walked the
-    frameworks again: one after every checkpoint write (callbacks.disk_full_names), 0.15 s each. The command
-    lines call it once, before any run starts, so that nothing a run makes is frozen (the experiment runner
-    trains run after run in one process)."""
+    generation, so that no full collection of the run walks the frameworks again: one follows every checkpoint
+    write (callbacks.disk_full_names), 0.15 s each. The package's own pause (console.
+    pause_collector_in_framework_imports) ends with the framework's import, and the collections right after it
+    walk those objects again: relying on it alone cost 0.4 CPU-seconds more here (3.05-3.31 against 2.68-2.86,
+    three alternating runs). `benchmarks/startup.py`: 3.54 CPU-seconds for `import tensorflow, keras`, 2.78
+    for this. The command lines call it once, before any run starts, so that nothing a run makes is frozen (the
+    experiment runner trains run after run in one process)."""
     paused = gc.isenabled()
     gc.disable()
     try:
